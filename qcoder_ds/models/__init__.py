@@ -1,0 +1,1 @@
+"""Model catalogue, sources, checkpoint readers, tokenizer and chat template."""

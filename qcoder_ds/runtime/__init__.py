@@ -1,0 +1,1 @@
+"""Export to ONNX / OpenVINO, the backends that run it, and generation."""
