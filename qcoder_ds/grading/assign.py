@@ -1,0 +1,120 @@
+"""Release an assignment exactly as ``nbgrader generate_assignment`` does.
+
+We run nbgrader's own preprocessors, in nbgrader's order, so that cleared cells and
+checksums are byte-for-byte what nbgrader produces; what nbgrader keeps in its gradebook
+(the "source cells" that autograde restores, hidden tests included) we return as the
+*instructor notebook*, which the autograder uses to restore and re-insert tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import nbformat
+from nbformat import NotebookNode
+from nbgrader import utils as nbutils
+from nbgrader.preprocessors import (
+    CheckCellMetadata,
+    ClearHiddenTests,
+    ClearMarkScheme,
+    ClearOutput,
+    ClearSolutions,
+    ComputeChecksums,
+    IncludeHeaderFooter,
+    LockCells,
+)
+
+from qcoder_ds.grading.errors import AssignmentError
+
+__all__ = ["compute_checksum", "generate", "instructor_notebook", "release_notebook"]
+
+_log = logging.getLogger("qcoder_ds.grading")
+
+
+def compute_checksum(cell: NotebookNode) -> str:
+    """nbgrader's md5 over source, type, grade/solution/locked flags, grade_id and points."""
+    return nbutils.compute_checksum(cell)
+
+
+def _run(pre, nb: NotebookNode, resources: dict) -> NotebookNode:
+    try:
+        nb, _ = pre.preprocess(nb, resources)
+    except (RuntimeError, ValueError) as e:  # nbgrader signals bad metadata / delimiters so
+        raise AssignmentError(f"{resources.get('name', 'notebook')}: {e}") from e
+    return nb
+
+
+def _check_supported(nb: NotebookNode, name: str) -> None:
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "AUTOTEST" in cell.source and nbutils.is_grade(cell):
+            raise AssignmentError(
+                f"{name}: AUTOTEST cells need nbgrader's InstantiateTests (a kernel and "
+                "autotests.yml); run `nbgrader generate_assignment` for this notebook"
+            )
+
+
+def generate(
+    nb: NotebookNode,
+    name: str = "notebook",
+    header: str | None = None,
+    footer: str | None = None,
+) -> tuple[NotebookNode, NotebookNode]:
+    """Return ``(released, instructor)`` for a source notebook; the input is not modified.
+
+    ``instructor`` is the notebook as nbgrader's SaveCells sees it: solutions cleared,
+    hidden tests still in place, checksums computed on that text. ``released`` has the
+    hidden tests removed and checksums recomputed, as students receive it. ``header`` and
+    ``footer`` are notebook paths whose cells are prepended / appended (nbgrader's
+    IncludeHeaderFooter).
+    """
+    nb = copy.deepcopy(nb)
+    _check_supported(nb, name)
+    resources: dict = {"name": name}
+    if header or footer:
+        hf = IncludeHeaderFooter(header=str(header or ""), footer=str(footer or ""))
+        try:
+            nb = _run(hf, nb, resources)
+        except OSError as e:
+            raise AssignmentError(f"header/footer notebook cannot be read: {e}") from e
+    for pre in (LockCells(), ClearSolutions(), ClearOutput(), CheckCellMetadata(),
+                ComputeChecksums()):
+        pre.log = _log
+        nb = _run(pre, nb, resources)
+    instructor = copy.deepcopy(nb)
+    for pre in (ClearHiddenTests(), ClearMarkScheme(), ComputeChecksums(), CheckCellMetadata()):
+        pre.log = _log
+        nb = _run(pre, nb, resources)
+    _check_ids(instructor, name)
+    return nb, instructor
+
+
+def _check_ids(nb: NotebookNode, name: str) -> None:
+    seen: set[str] = set()
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        gid = meta.get("grade_id")
+        if gid is None or not (meta.get("grade") or meta.get("solution") or meta.get("locked")
+                               or meta.get("task")):
+            continue
+        if gid in seen:
+            raise AssignmentError(f"{name}: grade_id {gid!r} is used by more than one cell")
+        seen.add(gid)
+
+
+def release_notebook(nb: NotebookNode) -> NotebookNode:
+    """The student version: solutions and hidden tests cleared, cells locked, checksums set."""
+    return generate(nb)[0]
+
+
+def instructor_notebook(nb: NotebookNode) -> NotebookNode:
+    """The copy autograde restores from: solutions cleared, hidden tests kept, checksummed."""
+    return generate(nb)[1]
+
+
+def read_notebook(path) -> NotebookNode:
+    """Read any nbformat 4 notebook, with a clear error for a file that is not one."""
+    try:
+        return nbformat.read(str(path), as_version=4)
+    except Exception as e:  # nbformat raises JSON, validation and key errors alike
+        raise AssignmentError(f"{path}: not a readable Jupyter notebook ({e})") from e
