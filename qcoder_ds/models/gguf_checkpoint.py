@@ -1,0 +1,184 @@
+"""Read a GGUF file's weights and architecture through the ``gguf`` package, without torch.
+
+Quantized tensors (Q4_K, Q5_0, Q5_K, Q6_K, Q8_0, F16, ...) are dequantized to float32 with
+``gguf.quants.dequantize``; tensors are renamed to Hugging Face names so the graph builders
+see the same checkpoint whatever the source.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from qcoder_ds.errors import ModelError
+from qcoder_ds.models.checkpoint import Checkpoint
+from qcoder_ds.models.config import SUPPORTED_ARCHS, ArchConfig
+
+_GLOBAL = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+    "ffn_gate_inp.weight": "mlp.gate.weight",
+}
+# stacked expert tensors [n_expert, out, in], split into Hugging Face's per-expert names
+_EXPERTS = {"ffn_gate_exps.weight": "gate_proj", "ffn_up_exps.weight": "up_proj",
+            "ffn_down_exps.weight": "down_proj"}
+_ARCH_ALIASES = {"qwen3moe": "qwen3_moe"}
+
+
+def open_gguf(path: str | Path):
+    """Open a GGUF with a clear error for a missing, truncated or foreign file."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such GGUF file")
+    try:
+        return GGUFReader(path)
+    except Exception as e:  # the gguf package raises ValueError/IndexError/struct errors
+        raise ModelError(
+            f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); "
+            "the file is truncated or corrupted — download or assemble it again"
+        ) from None
+
+
+def gguf_field(reader, key: str, default=None):
+    """One metadata value (scalar, string or list) from a GGUFReader."""
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    return field.contents()
+
+
+class GGUFCheckpoint(Checkpoint):
+    """Weights and ArchConfig of one GGUF file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.reader = open_gguf(self.path)
+        self._tensors = {t.name: t for t in self.reader.tensors}
+        self._check_complete()
+        self.config = self._read_config()
+        self._names = self._hf_names()
+
+    def _check_complete(self) -> None:
+        size = self.path.stat().st_size
+        for t in self.reader.tensors:
+            if t.data_offset + t.n_bytes > size:
+                raise ModelError(f"{self.path}: truncated GGUF (tensor {t.name} runs past the end)")
+
+    def _read_config(self) -> ArchConfig:
+        r = self.reader
+        raw_arch = gguf_field(r, "general.architecture")
+        arch = _ARCH_ALIASES.get(raw_arch, raw_arch)
+        if arch not in SUPPORTED_ARCHS:
+            raise ModelError(
+                f"{self.path}: unsupported architecture {raw_arch!r}; qcoder-ds runs "
+                f"{', '.join(SUPPORTED_ARCHS)} decoders"
+            )
+
+        def meta(key, default=None):
+            return gguf_field(r, f"{raw_arch}.{key}", default)
+
+        hidden = int(meta("embedding_length"))
+        heads = int(meta("attention.head_count"))
+        emb = self._tensors["token_embd.weight"]
+        return ArchConfig(
+            arch=arch,
+            vocab_size=int(emb.shape[-1]),
+            hidden_size=hidden,
+            intermediate_size=int(meta("feed_forward_length", 0)),
+            num_layers=int(meta("block_count")),
+            num_heads=heads,
+            num_kv_heads=int(meta("attention.head_count_kv", heads)),
+            head_dim=int(meta("attention.key_length", hidden // heads)),
+            rms_norm_eps=_f32(meta("attention.layer_norm_rms_epsilon", 1e-6)),
+            rope_theta=_f32(meta("rope.freq_base", 10000.0)),
+            max_position_embeddings=int(meta("context_length", 32768)),
+            tie_word_embeddings="output.weight" not in self._tensors,
+            attention_bias="blk.0.attn_q.bias" in self._tensors,
+            qk_norm="blk.0.attn_q_norm.weight" in self._tensors,
+            num_experts=int(meta("expert_count", 0)),
+            num_experts_per_tok=int(meta("expert_used_count", 0)),
+            moe_intermediate_size=int(meta("expert_feed_forward_length", 0)),
+            # llama.cpp always renormalizes the top-k weights of qwen3moe
+            norm_topk_prob=arch == "qwen3_moe",
+        )
+
+    def _hf_names(self) -> dict[str, tuple[str, int | None]]:
+        """HF name -> (GGUF name, expert index or None)."""
+        names: dict[str, tuple[str, int | None]] = {}
+        for gname in self._tensors:
+            if gname in _GLOBAL:
+                names[_GLOBAL[gname]] = (gname, None)
+                continue
+            m = re.fullmatch(r"blk\.(\d+)\.(.+)", gname)
+            if not m:
+                continue  # e.g. rope_freqs: recomputed from the config
+            layer, rest = m.groups()
+            prefix = f"model.layers.{layer}."
+            if rest in _BLOCK:
+                names[prefix + _BLOCK[rest]] = (gname, None)
+            elif rest in _EXPERTS:
+                for e in range(self.config.num_experts):
+                    names[f"{prefix}mlp.experts.{e}.{_EXPERTS[rest]}.weight"] = (gname, e)
+        if self.config.tie_word_embeddings:
+            names["lm_head.weight"] = ("token_embd.weight", None)
+        return names
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def raw_type(self, name: str) -> str:
+        """The GGUF quantization type of a tensor (e.g. 'Q5_0'), to size roofline estimates."""
+        return self._tensors[self._names[name][0]].tensor_type.name
+
+    def tensor(self, name: str) -> np.ndarray:
+        from gguf.quants import dequantize
+
+        if name not in self._names:
+            raise ModelError(f"{self.path}: tensor {name} is missing from the GGUF")
+        gname, expert = self._names[name]
+        t = self._tensors[gname]
+        data = t.data[expert] if expert is not None else t.data
+        try:
+            w = dequantize(np.asarray(data), t.tensor_type)
+        except NotImplementedError:
+            raise ModelError(
+                f"{self.path}: tensor {gname} has type {t.tensor_type.name}, "
+                "which the gguf package cannot dequantize"
+            ) from None
+        w = np.asarray(w, dtype=np.float32)
+        if self.config.arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = self.config.num_heads if "q_proj" in name else self.config.num_kv_heads
+            w = _unpermute(w, heads)
+        return w
+
+
+def _f32(value) -> float:
+    """GGUF stores floats as float32: read back the shortest decimal (1e-06, not 9.99e-07)."""
+    return float(str(np.float32(value)))
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation for Llama (HF rotates halves, GGML pairs)."""
+    out = w.shape[0]
+    return w.reshape(n_head, out // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
