@@ -41,7 +41,7 @@ class ArchConfig:
         return asdict(self)
 
     @classmethod
-    def from_hf(cls, cfg: dict) -> "ArchConfig":
+    def from_hf(cls, cfg: dict) -> ArchConfig:
         """Read a Hugging Face ``config.json`` dict."""
         model_type = cfg.get("model_type", "")
         if model_type not in SUPPORTED_ARCHS:
