@@ -31,11 +31,12 @@ def build_tiny(arch: str, out_dir: Path, seed: int = 0, **overrides) -> Path:
 
     torch.manual_seed(seed)
     kw = {**TINY, **overrides}
+    head_dim = kw["hidden_size"] // kw["num_attention_heads"]
     if arch == "qwen2":
         cfg = transformers.Qwen2Config(**kw)
         model = transformers.Qwen2ForCausalLM(cfg)
     elif arch == "qwen3":
-        cfg = transformers.Qwen3Config(head_dim=kw["hidden_size"] // kw["num_attention_heads"], **kw)
+        cfg = transformers.Qwen3Config(head_dim=head_dim, **kw)
         model = transformers.Qwen3ForCausalLM(cfg)
     elif arch == "llama":
         cfg = transformers.LlamaConfig(**kw)
@@ -46,7 +47,7 @@ def build_tiny(arch: str, out_dir: Path, seed: int = 0, **overrides) -> Path:
         kw.setdefault("moe_intermediate_size", 32)
         kw.setdefault("norm_topk_prob", True)
         kw.setdefault("decoder_sparse_step", 1)
-        cfg = transformers.Qwen3MoeConfig(head_dim=kw["hidden_size"] // kw["num_attention_heads"], **kw)
+        cfg = transformers.Qwen3MoeConfig(head_dim=head_dim, **kw)
         model = transformers.Qwen3MoeForCausalLM(cfg)
     else:
         raise ValueError(arch)
