@@ -1,0 +1,119 @@
+"""The OpenVINO backend: a ``DecoderSession`` over a stateful model from ``openvino_graph``.
+
+The KV cache lives inside the compiled model (ReadValue/Assign variables that the CPU plugin
+fuses into its attention node), so one call per chunk is all the Python side does. The compiled
+blob is cached under ``out_dir/ov_cache`` (OpenVINO's CACHE_DIR), so a second load skips the
+graph transformations and takes a fraction of the first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
+from qcoder_ds.runtime.backend import DecoderSession
+from qcoder_ds.runtime.openvino_graph import (
+    CONFIG_JSON,
+    EXPORTER_VERSION,
+    MODEL_BIN,
+    MODEL_XML,
+    _ov,
+)
+
+CACHE_SUBDIR = "ov_cache"
+
+
+def compile_properties(meta: dict, threads: int | None) -> dict:
+    """CPU plugin settings: latency mode with one stream; an fp32 export is also computed and
+    cached in f32 (its point is exact parity), while quantized exports keep the plugin's fast
+    defaults (u8 KV cache on x86, bf16 where the CPU has it)."""
+    props: dict = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    if threads:
+        props["INFERENCE_NUM_THREADS"] = int(threads)
+    if meta.get("weights") == "fp32":
+        props["INFERENCE_PRECISION_HINT"] = "f32"
+        props["KV_CACHE_PRECISION"] = "f32"
+    return props
+
+
+class OpenVINODecoderSession(DecoderSession):
+    """One compiled decoder with its own KV cache, batch size 1."""
+
+    def __init__(self, out_dir: Path, threads: int | None = None,
+                 properties: dict | None = None, max_context: int | None = None):
+        ov, _ = _ov()
+        self.dir = Path(out_dir)
+        xml = self.dir / MODEL_XML
+        cfg_path = self.dir / CONFIG_JSON
+        if not (xml.is_file() and (self.dir / MODEL_BIN).is_file() and cfg_path.is_file()):
+            raise ModelError(f"{self.dir}: no complete OpenVINO export here (expected {MODEL_XML}, "
+                             f"{MODEL_BIN}, {CONFIG_JSON}); run `qcoder export MODEL "
+                             f"--backend openvino`")
+        try:
+            self.meta = json.loads(cfg_path.read_text())
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{cfg_path}: unreadable export config ({e}); export again") from None
+        if self.meta.get("backend") != "openvino":
+            raise ModelError(f"{self.dir}: not an OpenVINO export "
+                             f"(backend {self.meta.get('backend')!r})")
+        if self.meta.get("exporter_version") != EXPORTER_VERSION:
+            raise ModelError(f"{self.dir}: exported by exporter version "
+                             f"{self.meta.get('exporter_version')}, this build reads "
+                             f"{EXPORTER_VERSION}; export again")
+        self.vocab_size = int(self.meta["vocab_size"])
+        self.max_context = int(max_context or self.meta["max_position_embeddings"])
+        self.position = 0
+        props = {**compile_properties(self.meta, threads), **(properties or {})}
+        core = ov.Core()
+        try:
+            core.set_property({"CACHE_DIR": str(self.dir / CACHE_SUBDIR)})
+        except RuntimeError:  # a read-only export directory: compile without a blob cache
+            pass
+        try:
+            self.compiled = core.compile_model(str(xml), "CPU", props)
+        except RuntimeError as e:
+            raise ModelError(f"{self.dir}: OpenVINO could not compile the model: "
+                             f"{_last_line(e)}") from None
+        self.request = self.compiled.create_infer_request()
+        self._beam = np.zeros(1, np.int32)
+
+    def reset(self) -> None:
+        self.request.reset_state()
+        self.position = 0
+
+    def forward(self, input_ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(input_ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise QcoderError(f"forward takes a non-empty 1-D array of token ids, "
+                              f"got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise QcoderError(f"token ids must be integers, got {ids.dtype}")
+        n = ids.size
+        if self.position + n > self.max_context:
+            raise ContextLengthError(
+                f"{self.position} cached + {n} new tokens exceed the context of "
+                f"{self.max_context} tokens")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            raise QcoderError(f"token id {lo if lo < 0 else hi} is outside the vocabulary "
+                              f"(0..{self.vocab_size - 1})")
+        pos = np.arange(self.position, self.position + n, dtype=np.int64)[None]
+        self.request.infer({"input_ids": ids.astype(np.int64, copy=False)[None],
+                            "position_ids": pos, "beam_idx": self._beam},
+                           share_inputs=True)
+        self.position += n
+        return self.request.get_output_tensor(0).data[0, -1].copy()
+
+
+def load_openvino(out_dir: Path, threads: int | None = None) -> OpenVINODecoderSession:
+    """Load an export written by ``export_openvino`` for generation on the CPU."""
+    return OpenVINODecoderSession(Path(out_dir), threads=threads)
+
+
+def _last_line(e: Exception) -> str:
+    """OpenVINO's messages start with a source location; the useful line is the last one."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__

@@ -1,0 +1,349 @@
+"""Build a decoder as an OpenVINO model with the opset API, weights compressed natively.
+
+Why build the graph by hand instead of converting the ONNX export: OpenVINO runs ORT's
+``MatMulNBits`` contrib op 7.5x slower than ORT does (measured, see RESEARCH.md), while its own
+weight-compressed pattern -- a u4/u8 constant, Convert, Subtract zero point, Multiply scale,
+MatMul -- is fused by the CPU plugin into one weight-decompressing FullyConnected kernel.
+The graph follows the shapes optimum-intel exports (stateful KV cache as ReadValue/Assign with a
+``beam_idx`` Gather, ScaledDotProductAttention, GPT-NeoX RoPE, RMSNorm as Power/ReduceMean/Sqrt),
+because those are the patterns the CPU plugin's fusions (StatefulSDPAFusion, RoPEFusion,
+RMSFusion) recognise; a fused SDPA keeps its own KV cache and needs no copies per token.
+
+Inputs: ``input_ids`` i64 [1, L], ``position_ids`` i64 [1, L] (consecutive, starting at the
+number of cached tokens), ``beam_idx`` i32 [1] (always 0). Output: ``logits`` f32 [1, 1, vocab],
+the last position only (the lm_head is the largest matrix; prefill never needs the others).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from qcoder_ds.errors import ModelError, QcoderError
+from qcoder_ds.models.checkpoint import Checkpoint
+from qcoder_ds.models.config import ArchConfig
+
+#: bump when the graph or the weight format changes, so cached exports are rebuilt
+EXPORTER_VERSION = 1
+WEIGHT_MODES = ("int4", "int8", "fp32")
+DENSE_ARCHS = ("qwen2", "qwen3", "llama")
+MODEL_XML = "openvino_model.xml"
+MODEL_BIN = "openvino_model.bin"
+CONFIG_JSON = "config.json"
+
+
+class ExportError(QcoderError):
+    """An export could not be written (bad options, unsupported model, disk trouble)."""
+
+
+def _ov():
+    try:
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:  # pragma: no cover - depends on the install
+        raise QcoderError(
+            "the OpenVINO backend needs the openvino package: pip install 'qcoder-ds[openvino]'"
+        ) from None
+    return ov, ops
+
+
+# ----------------------------------------------------------------------------- quantization
+
+
+def _pack_u4(q: np.ndarray) -> np.ndarray:
+    """Two 4-bit values per byte, low nibble first (OpenVINO's u4 layout)."""
+    flat = q.reshape(-1).astype(np.uint8)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+
+
+def quantize_int4(w: np.ndarray, group: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric 4-bit per group of ``group`` inputs (like NNCF's int4_asym / Q4_1).
+
+    ``w`` is [out, in]. Returns (q u8 [out, in/group, group] in 0..15, scale f16 [out, G, 1],
+    zero point u8 [out, G, 1] in 0..15); ``(q - zp) * scale`` restores w. The scale is rounded
+    to f16 before q is computed, so the stored pair is self-consistent.
+    """
+    out_f, in_f = w.shape
+    if in_f % group:
+        raise ExportError(f"int4 needs in_features divisible by {group}, got {in_f}")
+    g = w.reshape(out_f, in_f // group, group).astype(np.float32)
+    lo = g.min(axis=-1, keepdims=True)
+    hi = g.max(axis=-1, keepdims=True)
+    scale = ((hi - lo) / 15.0).astype(np.float16)
+    scale[scale == 0] = np.float16(1.0)
+    s32 = scale.astype(np.float32)
+    zp = np.clip(np.round(-lo / s32), 0, 15)
+    q = np.clip(np.round(g / s32) + zp, 0, 15).astype(np.uint8)
+    return q, scale, zp.astype(np.uint8)
+
+
+def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric 8-bit per output channel (row). Returns (q u8 [out, in], scale f16 [out, 1],
+    zero point u8 [out, 1])."""
+    w = w.astype(np.float32, copy=False)
+    lo = np.minimum(w.min(axis=1, keepdims=True), 0.0)
+    hi = np.maximum(w.max(axis=1, keepdims=True), 0.0)
+    scale = ((hi - lo) / 255.0).astype(np.float16)
+    scale[scale == 0] = np.float16(1.0)
+    s32 = scale.astype(np.float32)
+    zp = np.clip(np.round(-lo / s32), 0, 255)
+    q = np.clip(np.round(w / s32) + zp, 0, 255).astype(np.uint8)
+    return q, scale, zp.astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- graph
+
+
+class _Builder:
+    """Emits the opset nodes of one decoder; one method per building block."""
+
+    def __init__(self, cfg: ArchConfig, ckpt: Checkpoint, weights: str, lm_head: str,
+                 group: int):
+        self.ov, self.ops = _ov()
+        self.cfg, self.ckpt, self.weights, self.lm_head_mode, self.group = (
+            cfg, ckpt, weights, lm_head, group)
+
+    # -- constants
+    def const(self, a: np.ndarray, name: str):
+        a = np.asarray(a)
+        if not a.flags.c_contiguous:  # (np.ascontiguousarray would turn a scalar into [1])
+            a = a.copy(order="C")
+        c = self.ov.op.Constant(a, shared_memory=False)
+        c.set_friendly_name(name)
+        return c
+
+    def _u4(self, q: np.ndarray, name: str):
+        t = self.ov.Tensor(self.ov.Type.u4, self.ov.Shape(list(q.shape)))
+        t.data[:] = _pack_u4(q)
+        c = self.ov.op.Constant(t, shared_memory=False)
+        c.set_friendly_name(name)
+        return c
+
+    def weight(self, w: np.ndarray, name: str, mode: str):
+        """The decompressed [out, in] f32 weight as a node: a constant in fp32, else the
+        Convert -> Subtract(zp) -> Multiply(scale) -> (Reshape) -> Convert chain the CPU
+        plugin folds into its weight-compressed kernels."""
+        ops, ov = self.ops, self.ov
+        if mode == "fp32":
+            return self.const(w.astype(np.float32), name)
+        if mode == "int4" and w.shape[1] % self.group == 0:
+            q, scale, zp = quantize_int4(w, self.group)
+            wq = self._u4(q, name + "/q")
+            zc = self._u4(zp, name + "/zp")
+        else:  # int8, or an int4 matrix whose width is not a multiple of the group
+            q, scale, zp = quantize_int8(w)
+            wq = self.const(q, name + "/q")
+            zc = self.const(zp, name + "/zp")
+        x = ops.convert(wq, ov.Type.f16)
+        x = ops.subtract(x, ops.convert(zc, ov.Type.f16))
+        x = ops.multiply(x, self.const(scale, name + "/scale"))
+        if x.get_output_partial_shape(0).rank.get_length() == 3:
+            x = ops.reshape(x, self.const(np.array(w.shape, np.int64), name + "/shape"), False)
+        return ops.convert(x, ov.Type.f32)
+
+    def linear(self, x, names: list[str], mode: str, bias: bool = False):
+        """x @ W.T (+ b); several HF linears sharing an input are concatenated along the output
+        axis into one matrix (exact: quantization groups run along the input axis), so decode
+        runs one kernel instead of two or three."""
+        w = np.concatenate([self.ckpt.tensor(n + ".weight") for n in names], axis=0)
+        y = self.ops.matmul(x, self.weight(w, names[0], mode), False, True)
+        if bias:
+            b = np.concatenate([self.ckpt.tensor(n + ".bias") for n in names], axis=0)
+            y = self.ops.add(y, self.const(b.astype(np.float32), names[0] + ".bias"))
+        return y
+
+    def rms(self, x, gamma_name: str):
+        """RMSNorm in the exact shape RMSFusion matches: x * (sqrt(mean(x^2)+eps))^-1 * gamma."""
+        ops = self.ops
+        f = np.float32
+        p = ops.power(x, self.const(np.array(2.0, f), "two"))
+        m = ops.reduce_mean(p, self.const(np.array([-1], np.int64), "axis"), True)
+        s = ops.sqrt(ops.add(m, self.const(np.array(self.cfg.rms_norm_eps, f), "eps")))
+        r = ops.power(s, self.const(np.array(-1.0, f), "minus_one"))
+        g = self.const(self.ckpt.tensor(gamma_name).astype(f), gamma_name)
+        return ops.multiply(g, ops.multiply(x, r))
+
+    def rope(self, x, cos, sin):
+        """GPT-NeoX rotation [x1, x2] * cos + [-x2, x1] * sin, as RoPEFusionGPTNEOX matches it."""
+        ops = self.ops
+        half = self.cfg.head_dim // 2
+        parts = ops.variadic_split(x, self.const(np.array(3, np.int64), "a3"),
+                                   self.const(np.array([half, -1], np.int64), "halves"))
+        x2neg = ops.multiply(parts.output(1), self.const(np.array(-1.0, np.float32), "neg"))
+        rot = ops.concat([x2neg, parts.output(0)], -1)
+        return ops.add(ops.multiply(x, cos), ops.multiply(rot, sin))
+
+    def heads(self, y, n_heads: int, norm: str | None):
+        """[1, L, n*D] -> [1, n, L, D], with Qwen3's per-head RMSNorm before the transpose."""
+        ops = self.ops
+        y = ops.reshape(y, self.const(np.array([0, 0, n_heads, self.cfg.head_dim], np.int64),
+                                      "shape4"), True)
+        if norm:
+            y = self.rms(y, norm)
+        return ops.transpose(y, self.const(np.array([0, 2, 1, 3], np.int64), "perm"))
+
+    # -- whole model
+    def build(self, progress: bool):
+        ov, ops, cfg = self.ov, self.ops, self.cfg
+        i64 = np.int64
+        ids = ops.parameter([1, -1], ov.Type.i64, name="input_ids")
+        pos = ops.parameter([1, -1], ov.Type.i64, name="position_ids")
+        beam = ops.parameter([1], ov.Type.i32, name="beam_idx")
+        for p, n in ((ids, "input_ids"), (pos, "position_ids"), (beam, "beam_idx")):
+            p.output(0).get_tensor().set_names({n})
+
+        emb_mode = "fp32" if self.weights == "fp32" else "int8"
+        table = self.weight(self.ckpt.tensor("model.embed_tokens.weight"),
+                            "model.embed_tokens", emb_mode)
+        x = ops.gather(table, ids, self.const(np.array(0, i64), "a0"))
+
+        # RoPE tables for these positions: [1, 1, L, D]
+        d = cfg.head_dim
+        inv_freq = (1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.int64)
+                                             .astype(np.float32) / d))).astype(np.float32)
+        posf = ops.unsqueeze(ops.convert(pos, ov.Type.f32), self.const(np.array(-1, i64), "am1"))
+        freqs = ops.multiply(posf, self.const(inv_freq[None, None, :], "inv_freq"))
+        emb = ops.unsqueeze(ops.concat([freqs, freqs], -1), self.const(np.array(1, i64), "a1"))
+        cos, sin = ops.cos(emb), ops.sin(emb)
+
+        # additive causal mask [1, 1, L, S]: key j is visible to the query at position p iff
+        # j <= p; S = last position + 1 = cached + L. Correct for any chunk at any offset.
+        last = ops.gather(pos, self.const(np.array([-1], i64), "last"),
+                          self.const(np.array(1, i64), "a1b"))
+        total = ops.add(ops.reshape(last, self.const(np.array([], i64), "scalar"), False),
+                        self.const(np.array(1, i64), "one"))
+        kpos = ops.range(self.const(np.array(0, i64), "zero"), total,
+                         self.const(np.array(1, i64), "step"), ov.Type.i64)
+        visible = ops.less_equal(kpos, ops.unsqueeze(pos, self.const(np.array(-1, i64), "am1b")))
+        mask = ops.select(visible, self.const(np.array(0.0, np.float32), "f0"),
+                          self.const(np.array(-np.inf, np.float32), "ninf"))
+        mask = ops.unsqueeze(mask, self.const(np.array(1, i64), "a1c"))
+
+        nh, nkv, dq = cfg.num_heads, cfg.num_kv_heads, cfg.num_heads * cfg.head_dim
+        dkv = nkv * d
+        sinks = []
+        # the value a variable holds after reset: an empty cache [1, kv_heads, 0, head_dim]
+        empty_kv = self.const(np.zeros((1, nkv, 0, d), np.float32), "empty_kv")
+        layers = range(cfg.num_layers)
+        if progress:
+            from tqdm import tqdm
+
+            layers = tqdm(layers, desc=f"OpenVINO export ({self.weights})", unit="layer")
+        for i in layers:
+            pre = f"model.layers.{i}."
+            h = self.rms(x, pre + "input_layernorm.weight")
+            a = pre + "self_attn."
+            qkv = self.linear(h, [a + "q_proj", a + "k_proj", a + "v_proj"], self.weights,
+                              bias=cfg.attention_bias)
+            parts = ops.variadic_split(qkv, self.const(np.array(-1, i64), "am1c"),
+                                       self.const(np.array([dq, dkv, dkv], i64), "qkv_split"))
+            q = self.heads(parts.output(0), nh, a + "q_norm.weight" if cfg.qk_norm else None)
+            k = self.heads(parts.output(1), nkv, a + "k_norm.weight" if cfg.qk_norm else None)
+            v = self.heads(parts.output(2), nkv, None)
+            q = self.rope(q, cos, sin)
+            k = self.rope(k, cos, sin)
+            kv = []
+            for name, cur in (("key", k), ("value", v)):
+                var_id = f"past_key_values.{i}.{name}"
+                rv = ops.read_value(empty_kv, var_id, ov.Type.f32,
+                                    ov.PartialShape([1, nkv, -1, d]))
+                past = ops.gather(rv, beam, self.const(np.array(0, i64), "a0b"))
+                cat = ops.concat([past, cur], 2)
+                sinks.append(ops.assign(cat, var_id))
+                kv.append(cat)
+            if nh != nkv:  # grouped-query attention: repeat each KV head nh/nkv times
+                rep = self.const(np.array([1, 1, nh // nkv, 1, 1], i64), "gqa_rep")
+                shape = self.const(np.array([0, nh, -1, d], i64), "gqa_shape")
+                kv = [ops.reshape(ops.broadcast(
+                    ops.unsqueeze(t, self.const(np.array(2, i64), "a2")), rep,
+                    broadcast_spec="bidirectional"), shape, True) for t in kv]
+            att = ops.scaled_dot_product_attention(q, kv[0], kv[1], mask)
+            att = ops.transpose(att, self.const(np.array([0, 2, 1, 3], i64), "perm2"))
+            att = ops.reshape(att, self.const(np.array([0, 0, dq], i64), "merge"), True)
+            x = ops.add(x, self.linear(att, [a + "o_proj"], self.weights))
+
+            h = self.rms(x, pre + "post_attention_layernorm.weight")
+            m = pre + "mlp."
+            gu = self.linear(h, [m + "gate_proj", m + "up_proj"], self.weights)
+            g_u = ops.variadic_split(gu, self.const(np.array(-1, i64), "am1d"),
+                                     self.const(np.array([cfg.intermediate_size] * 2, i64),
+                                                "gu_split"))
+            act = ops.multiply(ops.swish(g_u.output(0)), g_u.output(1))
+            x = ops.add(x, self.linear(act, [m + "down_proj"], self.weights))
+
+        x = ops.slice(x, self.const(np.array([-1], i64), "s_start"),
+                      self.const(np.array([np.iinfo(np.int64).max], i64), "s_stop"),
+                      self.const(np.array([1], i64), "s_step"),
+                      self.const(np.array([1], i64), "s_axis"))
+        x = self.rms(x, "model.norm.weight")
+        logits = self.linear(x, ["lm_head"], self.lm_head_mode)
+        out = ops.result(logits)
+        out.output(0).get_tensor().set_names({"logits"})
+        logits.output(0).get_tensor().set_names({"logits"})
+        return ov.Model([out], sinks, [ids, pos, beam], "qcoder_decoder")
+
+
+def build_openvino_model(ckpt: Checkpoint, weights: str = "int4", lm_head: str | None = None,
+                         group_size: int = 32, progress: bool = False):
+    """The decoder of ``ckpt`` as an in-memory ``openvino.Model``."""
+    cfg = ckpt.config
+    if weights not in WEIGHT_MODES:
+        raise ExportError(f"unknown weights {weights!r}: choose one of {', '.join(WEIGHT_MODES)}")
+    if cfg.arch not in DENSE_ARCHS:
+        raise ModelError(f"the OpenVINO exporter builds dense {', '.join(DENSE_ARCHS)} decoders; "
+                         f"{cfg.arch!r} is not one of them")
+    if cfg.head_dim % 2:
+        raise ModelError(f"RoPE needs an even head_dim, got {cfg.head_dim}")
+    lm_head = lm_head or default_lm_head(weights)
+    if lm_head not in WEIGHT_MODES:
+        raise ExportError(f"unknown lm_head weights {lm_head!r}")
+    return _Builder(cfg, ckpt, weights, lm_head, group_size).build(progress)
+
+
+def default_lm_head(weights: str) -> str:
+    """The lm_head is re-quantized to 8 bits in int4 mode, like NNCF's backup precision: it is
+    the matrix whose errors reach the logits directly."""
+    return "int8" if weights == "int4" else weights
+
+
+def export_openvino(ckpt: Checkpoint, out_dir: Path, weights: str = "int4",
+                    progress: bool = True, lm_head: str | None = None,
+                    group_size: int = 32) -> None:
+    """Write ``out_dir/openvino_model.xml`` + ``.bin`` and ``out_dir/config.json``.
+
+    Files are written under a temporary directory and renamed into place, config.json last,
+    so an interrupted export never leaves a directory that looks complete.
+    """
+    ov, _ = _ov()
+    out_dir = Path(out_dir)
+    model = build_openvino_model(ckpt, weights, lm_head, group_size, progress)
+    meta = {
+        **ckpt.config.to_dict(),
+        "backend": "openvino",
+        "weights": weights,
+        "lm_head_weights": lm_head or default_lm_head(weights),
+        "group_size": group_size,
+        "embedding_weights": "fp32" if weights == "fp32" else "int8",
+        "exporter_version": EXPORTER_VERSION,
+        "openvino_version": ov.get_version(),
+    }
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".ov-export-", dir=out_dir))
+        try:
+            ov.save_model(model, str(tmp / MODEL_XML), compress_to_fp16=False)
+            del model
+            (tmp / CONFIG_JSON).write_text(json.dumps(meta, indent=2))
+            for name in (MODEL_BIN, MODEL_XML, CONFIG_JSON):
+                os.replace(tmp / name, out_dir / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        raise ExportError(f"could not write the OpenVINO export to {out_dir}: {e}") from None
