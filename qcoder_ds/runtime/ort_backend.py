@@ -1,0 +1,156 @@
+"""ONNX Runtime backend: export a checkpoint to ONNX, and run it with an in-place KV cache.
+
+``export_onnx`` writes ``model.onnx`` + ``model.onnx.data`` + ``config.json`` into a
+temporary sibling folder and renames it into place only when complete, so an interrupted
+export never leaves a half-written model where the cache would find it.
+
+``OrtDecoderSession`` keeps each layer's KV cache as one preallocated OrtValue of
+``max_context`` positions, bound (IOBinding) both as the layer's past input and its present
+output: GroupQueryAttention appends the new keys/values in place, and nothing is copied
+between steps. The same graph does prefill (any chunk length) and one-token decode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
+from qcoder_ds.models.checkpoint import Checkpoint
+from qcoder_ds.models.config import ArchConfig
+from qcoder_ds.runtime.backend import DecoderSession
+from qcoder_ds.runtime.onnx_graph import DATA_FILE, OnnxExportOptions, build_decoder, save_model
+
+MODEL_FILE = "model.onnx"
+CONFIG_FILE = "config.json"
+#: KV capacity when the caller does not ask for one: 4096 positions of Qwen2.5-0.5B's cache
+#: take 96 MiB (fp32); the model's full 32k window would take 768 MiB.
+DEFAULT_MAX_CONTEXT = 4096
+
+
+def export_onnx(ckpt: Checkpoint, out_dir: Path, weights: str = "int4", progress: bool = True,
+                **options) -> None:
+    """Export ``ckpt`` to ``out_dir`` (model.onnx, model.onnx.data, config.json).
+
+    ``options`` are further ``OnnxExportOptions`` fields (block_size, symmetric,
+    accuracy_level, lm_head, embeddings). An existing ``out_dir`` is replaced atomically.
+    """
+    opts = OnnxExportOptions(weights=weights, **options)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        with open(tmp / DATA_FILE, "wb") as data:
+            model = build_decoder(ckpt.config, ckpt.tensor, data, opts, progress=progress)
+        save_model(model, tmp / MODEL_FILE)
+        meta = {**ckpt.config.to_dict(), "export": {"backend": "onnx", **opts.to_dict()}}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _config_from_dict(d: dict) -> ArchConfig:
+    fields = ArchConfig.__dataclass_fields__
+    return ArchConfig(**{k: v for k, v in d.items() if k in fields})
+
+
+def load_onnx(out_dir: Path, threads: int | None = None,
+              max_context: int | None = None) -> "OrtDecoderSession":
+    """Open an export made by ``export_onnx``; ``threads`` defaults to the usable CPU cores."""
+    out_dir = Path(out_dir)
+    for f in (MODEL_FILE, DATA_FILE, CONFIG_FILE):
+        if not (out_dir / f).is_file():
+            raise ModelError(f"{out_dir}: no {f}; not a complete ONNX export "
+                             f"(run `qcoder export MODEL --backend onnx` again)")
+    try:
+        meta = json.loads((out_dir / CONFIG_FILE).read_text())
+        cfg = _config_from_dict(meta)
+    except (ValueError, TypeError) as e:
+        raise ModelError(f"{out_dir / CONFIG_FILE}: unreadable export config ({e})") from None
+    return OrtDecoderSession(out_dir / MODEL_FILE, cfg, threads or _default_threads(),
+                             max_context or min(cfg.max_position_embeddings, DEFAULT_MAX_CONTEXT))
+
+
+class OrtDecoderSession(DecoderSession):
+    """A decoder on ONNX Runtime's CPU EP, batch 1, with its KV cache bound in place."""
+
+    def __init__(self, model_path: Path, cfg: ArchConfig, threads: int, max_context: int):
+        if max_context > cfg.max_position_embeddings:
+            raise ContextLengthError(
+                f"max_context {max_context} exceeds the model's "
+                f"{cfg.max_position_embeddings} positions")
+        self.config = cfg
+        self.max_context = max_context
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self.session = ort.InferenceSession(str(model_path), so,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types
+            raise ModelError(f"{model_path}: ONNX Runtime cannot load this export ({e})") from None
+        out = {o.name: o for o in self.session.get_outputs()}
+        self.vocab_size = int(out["logits"].shape[-1])
+        shape = [1, cfg.num_kv_heads, max_context, cfg.head_dim]
+        self._kv = []
+        self._bind = self.session.io_binding()
+        for i in range(cfg.num_layers):
+            for kind in ("key", "value"):
+                buf = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32)
+                self._kv.append(buf)
+                self._bind.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)
+                self._bind.bind_ortvalue_output(f"present.{i}.{kind}", buf)
+        self._logits = ort.OrtValue.ortvalue_from_shape_and_type([1, 1, self.vocab_size],
+                                                                 np.float32)
+        self._bind.bind_ortvalue_output("logits", self._logits)
+        self.position = 0
+
+    def reset(self) -> None:
+        self.position = 0  # stale cache rows past `position` are never read
+
+    def forward(self, input_ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(input_ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise QcoderError(f"forward needs a non-empty 1-D array of token ids, "
+                              f"got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise QcoderError(f"token ids must be integers, got {ids.dtype}")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise QcoderError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        n = ids.size
+        total = self.position + n
+        if total > self.max_context:
+            raise ContextLengthError(
+                f"{n} new tokens after {self.position} would make {total}, more than this "
+                f"session's context of {self.max_context} tokens")
+        self._bind.bind_cpu_input("input_ids", ids.astype(np.int64).reshape(1, n))
+        self._bind.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
+        self._bind.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        self.session.run_with_iobinding(self._bind)
+        self.position = total
+        return self._logits.numpy()[0, 0].copy()
