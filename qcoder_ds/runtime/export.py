@@ -1,0 +1,227 @@
+"""The export cache: a model exported once per (source, backend, weights, exporter version).
+
+An export is built in a temporary folder beside the cache and renamed into place only when
+complete, with a manifest written last; a crash or Ctrl-C leaves a ``.tmp-*`` folder that is
+never loaded (and is cleaned up by the next export of the same key). A second start finds the
+folder and only loads it.
+
+Backends are entries in :data:`BACKENDS` (name -> module + functions), so adding a runtime is
+one :func:`register_backend` call, not another branch through the code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qcoder_ds import paths
+from qcoder_ds.errors import QcoderError
+from qcoder_ds.runtime.backend import DecoderSession
+
+#: bump when a change in how exports are built makes old exports wrong or slower
+EXPORTER_VERSION = "1"
+WEIGHTS = ("int4", "int8", "fp32")
+MANIFEST = "export.json"
+
+
+class ExportError(QcoderError):
+    """An export could not be built, found or loaded."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How to export to and load from one runtime. Functions are found lazily by name, so an
+    optional runtime (OpenVINO) is imported only when it is chosen."""
+
+    name: str
+    module: str  # e.g. "qcoder_ds.runtime.ort_backend"
+    export_fn: str  # (ckpt, out_dir, weights=..., progress=...) -> None
+    load_fn: str  # (out_dir, threads=...) -> DecoderSession
+    extra: str = ""  # the pip extra that installs the runtime, for the error message
+
+    def _module(self):
+        try:
+            return importlib.import_module(self.module)
+        except ModuleNotFoundError as e:
+            hint = f" (pip install 'qcoder-ds[{self.extra}]')" if self.extra else ""
+            raise ExportError(
+                f"the {self.name} backend is not available: {e.name} is not installed{hint}"
+            ) from None
+
+    def version(self) -> str:
+        """The backend's own exporter version, if it declares one (part of the cache key)."""
+        return str(getattr(self._module(), "EXPORTER_VERSION", ""))
+
+    def export(self, ckpt, out_dir: Path, weights: str, progress: bool) -> None:
+        getattr(self._module(), self.export_fn)(ckpt, out_dir, weights=weights, progress=progress)
+
+    def load(self, out_dir: Path, threads: int | None) -> DecoderSession:
+        return getattr(self._module(), self.load_fn)(out_dir, threads=threads)
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    """Make a runtime available to ``load_session``, ``qcoder export`` and the Engine."""
+    BACKENDS[backend.name] = backend
+
+
+register_backend(Backend("onnx", "qcoder_ds.runtime.ort_backend", "export_onnx", "load_onnx"))
+register_backend(Backend("openvino", "qcoder_ds.runtime.openvino_backend", "export_openvino",
+                         "load_openvino", extra="openvino"))
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise ExportError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def _check_weights(weights: str) -> None:
+    if weights not in WEIGHTS:
+        raise ExportError(f"unknown weights format {weights!r}; choose one of {', '.join(WEIGHTS)}")
+
+
+def cache_key(identity: str, backend: str, weights: str, backend_version: str = "") -> str:
+    """sha256 over everything that changes the exported files."""
+    blob = json.dumps({"source": identity, "backend": backend, "weights": weights,
+                       "exporter": EXPORTER_VERSION, "backend_exporter": backend_version},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _resolve(source):
+    if isinstance(source, (str, os.PathLike)):
+        from qcoder_ds.models.sources import resolve
+
+        return resolve(str(source))
+    return source
+
+
+def export_dir(source, backend: str = "onnx", weights: str = "int4") -> Path:
+    """Where the export for these options lives (whether or not it exists yet)."""
+    source = _resolve(source)
+    _check_weights(weights)
+    b = get_backend(backend)
+    key = cache_key(source.identity, b.name, weights, b.version())
+    return paths.exports_dir() / f"{_slug(source)}-{b.name}-{weights}-{key[:16]}"
+
+
+def _slug(source) -> str:
+    name = str(getattr(source, "name", "") or "model")
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:60]
+
+
+def is_complete(out_dir: Path) -> bool:
+    """True when ``out_dir`` is a finished export (its manifest is written last, then renamed)."""
+    return (Path(out_dir) / MANIFEST).is_file()
+
+
+def ensure_export(source, backend: str = "onnx", weights: str = "int4", progress: bool = True,
+                  log: Callable[[str], Any] | None = None) -> Path:
+    """The export folder for these options, building it first if it is not in the cache."""
+    source = _resolve(source)
+    final = export_dir(source, backend, weights)
+    if is_complete(final):
+        return final
+    b = get_backend(backend)
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    _clean_stale(final)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    log(f"exporting {getattr(source, 'name', source)} to {b.name} ({weights}); "
+        f"this happens once, later starts load the cached export")
+    t0 = time.perf_counter()
+    try:
+        b.export(source.checkpoint(), tmp, weights, progress)
+        manifest = {
+            "source": getattr(source, "name", None), "identity": source.identity,
+            "backend": b.name, "weights": weights, "exporter_version": EXPORTER_VERSION,
+            "backend_exporter_version": b.version(), "seconds": round(time.perf_counter() - t0, 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
+        _fsync_dir(tmp)
+        if final.exists() and not is_complete(final):  # damaged by hand: replace it
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not is_complete(final):  # not another process finishing first: a real failure
+                raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if tmp.exists() and is_complete(final):  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    log(f"export done in {time.perf_counter() - t0:.0f} s: {final}")
+    return final
+
+
+def load_session(source, backend: str = "onnx", weights: str = "int4",
+                 threads: int | None = None, progress: bool = True) -> DecoderSession:
+    """A ready DecoderSession for ``source`` (a Source or a name/path), exporting it if needed."""
+    out = ensure_export(source, backend, weights, progress)
+    try:
+        return get_backend(backend).load(out, threads)
+    except QcoderError:
+        raise
+    except Exception as e:  # a damaged cache entry: say where it is and how to rebuild it
+        raise ExportError(
+            f"could not load the cached {backend} export at {out}: {type(e).__name__}: {e}. "
+            f"Delete that folder to rebuild it."
+        ) from e
+
+
+def _clean_stale(final: Path) -> None:
+    """Remove leftovers of crashed exports of the same key (their process is gone)."""
+    for d in final.parent.glob(f".tmp-{final.name}-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(d: Path) -> None:
+    """Flush every file of the export to disk before it is published by the rename."""
+    for p in d.rglob("*"):
+        if p.is_file():
+            try:
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
