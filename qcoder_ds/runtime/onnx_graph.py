@@ -52,7 +52,8 @@ class OnnxExportOptions:
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHT_KINDS:
-            raise ModelError(f"weights must be one of {', '.join(WEIGHT_KINDS)}, not {self.weights!r}")
+            raise ModelError(
+                f"weights must be one of {', '.join(WEIGHT_KINDS)}, not {self.weights!r}")
         if self.lm_head not in (*WEIGHT_KINDS, "same"):
             raise ModelError(f"lm_head must be same/int4/int8/fp32, not {self.lm_head!r}")
         if self.embeddings not in WEIGHT_KINDS:

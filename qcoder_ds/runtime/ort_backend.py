@@ -76,7 +76,7 @@ def _config_from_dict(d: dict) -> ArchConfig:
 
 
 def load_onnx(out_dir: Path, threads: int | None = None,
-              max_context: int | None = None) -> "OrtDecoderSession":
+              max_context: int | None = None) -> OrtDecoderSession:
     """Open an export made by ``export_onnx``; ``threads`` defaults to the usable CPU cores."""
     out_dir = Path(out_dir)
     for f in (MODEL_FILE, DATA_FILE, CONFIG_FILE):
