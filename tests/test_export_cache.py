@@ -157,9 +157,14 @@ def test_next_export_after_a_crash_rebuilds_and_cleans(home, fake_backend, tmp_p
     stale = final.with_name(f".tmp-{final.name}-999999999")  # no such process
     stale.mkdir(parents=True)
     (stale / "model.bin").write_text("half")
+    inner = final.with_name(f"..tmp-{final.name}-999999999.tmp-abc123")  # a backend's own temp
+    inner.mkdir()
+    live = final.with_name(f".tmp-{final.name}-{os.getppid()}")  # a live process: left alone
+    live.mkdir()
     s = ex.load_session(FakeSource(), backend="fake", progress=False)
     assert s.payload == "int4:w" and calls["export"] == 1
-    assert not stale.exists()
+    assert not stale.exists() and not inner.exists()
+    assert live.exists()
 
 
 def test_folder_without_manifest_is_rebuilt(home, fake_backend):

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -186,10 +187,18 @@ def load_session(source, backend: str = "onnx", weights: str = "int4",
 
 
 def _clean_stale(final: Path) -> None:
-    """Remove leftovers of crashed exports of the same key (their process is gone)."""
-    for d in final.parent.glob(f".tmp-{final.name}-*"):
-        pid = d.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+    """Remove leftovers of crashed exports of the same key (their process is gone).
+
+    Ours are ``.tmp-<name>-<pid>``; a backend may add its own temp sibling inside that
+    name (``..tmp-<name>-<pid>.tmp-xyz``), so both are matched by the pid after the name.
+    """
+    pattern = re.compile(re.escape(final.name) + r"-(\d+)(?:\.|$)")
+    for d in final.parent.iterdir():
+        m = pattern.search(d.name)
+        if not d.name.startswith(".") or not m:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _alive(pid):
             continue
         shutil.rmtree(d, ignore_errors=True)
 
