@@ -1,0 +1,289 @@
+"""Check a candidate cell by running it on a sample copy of the data, in another process.
+
+Limits: wall-clock time (the process group is killed), address space (RLIMIT_AS on top of
+what the interpreter maps), CPU seconds, file size; no network (a fresh network namespace via
+``unshare -n`` where we may create one, and in any case an audit hook that refuses sockets);
+no other processes; a temporary working directory, outside of which nothing may be written or
+deleted; ``MPLBACKEND=Agg`` so plots render off-screen. The user's objects are never passed:
+the child gets a pickled sample copy, and databases are opened read-only or copied.
+
+A spare child is started ahead of time (its pandas/matplotlib import is most of the start-up
+cost), so a check in an interactive session starts at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pickle
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qcoder_ds.copilot.context import ConnectionInfo, _is_data, connection_kind
+
+CHILD = Path(__file__).with_name("sandbox_child.py")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much a candidate may use. Defaults suit a notebook cell on a laptop."""
+
+    timeout_s: float = 20.0
+    memory_mb: int = 1024
+    file_mb: int = 64
+    sample_rows: int = 2000
+    network: bool = False
+
+
+@dataclass
+class RunResult:
+    """What happened when the candidate ran."""
+
+    ok: bool
+    error: str | None = None
+    error_type: str | None = None
+    traceback: str | None = None
+    stdout: str = ""
+    value: dict | None = None
+    fingerprint: str | None = None
+    figures: list[dict] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    timed_out: bool = False
+    elapsed_s: float = 0.0
+    unavailable: list[str] = field(default_factory=list)  # names that could not be copied
+    isolation: str = ""
+
+    def problem(self) -> str:
+        """One line for the repair prompt and the user."""
+        if self.ok:
+            return ""
+        return self.error or "the cell failed"
+
+
+@functools.lru_cache(maxsize=1)
+def network_namespace_available() -> bool:
+    """True when ``unshare -n`` works here (root, or user namespaces allowed)."""
+    exe = shutil.which("unshare")
+    if not exe:
+        return False
+    try:
+        r = subprocess.run([exe, "-n", "true"], capture_output=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def _child_env(allowed_dir: str) -> dict[str, str]:
+    keep = ("PATH", "LANG", "LC_ALL", "HOME", "TZ", "SYSTEMROOT")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.update(MPLBACKEND="Agg", MPLCONFIGDIR=allowed_dir, OPENBLAS_NUM_THREADS="1",
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0",
+               PYTHONDONTWRITEBYTECODE="1", NO_PROXY="*", no_proxy="*")
+    return env
+
+
+def sample_copy(obj: Any, rows: int) -> Any:
+    """A copy with at most ``rows`` rows (a seeded random sample, kept in index order)."""
+    kind = _is_data(obj)
+    if kind in ("dataframe", "series"):
+        if len(obj) > rows:
+            return obj.sample(n=rows, random_state=0).sort_index()
+        return obj.copy()
+    if kind == "ndarray":
+        return obj[:rows].copy() if obj.ndim and obj.shape[0] > rows else obj.copy()
+    return obj
+
+
+def _connection_spec(name: str, conn: Any, info: ConnectionInfo | None, tmp: Path,
+                     rows: int) -> dict | None:
+    kind = connection_kind(conn)
+    if kind == "sqlite":
+        path = info.path if info else None
+        if not path:  # in-memory: copy it into the job directory
+            path = str(tmp / f"{name}.sqlite")
+            dest = sqlite3.connect(path)
+            try:
+                conn.backup(dest)
+            finally:
+                dest.close()
+        return {"kind": "sqlite", "path": path}
+    if kind == "sqlalchemy":
+        eng = getattr(conn, "engine", conn)
+        if eng.dialect.name == "sqlite" and info and info.path:
+            return {"kind": "sqlalchemy-sqlite", "path": info.path}
+        return None
+    if kind == "duckdb" and info:
+        tables = {t: conn.execute(f'SELECT * FROM "{t}" LIMIT {int(rows)}').df()
+                  for t in info.tables}
+        return {"kind": "duckdb", "tables": tables}
+    return None
+
+
+def referenced(code: str) -> set[str]:
+    """Names the code reads (so only those objects are copied into the child)."""
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
+class Sandbox:
+    """Runs candidates in child processes; keeps one spare child warm between runs."""
+
+    def __init__(self, limits: Limits | None = None, prewarm: bool = True):
+        self.limits = limits or Limits()
+        self.prewarm = prewarm
+        self._spare: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._mpl_dir = tempfile.mkdtemp(prefix="qcoder-mpl-")
+        self.isolation = "network namespace + audit hook" if (
+            network_namespace_available() and not self.limits.network) else "audit hook"
+
+    def _start(self) -> subprocess.Popen:
+        cmd = [sys.executable, "-I", str(CHILD)]
+        if not self.limits.network and network_namespace_available():
+            cmd = [shutil.which("unshare") or "unshare", "-n", "--"] + cmd
+        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=_child_env(self._mpl_dir),
+                                cwd=tempfile.gettempdir(), start_new_session=True, text=True)
+
+    def _take(self) -> subprocess.Popen:
+        with self._lock:
+            proc, self._spare = self._spare, None
+        if proc is None or proc.poll() is not None:
+            proc = self._start()
+        return proc
+
+    def _refill(self) -> None:
+        if self.prewarm:
+            with self._lock:
+                if self._spare is None:
+                    self._spare = self._start()
+
+    def close(self) -> None:
+        with self._lock:
+            proc, self._spare = self._spare, None
+        if proc is not None and proc.poll() is None:
+            _kill(proc)
+        shutil.rmtree(self._mpl_dir, ignore_errors=True)
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def run(self, code: str, namespace: Mapping[str, Any],
+            connections: Mapping[str, ConnectionInfo] | None = None,
+            result_name: str | None = None) -> RunResult:
+        """Run ``code`` with sample copies of the namespace objects it references."""
+        lim = self.limits
+        names = referenced(code)
+        data: dict[str, Any] = {}
+        modules: dict[str, str] = {}
+        conns: dict[str, dict] = {}
+        unavailable: list[str] = []
+        tmp = Path(tempfile.mkdtemp(prefix="qcoder-check-"))
+        try:
+            for name in sorted(names & set(namespace)):
+                obj = namespace[name]
+                if isinstance(obj, types.ModuleType):
+                    modules[name] = obj.__name__
+                    continue
+                if connection_kind(obj):
+                    info = (connections or {}).get(name)
+                    spec = _connection_spec(name, obj, info, tmp, lim.sample_rows)
+                    if spec is None:
+                        unavailable.append(name)
+                    else:
+                        conns[name] = spec
+                    continue
+                copy = sample_copy(obj, lim.sample_rows)
+                try:
+                    pickle.dumps(copy)
+                except Exception:  # noqa: BLE001 - lambdas, open files, user classes...
+                    unavailable.append(name)
+                    continue
+                data[name] = copy
+            job = {"code": code, "data": data, "modules": modules, "connections": conns,
+                   "memory_bytes": lim.memory_mb << 20, "file_bytes": lim.file_mb << 20,
+                   "cpu_seconds": int(lim.timeout_s) + 1, "result_name": result_name,
+                   "allowed_dirs": [self._mpl_dir]}
+            with open(tmp / "job.pkl", "wb") as f:
+                pickle.dump(job, f)
+            result = self._execute(tmp)
+            result.unavailable = unavailable
+            return result
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._refill()
+
+    def _execute(self, job_dir: Path) -> RunResult:
+        start = time.perf_counter()
+        proc = self._take()
+        timed_out = False
+        try:
+            _, stderr = proc.communicate(str(job_dir) + "\n", timeout=self.limits.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill(proc)
+            stderr = ""
+        elapsed = time.perf_counter() - start
+        result_file = job_dir / "result.json"
+        if timed_out:
+            return RunResult(False, error=f"TimeoutError: the cell ran longer than the "
+                             f"{self.limits.timeout_s:g} s limit of the check",
+                             error_type="TimeoutError", timed_out=True, elapsed_s=elapsed,
+                             isolation=self.isolation)
+        try:
+            raw = json.loads(result_file.read_text())
+        except (OSError, ValueError):
+            rc = proc.returncode
+            why = _signal_name(rc)
+            if rc in (-signal.SIGXCPU, -signal.SIGKILL):
+                why += " (a CPU or memory limit of the check)"
+            tail = (stderr or "").strip().splitlines()[-3:]
+            return RunResult(False, error=f"the check process died: {why}. " + " ".join(tail),
+                             error_type="Crash", elapsed_s=elapsed, isolation=self.isolation)
+        return RunResult(ok=raw["ok"], error=raw.get("error"), error_type=raw.get("error_type"),
+                         traceback=raw.get("traceback"), stdout=raw.get("stdout", ""),
+                         value=raw.get("value"), fingerprint=raw.get("fingerprint"),
+                         figures=raw.get("figures") or [], blocked=raw.get("blocked") or [],
+                         elapsed_s=elapsed, isolation=self.isolation)
+
+
+def _signal_name(rc: int | None) -> str:
+    if rc is None:
+        return "no exit status"
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    try:
+        proc.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, ValueError):
+        pass

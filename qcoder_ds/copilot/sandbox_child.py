@@ -1,0 +1,237 @@
+"""The process that runs a candidate cell (started by ``sandbox.py``; never imported by it).
+
+Standalone on purpose: it imports nothing from qcoder_ds, runs under ``python -I``, and after
+the heavy imports waits for a job directory on stdin, so a pre-started spare can take the next
+job at once. Per job: limits (address space, CPU, file size), an audit hook that refuses the
+network, other processes, and writes or deletes outside the job's working directory; then the
+cell runs like a notebook cell and a JSON summary is written to the job directory.
+"""
+
+import ast
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import resource
+import sys
+import traceback
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+try:  # matplotlib is optional for the sandbox; plots then fail with a clear ImportError
+    import matplotlib  # noqa: E402
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: E402
+except ImportError:  # pragma: no cover
+    plt = None
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+_NET_EVENTS = {"socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
+               "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
+               "socket.__new__"}
+_PROC_EVENTS = {"subprocess.Popen", "os.system", "os.exec", "os.spawn", "os.posix_spawn",
+                "os.fork", "os.forkpty", "pty.spawn", "os.kill", "os.killpg", "os.startfile"}
+_PATH_EVENTS = {"os.remove", "os.rmdir", "os.rename", "shutil.rmtree", "os.truncate",
+                "os.chmod", "os.chown", "os.link", "os.symlink", "os.mkdir", "os.utime",
+                "shutil.move", "shutil.copyfile"}
+
+
+class Blocked(PermissionError):
+    """Raised inside the candidate when it does something the check does not allow."""
+
+
+def _install_guard(workdir, allowed, blocked):
+    roots = [os.path.realpath(workdir)] + [os.path.realpath(a) for a in allowed]
+
+    def inside(path):
+        try:
+            p = os.fsdecode(path)
+        except TypeError:
+            return True  # a file descriptor: it was opened before, through this same hook
+        real = os.path.realpath(p)
+        return real == "/dev/null" or any(real == r or real.startswith(r + os.sep) for r in roots)
+
+    def hook(event, args):
+        if event == "open":
+            path, mode, flags = (list(args) + [None, None, None])[:3]
+            writes = (mode is not None and any(c in str(mode) for c in "wax+")) or (
+                mode is None and isinstance(flags, int) and flags & _WRITE_FLAGS)
+            if writes and not isinstance(path, int) and not inside(path):
+                msg = f"writing outside the working directory is not allowed: {path}"
+                blocked.append(msg)
+                raise Blocked(msg)
+        elif event in _NET_EVENTS:
+            msg = f"network access is disabled in the check ({event})"
+            blocked.append(msg)
+            raise Blocked(msg)
+        elif event in _PROC_EVENTS:
+            msg = f"starting processes is disabled in the check ({event})"
+            blocked.append(msg)
+            raise Blocked(msg)
+        elif event in _PATH_EVENTS:
+            paths = [a for a in args if isinstance(a, (str, bytes, os.PathLike))]
+            if any(not inside(p) for p in paths):
+                msg = f"{event} outside the working directory is not allowed: {paths[0]}"
+                blocked.append(msg)
+                raise Blocked(msg)
+
+    sys.addaudithook(hook)
+
+
+def _fingerprint(value):
+    """A stable hash of a result, so candidates can vote on the majority output."""
+    try:
+        if isinstance(value, pd.DataFrame):
+            text = value.round(6).to_csv()
+        elif isinstance(value, pd.Series):
+            text = value.round(6).to_csv() if value.dtype.kind in "fc" else value.to_csv()
+        elif isinstance(value, np.ndarray):
+            text = repr(np.round(value, 6).tolist() if value.dtype.kind in "fc" else
+                        value.tolist())
+        elif isinstance(value, float):
+            text = repr(round(value, 6))
+        else:
+            text = repr(value)
+    except Exception:  # noqa: BLE001
+        text = repr(type(value))
+    return hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def _describe(value):
+    if value is None:
+        return None
+    text = repr(value)
+    out = {"type": type(value).__name__, "repr": text[:2000]}
+    if isinstance(value, (pd.DataFrame, pd.Series, np.ndarray)):
+        out["shape"] = list(value.shape)
+    if isinstance(value, pd.DataFrame):
+        out["columns"] = [str(c) for c in value.columns][:100]
+    return out
+
+
+def _figures(workdir):
+    figs = []
+    if plt is None:
+        return figs
+    for num in plt.get_fignums():
+        fig = plt.figure(num)
+        fig.canvas.draw()  # render off-screen: drawing errors surface here
+        axes = []
+        for ax in fig.get_axes():
+            axes.append({"title": ax.get_title(), "xlabel": ax.get_xlabel(),
+                         "ylabel": ax.get_ylabel(), "lines": len(ax.lines),
+                         "patches": len(ax.patches), "collections": len(ax.collections),
+                         "images": len(ax.images)})
+        path = os.path.join(workdir, f"figure{num}.png")
+        fig.savefig(path)
+        figs.append({"axes": axes, "png_bytes": os.path.getsize(path)})
+    return figs
+
+
+def _run_cell(code, ns):
+    """Like a notebook cell: the last expression's value is the cell's output."""
+    tree = ast.parse(code, "<cell>")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    exec(compile(tree, "<cell>", "exec"), ns)
+    if last is not None:
+        return eval(compile(last, "<cell>", "eval"), ns)
+    return None
+
+
+def _connect(spec):
+    kind = spec["kind"]
+    if kind == "sqlite":
+        import sqlite3
+
+        return sqlite3.connect(f"file:{spec['path']}?mode=ro", uri=True, timeout=2.0,
+                               check_same_thread=False)
+    if kind == "sqlalchemy-sqlite":
+        import sqlalchemy
+
+        return sqlalchemy.create_engine(f"sqlite:///file:{spec['path']}?mode=ro&uri=true")
+    if kind == "duckdb":
+        import duckdb
+
+        con = duckdb.connect(":memory:")
+        for table, frame in spec["tables"].items():
+            con.register("_qcoder_tmp", frame)
+            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM _qcoder_tmp')
+            con.unregister("_qcoder_tmp")
+        return con
+    raise ValueError(f"unknown connection kind {kind}")
+
+
+def run_job(job_dir):
+    with open(os.path.join(job_dir, "job.pkl"), "rb") as f:
+        job = pickle.load(f)
+    out = open(os.path.join(job_dir, "result.json"), "w")  # opened before the guard
+    workdir = os.path.join(job_dir, "work")
+    os.makedirs(workdir, exist_ok=True)
+    os.chdir(workdir)
+    ns = {"__name__": "__main__", "__builtins__": __builtins__}
+    for name, module in job.get("modules", {}).items():
+        ns[name] = __import__(module, fromlist=["_"]) if "." in module else __import__(module)
+    ns.update(job["data"])
+    for name, spec in job.get("connections", {}).items():
+        ns[name] = _connect(spec)
+    if "seaborn" in job["code"] or "sns." in job["code"]:
+        with contextlib.suppress(ImportError):
+            import seaborn  # noqa: F401  - imported before the guard (it reads config files)
+    blocked = []
+    _install_guard(workdir, job.get("allowed_dirs", []), blocked)
+    headroom = job.get("memory_bytes")
+    if headroom:  # on top of what the interpreter and its libraries already map
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + headroom, mapped + headroom))
+    cpu = job.get("cpu_seconds")
+    if cpu:  # on top of the CPU time the imports took
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        cpu += int(used.ru_utime + used.ru_stime) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    fsize = job.get("file_bytes")
+    if fsize:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    stdout = io.StringIO()
+    result = {"ok": True, "error": None, "error_type": None, "traceback": None}
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stdout):
+            value = _run_cell(job["code"], ns)
+            figs = _figures(workdir)
+        named = ns.get(job.get("result_name") or "", None)
+        shown = named if named is not None else value
+        result.update(value=_describe(shown), fingerprint=_fingerprint(shown), figures=figs)
+    except BaseException as e:  # noqa: BLE001 - everything is reported, nothing escapes
+        tb = traceback.extract_tb(e.__traceback__)
+        cell = [fr for fr in tb if fr.filename == "<cell>"]
+        lines = traceback.format_exception_only(type(e), e)
+        where = f"line {cell[-1].lineno}: " if cell else ""
+        result.update(ok=False, error_type=type(e).__name__,
+                      error=(where + "".join(lines).strip())[-3000:],
+                      traceback="".join(traceback.format_list(cell[-5:])) + "".join(lines))
+        if isinstance(e, MemoryError):
+            result["error"] = (where + "MemoryError: the cell ran past the memory limit "
+                               "of the check")
+    result["stdout"] = stdout.getvalue()[-4000:]
+    result["blocked"] = blocked
+    json.dump(result, out, default=str)
+    out.close()
+
+
+def main():
+    line = sys.stdin.readline().strip()
+    if line:
+        run_job(line)
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown (and any at-exit writes the guard would refuse)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""Static checks of a Python answer against the live kernel, before anything runs.
+
+Each finding is an :class:`Issue` the repair loop can hand back to the model verbatim:
+a syntax error, a name that is not defined, a column a DataFrame does not have (with the
+closest real names), or a statement that throws the user's data away by rebinding a data
+variable to literal or freshly loaded data (the small model's most common mistake).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_NOTEBOOK_NAMES = {"display", "get_ipython", "In", "Out", "Err", "__builtins__"}
+
+#: methods that return an object with (a superset of) the same columns, so ``x.m(...)[col]``
+#: and ``x.m(...).col`` can be checked against the original frame
+_SAME_COLUMNS = {"copy", "query", "dropna", "fillna", "sort_values", "sort_index", "head", "tail",
+                 "sample", "groupby", "reset_index", "drop_duplicates", "astype", "loc", "iloc",
+                 "nlargest", "nsmallest", "where", "mask", "round", "abs", "infer_objects",
+                 "convert_dtypes", "rolling", "expanding", "resample"}
+#: keyword arguments that name columns of the frame the method is called on
+_COLUMN_KWARGS = {"by", "subset", "columns", "index", "values", "on", "x", "y", "hue",
+                  "left_on", "right_on", "column", "keys"}
+#: methods whose positional string arguments are columns
+_COLUMN_POSITIONAL = {"groupby", "sort_values", "set_index", "drop_duplicates", "pivot_table",
+                      "pivot", "nlargest", "nsmallest", "explode", "melt", "value_counts"}
+#: calls that make new data: rebinding a live data variable to one of these discards the data
+_MAKERS = {"DataFrame", "Series", "array", "asarray", "read_csv", "read_excel", "read_parquet",
+           "read_json", "read_sql", "read_sql_query", "read_table", "read_feather", "loadtxt",
+           "genfromtxt", "load", "from_dict", "from_records", "zeros", "ones", "arange",
+           "linspace", "rand", "randn", "randint", "date_range"}
+
+
+@dataclass
+class Issue:
+    """One problem found in an answer. ``severity`` is "error" or "warning"."""
+
+    kind: str  # "syntax", "undefined-name", "unknown-column", "rebinds-data", "unsafe", "sql"
+    message: str
+    line: int | None = None
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.message}"
+
+
+def _close(word: str, options: list[str]) -> str:
+    hits = difflib.get_close_matches(word, options, n=3, cutoff=0.5)
+    if not hits:
+        low = {o.lower(): o for o in options}
+        if word.lower() in low:
+            hits = [low[word.lower()]]
+    return f" (did you mean {', '.join(map(repr, hits))}?)" if hits else ""
+
+
+def check_syntax(code: str) -> tuple[ast.Module | None, list[Issue]]:
+    try:
+        return ast.parse(code), []
+    except SyntaxError as e:
+        return None, [Issue("syntax", f"SyntaxError: {e.msg}", e.lineno)]
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            bound.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            bound.update(node.names)
+        elif isinstance(node, ast.MatchAs) and node.name:
+            bound.add(node.name)
+    return bound
+
+
+def check_names(tree: ast.Module, namespace: Mapping[str, Any]) -> list[Issue]:
+    """Every name the code reads is bound in the code, in the kernel, or a builtin."""
+    bound = _bound_names(tree)
+    known = bound | set(namespace) | set(dir(builtins)) | _NOTEBOOK_NAMES
+    issues, seen = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            if node.id not in known and node.id not in seen:
+                seen.add(node.id)
+                options = [n for n in namespace if not n.startswith("_")] + sorted(bound)
+                hint = _close(node.id, options)
+                if node.id in ("pd", "np", "plt", "sns"):
+                    hint = f" (add the import for `{node.id}`)"
+                issues.append(Issue("undefined-name",
+                                    f"name `{node.id}` is not defined in the kernel{hint}",
+                                    node.lineno))
+    return issues
+
+
+# --------------------------------------------------------------------------- columns
+
+
+def _is_frame(obj: Any) -> bool:
+    return type(obj).__name__ == "DataFrame" and (type(obj).__module__ or "").startswith("pandas")
+
+
+def _str_consts(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return [e.value for e in node.elts
+                if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return []
+
+
+class _ColumnChecker:
+    def __init__(self, tree: ast.Module, namespace: Mapping[str, Any]):
+        self.frames: dict[str, list[str]] = {
+            k: [str(c) for c in v.columns] for k, v in namespace.items()
+            if not k.startswith("_") and _is_frame(v)}
+        self.created = self._created_columns(tree)
+        self.aliases = self._aliases(tree)
+        self.issues: list[Issue] = []
+        self.seen: set[tuple[str, str]] = set()
+        import pandas as pd
+
+        self.frame_attrs = set(dir(pd.DataFrame)) | set(dir(pd.core.groupby.DataFrameGroupBy))
+
+    @staticmethod
+    def _created_columns(tree: ast.Module) -> set[str]:
+        """Strings the code itself introduces as column names (assigned, renamed, aggregated)."""
+        made: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
+                made.update(_str_consts(node.slice))
+                if isinstance(node.slice, ast.Tuple) and len(node.slice.elts) == 2:
+                    made.update(_str_consts(node.slice.elts[1]))
+            elif isinstance(node, ast.Call):
+                for kw in node.keywords:
+                    if kw.arg and kw.arg not in _COLUMN_KWARGS:
+                        made.add(kw.arg)  # assign(new=...), agg(total=(...))
+                    if kw.arg in ("columns", "name", "value_name", "var_name", "names"):
+                        if isinstance(kw.value, ast.Dict):
+                            for v in kw.value.values:
+                                made.update(_str_consts(v))
+                        else:
+                            made.update(_str_consts(kw.value))
+                func = node.func
+                if isinstance(func, ast.Attribute) and func.attr in ("rename", "to_frame",
+                                                                     "reset_index", "insert"):
+                    for a in node.args:
+                        made.update(_str_consts(a))
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                made.add(node.attr)
+        return made
+
+    def _aliases(self, tree: ast.Module) -> dict[str, str]:
+        """``x = df`` / ``x = df[mask]`` / ``x = df.copy()``: x has df's columns."""
+        out: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                t = node.targets[0]
+                if isinstance(t, ast.Name) and t.id not in self.frames:
+                    root = self._root_frame(node.value, out)
+                    if root:
+                        out[t.id] = root
+        return out
+
+    def _root_frame(self, node: ast.AST, aliases: dict[str, str] | None = None) -> str | None:
+        """The live frame whose columns ``node`` still has, if we can tell."""
+        aliases = self.aliases if aliases is None else aliases
+        if isinstance(node, ast.Name):
+            if node.id in self.frames:
+                return node.id
+            return aliases.get(node.id)
+        if isinstance(node, ast.Subscript):
+            if _str_consts(node.slice) and not isinstance(node.slice, (ast.List, ast.Tuple)):
+                return None  # df['a'] is a Series
+            if isinstance(node.value, ast.Attribute) and node.value.attr in ("loc", "iloc"):
+                return self._root_frame(node.value.value, aliases)
+            if not _str_consts(node.slice):
+                return self._root_frame(node.value, aliases)  # boolean filter
+            return None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in _SAME_COLUMNS:
+                return self._root_frame(node.func.value, aliases)
+        return None
+
+    def _unknown(self, frame: str, col: str, line: int) -> None:
+        cols = self.frames[frame]
+        if col in cols or col in self.created or (frame, col) in self.seen:
+            return
+        self.seen.add((frame, col))
+        self.issues.append(Issue(
+            "unknown-column",
+            f"`{frame}` has no column {col!r}{_close(col, cols)}; its columns are "
+            f"{cols[:30]}", line))
+
+    def run(self, tree: ast.Module) -> list[Issue]:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+                target = node.value
+                sl = node.slice
+                if isinstance(target, ast.Attribute) and target.attr in ("loc",):
+                    frame = self._root_frame(target.value)
+                    if frame and isinstance(sl, ast.Tuple) and len(sl.elts) == 2:
+                        for c in _str_consts(sl.elts[1]):
+                            self._unknown(frame, c, node.lineno)
+                    continue
+                frame = self._root_frame(target)
+                if frame:
+                    for c in _str_consts(sl):
+                        self._unknown(frame, c, node.lineno)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                frame = self._root_frame(node.value)
+                if (frame and node.attr not in self.frame_attrs
+                        and not node.attr.startswith("_")):
+                    self._unknown(frame, node.attr, node.lineno)
+            elif isinstance(node, ast.Call):
+                self._call(node)
+        return self.issues
+
+    def _call(self, node: ast.Call) -> None:
+        func = node.func
+        frame = None
+        if isinstance(func, ast.Attribute):
+            frame = self._root_frame(func.value)
+            if frame and func.attr in _COLUMN_POSITIONAL:
+                for a in node.args[:1]:
+                    for c in _str_consts(a):
+                        self._unknown(frame, c, node.lineno)
+        data = next((kw.value for kw in node.keywords if kw.arg == "data"), None)
+        if data is not None:  # seaborn style: sns.barplot(data=df, x="a", y="b")
+            frame = self._root_frame(data)
+        if frame is None:
+            return
+        method = func.attr if isinstance(func, ast.Attribute) else ""
+        for kw in node.keywords:
+            if kw.arg in _COLUMN_KWARGS:
+                if method in ("rename", "reset_index", "drop") and kw.arg != "columns":
+                    continue
+                if method == "rename":
+                    if isinstance(kw.value, ast.Dict):
+                        for k in kw.value.keys:
+                            for c in _str_consts(k) if k is not None else []:
+                                self._unknown(frame, c, node.lineno)
+                    continue
+                if method in ("pivot_table", "pivot", "melt", "merge", "join") and \
+                        kw.arg in ("on", "left_on", "right_on"):
+                    if method in ("merge", "join"):
+                        continue  # names on the other frame too
+                for c in _str_consts(kw.value):
+                    self._unknown(frame, c, node.lineno)
+
+
+def check_columns(tree: ast.Module, namespace: Mapping[str, Any]) -> list[Issue]:
+    """Every column the code names on a live DataFrame exists (or is made by the code)."""
+    return _ColumnChecker(tree, namespace).run(tree)
+
+
+# --------------------------------------------------------------------------- rebinding data
+
+
+def _maker_name(node: ast.AST) -> str | None:
+    if isinstance(node, (ast.Dict, ast.List)) and (
+            getattr(node, "keys", None) or getattr(node, "elts", None)):
+        return "a literal"
+    if isinstance(node, ast.Call):
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+        if name in _MAKERS:
+            return ast.unparse(f) + "(...)"
+    return None
+
+
+def rebinding_statements(tree: ast.Module, namespace: Mapping[str, Any]) -> list[ast.stmt]:
+    """Top-level statements that replace a live data variable with literal or loaded data."""
+    from qcoder_ds.copilot.context import _is_data
+
+    out = []
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign):
+            names = [t.id for t in stmt.targets if isinstance(t, ast.Name)]
+            if any(n in namespace and _is_data(namespace[n]) in ("dataframe", "series", "ndarray")
+                   for n in names) and _maker_name(stmt.value):
+                out.append(stmt)
+    return out
+
+
+def check_rebinding(tree: ast.Module, namespace: Mapping[str, Any]) -> list[Issue]:
+    issues = []
+    for stmt in rebinding_statements(tree, namespace):
+        name = next(t.id for t in stmt.targets if isinstance(t, ast.Name))
+        issues.append(Issue(
+            "rebinds-data",
+            f"`{name}` already holds the user's data; this line replaces it with "
+            f"{_maker_name(stmt.value)}. Use the existing `{name}` instead", stmt.lineno))
+    return issues
+
+
+def drop_rebinding(code: str, namespace: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """Remove top-level statements that re-create live data; return the code and what went.
+
+    Safe to do without asking the model: the removed statement would only have replaced the
+    user's real data with a made-up copy.
+    """
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code, []
+    stmts = rebinding_statements(tree, namespace)
+    if not stmts:
+        return code, []
+    lines = code.splitlines()
+    drop: set[int] = set()
+    notes = []
+    for s in stmts:
+        drop.update(range(s.lineno - 1, (s.end_lineno or s.lineno)))
+        notes.append(lines[s.lineno - 1].strip()[:80])
+    kept = "\n".join(line for i, line in enumerate(lines) if i not in drop)
+    return kept.strip("\n"), notes
+
+
+def validate_python(code: str, namespace: Mapping[str, Any]) -> list[Issue]:
+    """Syntax, names, columns and rebinding (safety is separate: it may only warn)."""
+    tree, issues = check_syntax(code)
+    if tree is None:
+        return issues
+    return (check_names(tree, namespace) + check_columns(tree, namespace)
+            + check_rebinding(tree, namespace))

@@ -1,0 +1,143 @@
+"""SQL answers checked against the live schema with sqlglot: parse, qualify, transpile.
+
+The raw model's SQL fails mostly with "no such column" (RESEARCH.md). Qualifying every column
+against the connection's real tables finds those before the query runs, and the message names
+the real columns, which is what the repair prompt needs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import OptimizeError, ParseError, SqlglotError
+from sqlglot.optimizer.qualify import qualify
+
+from qcoder_ds.copilot.context import ConnectionInfo
+from qcoder_ds.copilot.validate import Issue
+
+_WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Drop, exp.Create, exp.Alter, exp.Merge,
+           exp.TruncateTable)
+
+
+@dataclass
+class SqlCheck:
+    """The query rewritten for the connection's dialect, and what is wrong with it."""
+
+    sql: str
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(i.severity == "error" for i in self.issues)
+
+
+def _schema_for(info: ConnectionInfo) -> dict[str, dict[str, str]]:
+    """Types sqlglot can read; a type it does not know becomes TEXT (only names matter here)."""
+    out: dict[str, dict[str, str]] = {}
+    for table, cols in info.tables.items():
+        out[table] = {}
+        for col, typ in cols.items():
+            try:
+                exp.DataType.build(typ or "TEXT", dialect=info.dialect)
+                out[table][col] = typ or "TEXT"
+            except (SqlglotError, ValueError):
+                out[table][col] = "TEXT"
+    return out
+
+
+def _close(word: str, options: list[str]) -> str:
+    low = {o.lower(): o for o in options}
+    hits = difflib.get_close_matches(word.lower(), list(low), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(low[h]) for h in hits)}?)" if hits else ""
+
+
+def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None) -> SqlCheck:
+    """Parse ``sql`` (in dialect ``read``, default the connection's), check every table and
+    column against ``info``, and return it transpiled to the connection's dialect."""
+    read = read or info.dialect
+    if not sql.strip():
+        return SqlCheck(sql, [Issue("sql", "the answer contains no SQL query")])
+    try:
+        statements = [s for s in sqlglot.parse(sql, read=read) if s is not None]
+    except ParseError as e:
+        first = e.errors[0] if e.errors else {}
+        msg = first.get("description") or str(e).splitlines()[0]
+        return SqlCheck(sql, [Issue("sql", f"SQL syntax error: {msg}", first.get("line"))])
+    if len(statements) != 1:
+        return SqlCheck(sql, [Issue("sql", f"expected one SQL statement, got {len(statements)}")])
+    tree = statements[0]
+    issues: list[Issue] = []
+    if isinstance(tree, exp.Command) or not isinstance(tree, (exp.Query, *_WRITES)):
+        return SqlCheck(sql, [Issue("sql", f"not a SQL query: {sql.strip()[:80]!r}")])
+    if info.dialect == "sqlite":
+        tree = _sqlite_quoted_strings(tree, info)
+    if isinstance(tree, _WRITES):
+        issues.append(Issue("unsafe", f"the query modifies the database ({tree.key.upper()}); "
+                                      "the copilot only writes read-only queries",
+                            severity="warning"))
+    out_sql = tree.sql(dialect=info.dialect, pretty=True)
+    if not isinstance(tree, (exp.Query,)):
+        return SqlCheck(out_sql, issues)
+    cte_names = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+    tables_lower = {t.lower(): t for t in info.tables}
+    unknown_tables = []
+    for t in tree.find_all(exp.Table):
+        name = t.name
+        if name and name.lower() not in tables_lower and name.lower() not in cte_names:
+            unknown_tables.append(name)
+    for name in dict.fromkeys(unknown_tables):
+        issues.append(Issue("sql", f"no table named {name!r}{_close(name, list(info.tables))}; "
+                                   f"the tables are {sorted(info.tables)}"))
+    if unknown_tables:
+        return SqlCheck(out_sql, issues)
+    try:
+        qualify(tree.copy(), schema=_schema_for(info), dialect=info.dialect,
+                validate_qualify_columns=True, quote_identifiers=False)
+    except OptimizeError as e:
+        issues.append(_column_issue(str(e), tree, info))
+    except SqlglotError as e:  # qualify can fail on exotic syntax: report, do not crash
+        issues.append(Issue("sql", f"could not check the query against the schema: {e}",
+                            severity="warning"))
+    return SqlCheck(out_sql, issues)
+
+
+def _sqlite_quoted_strings(tree: exp.Expression, info: ConnectionInfo) -> exp.Expression:
+    """SQLite reads ``"France"`` as a string when no column has that name; so do we."""
+    names = {c.lower() for cols in info.tables.values() for c in cols}
+
+    def fix(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Column) and not node.table:
+            ident = node.this
+            if isinstance(ident, exp.Identifier) and ident.quoted and \
+                    ident.name.lower() not in names:
+                return exp.Literal.string(ident.name)
+        return node
+
+    return tree.transform(fix)
+
+
+def _column_issue(message: str, tree: exp.Expression, info: ConnectionInfo) -> Issue:
+    """Turn sqlglot's message into one naming the real columns of the tables in the query."""
+    used = {t.name.lower() for t in tree.find_all(exp.Table)}
+    cols = {f"{t}.{c}" for t, cs in info.tables.items() if t.lower() in used for c in cs}
+    bare = sorted({c.split(".", 1)[1] for c in cols})
+    missing = None
+    for prefix in ("Column '", "column '"):
+        if prefix in message:
+            missing = message.split(prefix, 1)[1].split("'", 1)[0]
+    hint = _close(missing, bare) if missing else ""
+    head = f"no column {missing!r}{hint}" if missing else message.splitlines()[0]
+    return Issue("sql", f"{head}; the tables used have columns {sorted(cols)[:60]}")
+
+
+def sql_cell(sql: str, info: ConnectionInfo) -> str:
+    """A notebook cell that runs ``sql`` on the user's connection and shows a DataFrame."""
+    body = sql.strip().rstrip(";")
+    quoted = '"""\n' + body.replace('"""', '\\"\\"\\"') + '\n"""'
+    if info.kind == "duckdb":
+        return f"query = {quoted}\nresult = {info.name}.execute(query).df()\nresult"
+    return (f"import pandas as pd\n\nquery = {quoted}\n"
+            f"result = pd.read_sql_query(query, {info.name})\nresult")
