@@ -100,7 +100,8 @@ def test_repetition_penalty_matches_transformers_processor():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=64).astype(np.float32)
     ids = [3, 5, 5, 60, 7]
-    ref = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([ids]), torch.from_numpy(logits[None].copy()))
+    scores = torch.from_numpy(logits[None].copy())
+    ref = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([ids]), scores)
     np.testing.assert_allclose(apply_repetition_penalty(logits, ids, 1.3), ref[0].numpy(),
                                rtol=1e-6)
 
@@ -260,8 +261,8 @@ def test_multibyte_characters_split_across_tokens_stream_whole():
 
 def test_incremental_decoder_flushes_an_incomplete_tail():
     d = IncrementalDecoder(ByteTokenizer())
-    assert d.add(0xE6) == "" and d.add(0x95) == ""  # two of the three bytes of 数
-    assert d.flush() == "\ufffd"
+    assert d.push(0xE6) == "" and d.push(0x95) == ""  # two of the three bytes of 数
+    assert d.finish() == "\ufffd"
 
 
 def test_cancel_before_start_raises_and_runs_nothing():

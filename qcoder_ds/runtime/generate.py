@@ -153,7 +153,8 @@ class IncrementalDecoder:
     It decodes a short window of recent ids (with one token of left context so that
     word-joining decoders keep their spaces) and emits only the part that grew and is not
     an incomplete byte sequence (decoded as U+FFFD), the way transformers' TextStreamer and
-    vLLM do it. Works with any tokenizer that has ``decode``.
+    vLLM do it. Works with any tokenizer that has ``decode``; used when the tokenizer has no
+    ``detokenizer()`` of its own (qcoder_ds.models.tokenizer.Tokenizer has one).
     """
 
     def __init__(self, tokenizer: Detokenizer, skip_special_tokens: bool = True):
@@ -166,7 +167,7 @@ class IncrementalDecoder:
     def _decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=self.skip) if ids else ""
 
-    def add(self, token_id: int) -> str:
+    def push(self, token_id: int) -> str:
         self.ids.append(int(token_id))
         prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
         text = self._decode(self.ids[self.prefix_offset:])
@@ -176,7 +177,7 @@ class IncrementalDecoder:
             return text[len(prefix):]
         return ""
 
-    def flush(self) -> str:
+    def finish(self) -> str:
         """Whatever is still undecided (an incomplete character at the very end)."""
         prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
         text = self._decode(self.ids[self.prefix_offset:])
@@ -204,7 +205,10 @@ class TextStream:
 
     def __init__(self, tokens: TokenGeneration, tokenizer: Detokenizer):
         self.tokens = tokens
-        self.decoder = IncrementalDecoder(tokenizer)
+        # the tokenizer's own streaming decoder when it has one, else the generic one here
+        make = getattr(tokenizer, "detokenizer", None)
+        self.decoder = (make(skip_special_tokens=True) if callable(make)
+                        else IncrementalDecoder(tokenizer))
         self.stops = tokens.params.stop
         self.text = ""
         self._it = self._run()
@@ -230,7 +234,7 @@ class TextStream:
     def _run(self) -> Iterator[str]:
         pending = ""
         for tok in self.tokens:
-            pending += self.decoder.add(tok)
+            pending += self.decoder.push(tok)
             if not pending:
                 continue
             if self.stops:
@@ -248,7 +252,7 @@ class TextStream:
                 ready, pending = pending, ""
             if ready:
                 yield self._emit(ready)
-        pending += self.decoder.flush()
+        pending += self.decoder.finish()
         if self.stops:
             hits = [i for i in (pending.find(s) for s in self.stops) if i >= 0]
             if hits:

@@ -45,7 +45,8 @@ class SamplingParams:
         if self.max_new_tokens < 1:
             raise SamplingParamsError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
-            raise SamplingParamsError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise SamplingParamsError(
+                f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not (0.0 < self.top_p <= 1.0):
             raise SamplingParamsError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:

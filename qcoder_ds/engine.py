@@ -1,0 +1,142 @@
+"""The Engine: one loaded model (decoder session + tokenizer + chat template) that streams text.
+
+This is the one object the copilot, the lessons and the Jupyter server talk to::
+
+    engine = Engine.load()                       # the embedded model, ONNX Runtime, int4
+    for piece in engine.chat([{"role": "user", "content": "a pandas groupby example"}]):
+        print(piece, end="")
+
+A session has one KV cache, so one generation runs at a time: a second caller waits for the
+first stream to finish (or be closed / cancelled). Cancelling raises GenerationCancelled
+from the stream (see qcoder_ds.runtime.generate).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from qcoder_ds.errors import QcoderError
+from qcoder_ds.runtime.backend import DecoderSession
+from qcoder_ds.runtime.generate import DEFAULT_PREFILL_CHUNK, TextStream, generate_text
+from qcoder_ds.runtime.sampler import SamplingParams
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+
+
+class Engine:
+    """A model ready to generate. Build it with :meth:`Engine.load`."""
+
+    def __init__(self, session: DecoderSession, tokenizer: Any, chat_template: Any = None,
+                 name: str = "model", backend: str = "", weights: str = "",
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+        self.session = session
+        self.tokenizer = tokenizer
+        self.template = chat_template  # a ChatTemplate (has .render), or None for base models
+        self.name, self.backend, self.weights = name, backend, weights
+        self.prefill_chunk = prefill_chunk
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str = DEFAULT_MODEL, backend: str = "onnx", weights: str = "int4",
+             threads: int | None = None, progress: bool = True) -> Engine:
+        """Resolve ``model`` (catalogue name, GGUF file, HF directory), export it to ``backend``
+        once (cached), and load it. ``threads`` defaults to the backend's choice (all cores)."""
+        from qcoder_ds.models.chat_template import ChatTemplate
+        from qcoder_ds.models.sources import resolve
+        from qcoder_ds.runtime.export import load_session
+
+        source = resolve(model)
+        tokenizer = source.tokenizer()
+        text = source.chat_template()
+        template = ChatTemplate(text, getattr(tokenizer, "special_tokens_map", None)) \
+            if text else None
+        session = load_session(source, backend=backend, weights=weights, threads=threads,
+                               progress=progress)
+        return cls(session, tokenizer, template, name=getattr(source, "name", model),
+                   backend=backend, weights=weights)
+
+    @property
+    def max_context(self) -> int:
+        """Prompt plus generated tokens must fit in this many tokens."""
+        return int(self.session.max_context)
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` takes (to fit context into the window)."""
+        return len(self.tokenizer.encode(text))
+
+    def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt text the model sees for ``messages``."""
+        if self.template is None:
+            raise QcoderError(f"{self.name} has no chat template; use complete() with plain text")
+        return self.template.render(list(messages), add_generation_prompt=add_generation_prompt)
+
+    def count_chat_tokens(self, messages: Sequence[dict]) -> int:
+        return self.count_tokens(self.render_chat(messages))
+
+    def chat(self, messages: Sequence[dict], params: SamplingParams | None = None,
+             cancel: threading.Event | None = None, truncate: bool = False) -> Iterator[str]:
+        """Stream the assistant's reply to ``messages`` (dicts with role and content)."""
+        return self.complete(self.render_chat(messages), params, cancel, truncate=truncate)
+
+    def complete(self, prompt: str, params: SamplingParams | None = None,
+                 cancel: threading.Event | None = None, truncate: bool = False) -> Iterator[str]:
+        """Stream the model's continuation of ``prompt`` (raw text, special tokens allowed).
+
+        The returned iterator is a TextStream: after it ends, ``.finish_reason`` and
+        ``.tokens`` (ids, timings) say what happened.
+        """
+        ids = self.tokenizer.encode(prompt) if prompt else []
+        # built now, so bad input (empty, too long) fails at the call; the session is only
+        # touched when iteration starts, under the lock
+        stream = generate_text(self.session, self.tokenizer, ids, params, cancel,
+                               prefill_chunk=self.prefill_chunk, truncate=truncate)
+        return _Locked(self._lock, stream)
+
+    def generate(self, messages: Sequence[dict], params: SamplingParams | None = None,
+                 cancel: threading.Event | None = None) -> str:
+        """The whole reply at once (for callers that do not stream)."""
+        return "".join(self.chat(messages, params, cancel))
+
+
+class _Locked:
+    """A TextStream that holds the engine's lock from its first item until it ends or closes."""
+
+    def __init__(self, lock: threading.Lock, stream: TextStream):
+        self._lock = lock
+        self._stream = stream
+        self._held = False
+        self._done = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self._done:
+            raise StopIteration
+        if not self._held:
+            self._lock.acquire()
+            self._held = True
+        try:
+            return next(self._stream)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        self._done = True
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+    def close(self) -> None:
+        self._stream.close()
+        self._release()
+
+    def __del__(self):
+        if self._held:
+            self._release()
+
+    def __getattr__(self, name: str):  # finish_reason, text, tokens ...
+        return getattr(self._stream, name)
