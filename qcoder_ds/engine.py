@@ -49,7 +49,7 @@ class Engine:
 
         source = resolve(model)
         tokenizer = source.tokenizer()
-        text = source.chat_template()
+        text = getattr(tokenizer, "chat_template", None)  # None for base models
         template = ChatTemplate(text, getattr(tokenizer, "special_tokens_map", None)) \
             if text else None
         session = load_session(source, backend=backend, weights=weights, threads=threads,
