@@ -167,8 +167,9 @@ def build_decoder(cfg: ArchConfig, tensor: Callable[[str], np.ndarray], data: Bi
                   opts: OnnxExportOptions, progress: bool = False) -> onnx.ModelProto:
     """The decoder graph; initializers over 1 KiB are written to ``data`` (``DATA_FILE``)."""
     if cfg.arch not in ("qwen2", "qwen3", "llama") or cfg.num_experts:
+        moe = " (mixture of experts)" if cfg.num_experts or cfg.arch.endswith("moe") else ""
         raise ModelError(f"the ONNX exporter builds dense qwen2/qwen3/llama decoders, "
-                         f"not {cfg.arch!r}{' (mixture of experts)' if cfg.num_experts else ''}")
+                         f"not {cfg.arch!r}{moe}")
     if cfg.num_heads % cfg.num_kv_heads:
         raise ModelError(f"num_heads {cfg.num_heads} is not a multiple of "
                          f"num_kv_heads {cfg.num_kv_heads}")
