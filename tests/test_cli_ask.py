@@ -1,0 +1,249 @@
+"""`qcoder ask` / `qcoder export` / the Engine: prompt, data loading, streaming, errors.
+
+Fast tests drive the command with a scripted decoder (tests/test_generate.py) so the output is
+known; the slow test runs the real embedded model end to end and executes its answer.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_generate import EOS, ByteTokenizer, ScriptedSession
+
+from qcoder_ds import cli
+from qcoder_ds.commands import ask
+from qcoder_ds.engine import Engine
+from qcoder_ds.errors import ContextLengthError, GenerationCancelled, QcoderError
+from qcoder_ds.runtime.generate import EmptyPromptError
+from qcoder_ds.runtime.sampler import SamplingParams
+
+REPO = Path(__file__).resolve().parents[1]
+SALES = REPO / "examples" / "data" / "sales.csv"
+
+
+class EchoTemplate:
+    """A stand-in chat template: role: content lines (the real one is tested elsewhere)."""
+
+    def render(self, messages, add_generation_prompt=False):
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+
+def scripted_engine(answer: str, max_context: int = 4096) -> tuple[Engine, ScriptedSession]:
+    """An Engine whose model writes ``answer`` (then EOS) after whatever prompt it gets."""
+
+    tok = ByteTokenizer()
+    a = tok.encode(answer) + [EOS]
+
+    class Session(ScriptedSession):
+        def __init__(self):
+            super().__init__([], max_context=max_context)
+            self.prompt_len = None
+
+        def forward(self, ids):
+            if self.position == 0:
+                self.prompt_len = None
+            self.position += len(ids)
+            self.calls.append(np.asarray(ids).tolist())
+            if self.prompt_len is None:
+                self.prompt_len = self.position
+            k = self.position - self.prompt_len  # tokens generated so far
+            out = np.full(self.vocab_size, -10.0, np.float32)
+            out[a[min(k, len(a) - 1)]] = 10.0
+            return out
+
+    s = Session()
+    # one prefill call, so the session knows where the prompt ends
+    return Engine(s, tok, EchoTemplate(), name="scripted", prefill_chunk=1 << 20), s
+
+
+# ------------------------------------------------------------------ prompt and data
+
+
+def test_prompt_says_df_exists_with_columns_dtypes_and_head():
+    df = pd.read_csv(SALES)
+    msgs = ask.build_ask_messages("total revenue per region", df, "sales.csv")
+    assert [m["role"] for m in msgs] == ["system", "user"]
+    user = msgs[1]["content"]
+    assert "`df` is already loaded" in user and "Do not read any file" in user
+    for col, dtype in df.dtypes.items():
+        assert f"- {col}: {dtype}" in user
+    assert "400 rows" in user and "10001" in user  # shape and a value from head()
+    assert "total revenue per region" in user and "```python" in user
+
+
+def test_prompt_without_data_is_just_the_request():
+    msgs = ask.build_ask_messages("fizzbuzz in one line")
+    assert "df" not in msgs[1]["content"] and "fizzbuzz" in msgs[1]["content"]
+
+
+def test_load_table_csv_parquet_and_errors(tmp_path):
+    df = ask.load_table(SALES)
+    assert df.shape == (400, 8)
+    pq = tmp_path / "s.parquet"
+    df.head(20).to_parquet(pq)
+    assert ask.load_table(pq).equals(df.head(20))
+    with pytest.raises(ask.DataFileError, match="no such file"):
+        ask.load_table(tmp_path / "missing.csv")
+    (tmp_path / "x.xlsx").write_text("nope")
+    with pytest.raises(ask.DataFileError, match="unsupported data file type '.xlsx'"):
+        ask.load_table(tmp_path / "x.xlsx")
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ask.DataFileError, match="cannot read it as a table"):
+        ask.load_table(tmp_path / "bad.parquet")
+
+
+def test_until_block_end_cuts_after_the_closing_fence_even_when_split():
+    text, pieces = "", ["Here:\n``", "`python\nx = 1\n`", "``\nThat code sets x."]
+    out = []
+    for p in pieces:
+        cut, done = ask._until_block_end(text, p)
+        text += cut
+        out.append(cut)
+        if done:
+            break
+    assert text == "Here:\n```python\nx = 1\n```"
+    assert done
+
+
+# ------------------------------------------------------------------ the command, scripted model
+
+
+def _run_cli(monkeypatch, capsys, engine, argv):
+    monkeypatch.setattr(Engine, "load", classmethod(lambda cls, *a, **k: engine))
+    code = cli.main(argv)
+    return code, capsys.readouterr()
+
+
+def test_ask_streams_the_code_block_and_stops_there(monkeypatch, capsys):
+    answer = "```python\nprint(df.groupby('region')['revenue'].sum())\n```\nThis groups by region."
+    engine, session = scripted_engine(answer)
+    code, out = _run_cli(monkeypatch, capsys, engine,
+                         ["ask", "--data", str(SALES), "revenue per region"])
+    assert code == 0
+    assert out.out == "```python\nprint(df.groupby('region')['revenue'].sum())\n```\n"
+    prompt = bytes(session.calls[0]).decode()
+    assert "`df` is already loaded" in prompt and "unit_price: float64" in prompt
+    # the model stopped being asked for tokens right after the closing fence
+    assert len(session.calls) - 1 < len(answer.encode())
+
+
+def test_ask_full_prints_everything(monkeypatch, capsys):
+    answer = "```python\nx = 1\n```\nDone."
+    engine, _ = scripted_engine(answer)
+    code, out = _run_cli(monkeypatch, capsys, engine, ["ask", "--full", "x"])
+    assert code == 0 and out.out == answer + "\n"
+
+
+def test_ask_bad_inputs_are_clear_errors_not_tracebacks(monkeypatch, capsys, tmp_path):
+    engine, _ = scripted_engine("x")
+    code, out = _run_cli(monkeypatch, capsys, engine, ["ask", "--data", "nope.csv", "x"])
+    assert code == 1 and "qcoder: error: nope.csv: no such file" in out.err
+    assert "Traceback" not in out.err
+    code, out = _run_cli(monkeypatch, capsys, engine, ["ask", "   "])
+    assert code == 1 and "request is empty" in out.err
+    small, _ = scripted_engine("x", max_context=64)
+    code, out = _run_cli(monkeypatch, capsys, small, ["ask", "--data", str(SALES), "x"])
+    assert code == 1 and "context holds 64" in out.err
+
+
+# ------------------------------------------------------------------ the Engine
+
+
+def test_engine_chat_complete_count_and_finish_reason():
+    engine, _ = scripted_engine("SELECT 1;\nEND more")
+    stream = engine.chat([{"role": "user", "content": "q"}], SamplingParams(stop=("END",)))
+    assert "".join(stream) == "SELECT 1;\n"
+    assert stream.finish_reason == "stop"
+    assert engine.count_tokens("héllo") == 6  # bytes
+    assert engine.max_context == 4096
+    assert engine.generate([{"role": "user", "content": "q"}]) == "SELECT 1;\nEND more"
+
+
+def test_engine_errors_and_cancel():
+    engine, _ = scripted_engine("abcdefgh" * 10, max_context=64)
+    with pytest.raises(EmptyPromptError):
+        engine.complete("")
+    with pytest.raises(ContextLengthError):
+        engine.complete("x" * 100)
+    assert len("".join(engine.complete("x" * 100, SamplingParams(max_new_tokens=5),
+                                       truncate=True))) == 5
+    ev = threading.Event()
+    got = []
+    with pytest.raises(GenerationCancelled):
+        for piece in engine.complete("hi", cancel=ev):
+            got.append(piece)
+            ev.set()
+    assert got == ["a"]
+    # the lock was released: the engine is usable again
+    assert "".join(engine.complete("hi", SamplingParams(max_new_tokens=3))) == "abc"
+
+
+def test_engine_runs_one_generation_at_a_time():
+    engine, _ = scripted_engine("abcdef")
+    first = engine.complete("one")
+    assert next(first) == "a"
+    second_done = threading.Event()
+
+    def other():
+        "".join(engine.complete("two"))
+        second_done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert not second_done.wait(0.3)  # waits for the first stream
+    assert "".join(first) == "bcdef"
+    assert second_done.wait(10)
+    t.join()
+
+
+def test_engine_without_template_refuses_chat():
+    engine, _ = scripted_engine("x")
+    engine.template = None
+    with pytest.raises(QcoderError, match="no chat template"):
+        engine.chat([{"role": "user", "content": "q"}])
+
+
+# ------------------------------------------------------------------ the real model (slow)
+
+
+def _extract_code(text: str) -> str:
+    m = re.search(r"```(?:python|py)?\s*\n(.*?)```", text, re.S)
+    assert m, f"no code block in the answer:\n{text}"
+    return m.group(1)
+
+
+@pytest.mark.slow
+def test_real_model_answers_a_pandas_request_with_code_that_runs(tmp_path):
+    """Greedy, the embedded model, through the real command; its code runs on the data."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get(
+        "PYTHONPATH", "")])}
+    request = "total revenue per region, sorted from highest to lowest"
+    r = subprocess.run(
+        [sys.executable, "-m", "qcoder_ds.cli", "ask", "--data", str(SALES),
+         "--max-tokens", "256", request],
+        capture_output=True, text=True, env=env, timeout=1500, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    code = _extract_code(r.stdout)
+    ast.parse(code)
+    assert "read_csv" not in code  # it used the df it was told about
+    script = tmp_path / "answer.py"
+    script.write_text(
+        "import matplotlib\nmatplotlib.use('Agg')\nimport pandas as pd\n"
+        "import matplotlib.pyplot as plt\n"
+        f"df = pd.read_csv({str(SALES)!r})\n" + code)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120, check=False)
+    assert run.returncode == 0, f"{code}\n---\n{run.stderr[-2000:]}"
+    # and it answers the question: every region's total appears in what it printed or built
+    totals = pd.read_csv(SALES).groupby("region")["revenue"].sum()
+    assert "region" in code and "revenue" in code
+    assert len(totals) >= 2
