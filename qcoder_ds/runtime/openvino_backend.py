@@ -16,14 +16,13 @@ import numpy as np
 from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
 from qcoder_ds.runtime.backend import DecoderSession
 from qcoder_ds.runtime.openvino_graph import (
+    CACHE_SUBDIR,
     CONFIG_JSON,
     EXPORTER_VERSION,
     MODEL_BIN,
     MODEL_XML,
     _ov,
 )
-
-CACHE_SUBDIR = "ov_cache"
 
 
 def compile_properties(meta: dict, threads: int | None) -> dict:
@@ -64,7 +63,13 @@ class OpenVINODecoderSession(DecoderSession):
                              f"{self.meta.get('exporter_version')}, this build reads "
                              f"{EXPORTER_VERSION}; export again")
         self.vocab_size = int(self.meta["vocab_size"])
-        self.max_context = int(max_context or self.meta["max_position_embeddings"])
+        positions = int(self.meta["max_position_embeddings"])
+        # the cache grows with use (nothing is allocated up front), so the default is the
+        # model's whole window
+        self.max_context = int(max_context or positions)
+        if self.max_context > positions:
+            raise ContextLengthError(f"max_context {self.max_context} exceeds the model's "
+                                     f"{positions} positions")
         self.position = 0
         props = {**compile_properties(self.meta, threads), **(properties or {})}
         core = ov.Core()
@@ -87,19 +92,20 @@ class OpenVINODecoderSession(DecoderSession):
     def forward(self, input_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(input_ids)
         if ids.ndim != 1 or ids.size == 0:
-            raise QcoderError(f"forward takes a non-empty 1-D array of token ids, "
+            raise QcoderError(f"forward needs a non-empty 1-D array of token ids, "
                               f"got shape {ids.shape}")
         if not np.issubdtype(ids.dtype, np.integer):
             raise QcoderError(f"token ids must be integers, got {ids.dtype}")
-        n = ids.size
-        if self.position + n > self.max_context:
-            raise ContextLengthError(
-                f"{self.position} cached + {n} new tokens exceed the context of "
-                f"{self.max_context} tokens")
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.vocab_size:
-            raise QcoderError(f"token id {lo if lo < 0 else hi} is outside the vocabulary "
-                              f"(0..{self.vocab_size - 1})")
+            bad = lo if lo < 0 else hi
+            raise QcoderError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        n = ids.size
+        total = self.position + n
+        if total > self.max_context:
+            raise ContextLengthError(
+                f"{n} new tokens after {self.position} would make {total}, more than this "
+                f"session's context of {self.max_context} tokens")
         pos = np.arange(self.position, self.position + n, dtype=np.int64)[None]
         self.request.infer({"input_ids": ids.astype(np.int64, copy=False)[None],
                             "position_ids": pos, "beam_idx": self._beam},
@@ -108,9 +114,11 @@ class OpenVINODecoderSession(DecoderSession):
         return self.request.get_output_tensor(0).data[0, -1].copy()
 
 
-def load_openvino(out_dir: Path, threads: int | None = None) -> OpenVINODecoderSession:
-    """Load an export written by ``export_openvino`` for generation on the CPU."""
-    return OpenVINODecoderSession(Path(out_dir), threads=threads)
+def load_openvino(out_dir: Path, threads: int | None = None,
+                  max_context: int | None = None) -> OpenVINODecoderSession:
+    """Load an export written by ``export_openvino`` for generation on the CPU; ``threads``
+    defaults to OpenVINO's choice (the physical cores)."""
+    return OpenVINODecoderSession(Path(out_dir), threads=threads, max_context=max_context)
 
 
 def _last_line(e: Exception) -> str:

@@ -35,10 +35,8 @@ DENSE_ARCHS = ("qwen2", "qwen3", "llama")
 MODEL_XML = "openvino_model.xml"
 MODEL_BIN = "openvino_model.bin"
 CONFIG_JSON = "config.json"
-
-
-class ExportError(QcoderError):
-    """An export could not be written (bad options, unsupported model, disk trouble)."""
+#: compiled-blob cache (OpenVINO CACHE_DIR) beside the model, so a second load is quick
+CACHE_SUBDIR = "ov_cache"
 
 
 def _ov():
@@ -72,7 +70,7 @@ def quantize_int4(w: np.ndarray, group: int = 32) -> tuple[np.ndarray, np.ndarra
     """
     out_f, in_f = w.shape
     if in_f % group:
-        raise ExportError(f"int4 needs in_features divisible by {group}, got {in_f}")
+        raise ModelError(f"int4 needs in_features divisible by {group}, got {in_f}")
     g = w.reshape(out_f, in_f // group, group).astype(np.float32)
     lo = g.min(axis=-1, keepdims=True)
     hi = g.max(axis=-1, keepdims=True)
@@ -294,16 +292,16 @@ def build_openvino_model(ckpt: Checkpoint, weights: str = "int4", lm_head: str |
                          group_size: int = 32, progress: bool = False):
     """The decoder of ``ckpt`` as an in-memory ``openvino.Model``."""
     cfg = ckpt.config
-    if weights not in WEIGHT_MODES:
-        raise ExportError(f"unknown weights {weights!r}: choose one of {', '.join(WEIGHT_MODES)}")
+    for what, mode in (("weights", weights), ("lm_head weights", lm_head or weights)):
+        if mode not in WEIGHT_MODES:
+            raise ModelError(f"{what} must be one of {', '.join(WEIGHT_MODES)}, got {mode!r}")
     if cfg.arch not in DENSE_ARCHS:
+        kind = " (mixture of experts)" if cfg.num_experts else ""
         raise ModelError(f"the OpenVINO exporter builds dense {', '.join(DENSE_ARCHS)} decoders; "
-                         f"{cfg.arch!r} is not one of them")
+                         f"{cfg.arch!r}{kind} is not supported")
     if cfg.head_dim % 2:
         raise ModelError(f"RoPE needs an even head_dim, got {cfg.head_dim}")
     lm_head = lm_head or default_lm_head(weights)
-    if lm_head not in WEIGHT_MODES:
-        raise ExportError(f"unknown lm_head weights {lm_head!r}")
     return _Builder(cfg, ckpt, weights, lm_head, group_size).build(progress)
 
 
@@ -341,9 +339,13 @@ def export_openvino(ckpt: Checkpoint, out_dir: Path, weights: str = "int4",
             ov.save_model(model, str(tmp / MODEL_XML), compress_to_fp16=False)
             del model
             (tmp / CONFIG_JSON).write_text(json.dumps(meta, indent=2))
+            (out_dir / CONFIG_JSON).unlink(missing_ok=True)  # incomplete until renamed back
+            shutil.rmtree(out_dir / CACHE_SUBDIR, ignore_errors=True)  # blobs of the old model
             for name in (MODEL_BIN, MODEL_XML, CONFIG_JSON):
                 os.replace(tmp / name, out_dir / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
+        from qcoder_ds.runtime.export import ExportError
+
         raise ExportError(f"could not write the OpenVINO export to {out_dir}: {e}") from None
