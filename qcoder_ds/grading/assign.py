@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import shutil
+from pathlib import Path
 
 import nbformat
 from nbformat import NotebookNode
@@ -118,3 +121,54 @@ def read_notebook(path) -> NotebookNode:
         return nbformat.read(str(path), as_version=4)
     except Exception as e:  # nbformat raises JSON, validation and key errors alike
         raise AssignmentError(f"{path}: not a readable Jupyter notebook ({e})") from e
+
+
+def assign_directory(
+    source_dir: str | os.PathLike,
+    release_dir: str | os.PathLike,
+    gradebook: str | os.PathLike | None = None,
+    name: str | None = None,
+    header: str | None = None,
+    footer: str | None = None,
+) -> list[Path]:
+    """``nbgrader generate_assignment`` for one folder: release every notebook (other files
+    copied as they are) and, with ``gradebook``, record the assignment for autograding.
+
+    Every notebook is checked before anything is written, so a bad one leaves no half
+    release behind; each file is written to a temporary name and renamed when complete.
+    """
+    from qcoder_ds.grading.gradebook import GradebookStore, NotebookDef
+
+    src, dst = Path(source_dir), Path(release_dir)
+    if not src.is_dir():
+        raise AssignmentError(f"{src}: no such source folder")
+    name = name or src.name
+    notebooks = sorted(p for p in src.glob("*.ipynb") if not p.name.startswith("."))
+    if not notebooks:
+        raise AssignmentError(f"{src}: no notebooks to release")
+    defs = []
+    for p in notebooks:
+        released, instructor = generate(read_notebook(p), p.stem, header=header, footer=footer)
+        defs.append(NotebookDef(p.stem, instructor, released))
+    dst.mkdir(parents=True, exist_ok=True)
+    written = []
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        if any(part.startswith(".") for part in rel.parts) or p.suffix == ".ipynb":
+            continue
+        if p.is_dir():
+            (dst / rel).mkdir(parents=True, exist_ok=True)
+        elif p.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dst / rel)
+            written.append(dst / rel)
+    for d in defs:
+        out = dst / f"{d.name}.ipynb"
+        tmp = out.with_name(f".{out.name}.tmp")
+        nbformat.write(d.released, str(tmp))
+        os.replace(tmp, out)
+        written.append(out)
+    if gradebook is not None:
+        with GradebookStore(gradebook) as store:
+            store.save_assignment(name, defs, str(src.resolve()))
+    return written
