@@ -10,6 +10,7 @@ cell and per notebook, and silent guard executions around each test.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -68,7 +69,9 @@ class SandboxedKernel:
         km._kernel_spec = spec
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
         env["PYTHONPATH"] = _PKG_ROOT  # for the launcher only; it never reaches the kernel
-        km.start_kernel(env=env, cwd=str(self.work))
+        # the kernel's own stdout/stderr (banners, crashes) are not the grader's to print
+        km.start_kernel(env=env, cwd=str(self.work), stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
         self.km = km
         kc = km.blocking_client()
         kc.start_channels()
