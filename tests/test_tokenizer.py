@@ -348,3 +348,13 @@ def test_real_gguf_ids_match_transformers(real_gguf, real_ref, tmp_path):
     rendered_ids = ours.encode(template.render(chat, add_generation_prompt=True))
     assert rendered_ids == real_ref.apply_chat_template(
         chat, tokenize=True, add_generation_prompt=True, return_dict=False)
+
+
+def test_accepts_an_open_gguf_reader(tiny_gguf, tiny_ours):
+    from gguf import GGUFReader
+
+    from_reader = load_tokenizer_from_gguf(GGUFReader(tiny_gguf))
+    for text in CORPUS:
+        assert from_reader.encode(text) == tiny_ours.encode(text)
+    assert from_reader.eos_token_ids == tiny_ours.eos_token_ids
+    assert from_reader.chat_template == tiny_ours.chat_template
