@@ -274,6 +274,7 @@ def figure_summary(fig: Any) -> dict:
     from matplotlib.collections import PathCollection
     from matplotlib.patches import Rectangle
 
+    fig.canvas.draw()  # tick labels of category axes are only set when drawn
     axes = []
     for ax in _data_axes(fig):
         # get_xydata() is in axis units: dates and categories become numbers
@@ -281,26 +282,27 @@ def figure_summary(fig: Any) -> dict:
                  for ln in ax.get_lines()]
         bars = []
         for container in ax.containers:
+            flat = getattr(container, "orientation", "vertical") == "horizontal"
             for p in container.patches if hasattr(container, "patches") else []:
                 if isinstance(p, Rectangle):
-                    bars.append((_round([p.get_x() + p.get_width() / 2])[0],
-                                 _round([p.get_height()])[0], _round([p.get_width()])[0]))
-        if not bars:  # bars drawn without a container (e.g. ax.hist(histtype="stepfilled"))
-            for p in ax.patches:
-                if isinstance(p, Rectangle):
-                    bars.append((_round([p.get_x() + p.get_width() / 2])[0],
-                                 _round([p.get_height()])[0], _round([p.get_width()])[0]))
-        points = []
+                    bars.append(_bar(p, flat))
+        if not bars:  # bars drawn without a container
+            bars = [_bar(p, False) for p in ax.patches if isinstance(p, Rectangle)]
+        points, sets = [], 0
         for coll in ax.collections:
             if isinstance(coll, PathCollection):
+                sets += 1
                 points.extend(tuple(_round(o)) for o in coll.get_offsets())
+        legend = ax.get_legend()
         tick_labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
         axes.append({
             "title": ax.get_title().strip(),
             "xlabel": ax.get_xlabel().strip(),
             "ylabel": ax.get_ylabel().strip(),
             "lines": len(lines),
-            "line_data": lines,
+            "line_data": sorted(lines, key=lambda d: repr(d)),
+            "scatter_sets": sets,
+            "legend": sorted(t.get_text() for t in legend.get_texts()) if legend else [],
             "bars": len(bars),
             "bar_heights": sorted(b[1] for b in bars),
             "bar_data": sorted(bars),
@@ -312,6 +314,15 @@ def figure_summary(fig: Any) -> dict:
     return {"type": "figure", "suptitle": (fig._suptitle.get_text().strip()
                                            if getattr(fig, "_suptitle", None) else ""),
             "axes": axes}
+
+
+def _bar(p, horizontal: bool) -> tuple:
+    """(position, value, thickness) of one bar; a horizontal bar's value is its width."""
+    if horizontal:
+        return (_round([p.get_y() + p.get_height() / 2])[0], _round([p.get_width()])[0],
+                _round([p.get_height()])[0])
+    return (_round([p.get_x() + p.get_width() / 2])[0], _round([p.get_height()])[0],
+            _round([p.get_width()])[0])
 
 
 def _same_numbers(a: list, b: list, rtol: float = 1e-6) -> bool:
@@ -345,8 +356,12 @@ def check_figure(fig: Any, expected: dict, labels: bool = True, bar_positions: b
     assert len(ga) == len(ea), f"{name} should have {len(ea)} plot(s); it has {len(ga)}"
     for i, (g, e) in enumerate(zip(ga, ea, strict=False), start=1):
         where = f"plot {i}" if len(ea) > 1 else "the plot"
-        for kind, word in (("lines", "line(s)"), ("bars", "bar(s)"), ("points", "point(s)")):
+        for kind, word in (("lines", "line(s)"), ("bars", "bar(s)"), ("points", "point(s)"),
+                           ("scatter_sets", "scatter series")):
             assert g[kind] == e[kind], f"{where} should have {e[kind]} {word}; it has {g[kind]}"
+        if e["legend"]:
+            assert [t.lower() for t in g["legend"]] == [t.lower() for t in e["legend"]], (
+                f"{where} should have a legend with {e['legend']}; it has {g['legend'] or 'none'}")
         for j, (gl, el) in enumerate(zip(g["line_data"], e["line_data"], strict=False), start=1):
             assert _same_numbers(gl["y"], el["y"]) and _same_numbers(gl["x"], el["x"]), (
                 f"line {j} of {where} does not plot the right data")

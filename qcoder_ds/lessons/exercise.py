@@ -107,7 +107,8 @@ def fill_slots(template: Template, tables: dict[str, pd.DataFrame],
     helpers = _Helpers(rng)
     scope: dict[str, Any] = {"__builtins__": {"int": int, "round": round, "len": len,
                                               "min": min, "max": max, "sorted": sorted,
-                                              "list": list, "str": str, "float": float}}
+                                              "list": list, "str": str, "float": float,
+                                              "set": set}}
     for name in ("choice", "sample", "value_at", "common", "integer"):
         scope[name] = getattr(helpers, name)
     scope.update(tables)

@@ -191,7 +191,35 @@ def generate(topic: str, level: str | None, n: int, seed: int, out: Path,
         plan = plan_exercises(templates, n, seed, staged)
         meta = {"topic": templates[0].topic, "subject": templates[0].subject, "level": level,
                 "seed": seed, "n": n, "templates": [t.key for t, _ in plan]}
-        title = f"{templates[0].title} ({level or 'all levels'})"
+        title = f"{templates[0].topic_title} ({level or 'all levels'})"
         exercises = [ex for _, ex in plan]
         return gate_and_write(exercises, [t.title for t, _ in plan], name, title, meta,
                               stage, out, force)
+
+
+def check_curriculum(templates: list[Template], seed: int, workdir: Path) -> dict:
+    """Gate one exercise per template for ``seed``, all in one batch (for teachers and CI).
+
+    Every dataset is written once into ``workdir``; the exercises go through the same two
+    worker processes and nbgrader release as ``generate``. Returns the gate summary.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    staged = _stage_data(templates, seed, workdir)
+    exercises = []
+    for k, t in enumerate(templates):
+        setup, tables, schema = staged[(t.dataset, t.subject)]
+        ex = instantiate(t, k + 1, tables, setup, np.random.default_rng([seed, k]), schema)
+        ex.prompt = f"{ex.prompt}\n\nData:\n{schema}"
+        exercises.append(ex)
+    shutil.copyfile(Path(__file__).with_name("checks.py"), workdir / CHECKS_FILE)
+    titles = [t.title for t in templates]
+    build, verdicts = build_and_gate(exercises, titles, workdir)
+    if build["built"]:
+        passed = [e for e in exercises if any(b["number"] == e.number for b in build["built"])]
+        cells = {b["number"]: b["notebook_cells"] for b in build["built"]}
+        nb = build_notebook("curriculum check", passed, cells, {"seed": seed})
+        second = rerun_gate(exercises, build, released_stubs(release(nb)), workdir)
+        first = {v.number: v for v in verdicts}
+        verdicts = [first[v.number] if not first[v.number].passed else v for v in second]
+    return {"seed": seed, **summary(verdicts)}

@@ -45,6 +45,7 @@ class Template:
     check_index: bool = True
     rtol: float = 1e-6
     source: str = ""
+    topic_title: str = ""
 
     @property
     def key(self) -> str:
@@ -101,13 +102,13 @@ def load_topic_file(path: Path) -> list[Template]:
             raise TemplateError(f"{where}: slot values are Python expressions, as strings")
         default_answer = {"query": "query", "figure": "fig"}.get(kind, "result")
         out.append(Template(
-            id=tid, subject=subject, topic=topic, title=title, level=level,
+            id=tid, subject=subject, topic=topic, title=t.get("title", title), level=level,
             dataset=_need(t, "dataset", where), kind=kind,
             answer=t.get("answer", default_answer), prompt=_need(t, "prompt", where).strip(),
             solution=_need(t, "solution", where).strip(), wrong=tuple(w.strip() for w in wrong),
             slots=dict(slots), ordered=bool(t.get("ordered", False)),
             check_index=bool(t.get("check_index", True)), rtol=float(t.get("rtol", 1e-6)),
-            source=str(path),
+            source=str(path), topic_title=title,
         ))
     if not out:
         raise TemplateError(f"{path}: no [[template]] entries")
