@@ -76,9 +76,15 @@ class Engine:
         return self.count_tokens(self.render_chat(messages))
 
     def chat(self, messages: Sequence[dict], params: SamplingParams | None = None,
-             cancel: threading.Event | None = None, truncate: bool = False) -> Iterator[str]:
-        """Stream the assistant's reply to ``messages`` (dicts with role and content)."""
-        return self.complete(self.render_chat(messages), params, cancel, truncate=truncate)
+             cancel: threading.Event | None = None, truncate: bool = False,
+             reply_prefix: str = "") -> Iterator[str]:
+        """Stream the assistant's reply to ``messages`` (dicts with role and content).
+
+        ``reply_prefix`` is put in the model's mouth: the reply is taken to start with it (e.g.
+        an opening code fence and imports) and the stream is what the model writes after it.
+        """
+        return self.complete(self.render_chat(messages) + reply_prefix, params, cancel,
+                             truncate=truncate)
 
     def complete(self, prompt: str, params: SamplingParams | None = None,
                  cancel: threading.Event | None = None, truncate: bool = False) -> Iterator[str]:

@@ -70,7 +70,7 @@ def scripted_engine(answer: str, max_context: int = 4096) -> tuple[Engine, Scrip
 
 def test_prompt_says_df_exists_with_columns_dtypes_and_head():
     df = pd.read_csv(SALES)
-    msgs = ask.build_ask_messages("total revenue per region", df, "sales.csv")
+    msgs = ask.build_ask_messages("total revenue per region", df)
     assert [m["role"] for m in msgs] == ["system", "user"]
     user = msgs[1]["content"]
     assert "`df` is already loaded" in user and "Do not read any file" in user
@@ -124,23 +124,26 @@ def _run_cli(monkeypatch, capsys, engine, argv):
 
 
 def test_ask_streams_the_code_block_and_stops_there(monkeypatch, capsys):
-    answer = "```python\nprint(df.groupby('region')['revenue'].sum())\n```\nThis groups by region."
+    answer = "print(df.groupby('region')['revenue'].sum())\n```\nThis groups by region."
     engine, session = scripted_engine(answer)
     code, out = _run_cli(monkeypatch, capsys, engine,
                          ["ask", "--data", str(SALES), "revenue per region"])
     assert code == 0
-    assert out.out == "```python\nprint(df.groupby('region')['revenue'].sum())\n```\n"
+    prefix = ask.ask_reply_prefix(pd.read_csv(SALES))
+    assert prefix.startswith("```python\n") and "already loaded" in prefix
+    assert out.out == prefix + "print(df.groupby('region')['revenue'].sum())\n```\n"
     prompt = bytes(session.calls[0]).decode()
     assert "`df` is already loaded" in prompt and "unit_price: float64" in prompt
+    assert prompt.endswith("assistant: " + prefix)  # the reply starts in the model's mouth
     # the model stopped being asked for tokens right after the closing fence
     assert len(session.calls) - 1 < len(answer.encode())
 
 
 def test_ask_full_prints_everything(monkeypatch, capsys):
-    answer = "```python\nx = 1\n```\nDone."
+    answer = "x = 1\n```\nDone."
     engine, _ = scripted_engine(answer)
     code, out = _run_cli(monkeypatch, capsys, engine, ["ask", "--full", "x"])
-    assert code == 0 and out.out == answer + "\n"
+    assert code == 0 and out.out == "```python\n" + answer + "\n"
 
 
 def test_ask_bad_inputs_are_clear_errors_not_tracebacks(monkeypatch, capsys, tmp_path):
@@ -226,7 +229,7 @@ def test_real_model_answers_a_pandas_request_with_code_that_runs(tmp_path):
     """Greedy, the embedded model, through the real command; its code runs on the data."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get(
         "PYTHONPATH", "")])}
-    request = "total revenue per region, sorted from highest to lowest"
+    request = "total revenue per region as a bar chart"
     r = subprocess.run(
         [sys.executable, "-m", "qcoder_ds.cli", "ask", "--data", str(SALES),
          "--max-tokens", "256", request],
@@ -243,7 +246,4 @@ def test_real_model_answers_a_pandas_request_with_code_that_runs(tmp_path):
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          cwd=tmp_path, timeout=120, check=False)
     assert run.returncode == 0, f"{code}\n---\n{run.stderr[-2000:]}"
-    # and it answers the question: every region's total appears in what it printed or built
-    totals = pd.read_csv(SALES).groupby("region")["revenue"].sum()
-    assert "region" in code and "revenue" in code
-    assert len(totals) >= 2
+    assert "region" in code and "revenue" in code and "plt." in code

@@ -61,7 +61,7 @@ def describe_frame(df, name: str = "df", head_rows: int = 5, max_columns: int = 
     return "\n".join(lines)
 
 
-def build_ask_messages(request: str, df=None, data_name: str | None = None) -> list[dict]:
+def build_ask_messages(request: str, df=None) -> list[dict]:
     """The chat for one `qcoder ask` request; ``df`` is the loaded --data table, if any.
 
     The model is told the DataFrame already exists: left alone it writes ``pd.read_csv`` with
@@ -70,14 +70,23 @@ def build_ask_messages(request: str, df=None, data_name: str | None = None) -> l
     if df is None:
         user = f"{request.strip()}\n\nReply with one ```python code block."
     else:
-        src = f" (loaded from {data_name})" if data_name else ""
         user = (
-            f"A pandas DataFrame named `df` is already loaded in memory{src}. Do not read any "
+            f"A pandas DataFrame named `df` is already loaded in memory. Do not read any "
             f"file and do not create `df` again; `pandas as pd` and `matplotlib.pyplot as plt` "
             f"are imported.\n\n{describe_frame(df)}\n\nTask: {request.strip()}\n\n"
             f"Reply with one ```python code block that uses the existing `df`."
         )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def ask_reply_prefix(df=None) -> str:
+    """How the model's answer starts: an open code block, and with data, the imports and a
+    reminder that ``df`` exists. The 0.5B model ignores "do not read the file" in the request
+    about half the time, but continues code that already says so."""
+    if df is None:
+        return "```python\n"
+    return ("```python\nimport pandas as pd\nimport matplotlib.pyplot as plt\n\n"
+            "# `df` is already loaded: use it as it is, do not read a file or create it again\n")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -118,15 +127,18 @@ def run(args: argparse.Namespace) -> int:
     if not args.request.strip():
         raise QcoderError("the request is empty: say what code you want")
     df = load_table(args.data) if args.data else None
-    messages = build_ask_messages(args.request, df, Path(args.data).name if args.data else None)
+    messages = build_ask_messages(args.request, df)
+    prefix = ask_reply_prefix(df)
     engine = Engine.load(args.model, backend=args.backend, weights=args.weights,
                          threads=args.threads)
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature,
                             seed=args.seed)
     cancel = threading.Event()
-    stream = engine.chat(messages, params, cancel)
+    stream = engine.chat(messages, params, cancel, reply_prefix=prefix)
     out = sys.stdout
-    text = ""
+    text = prefix
+    out.write(prefix)
+    out.flush()
     try:
         for piece in stream:
             if not args.full:
