@@ -212,3 +212,14 @@ def test_rich_objects_become_inert_placeholders():
     out = ChatTemplate("{{ messages[0].content }}|{{ messages[0].extra }}").render(
         [{"role": "user", "content": Frame(), "extra": None}])
     assert out == "<Frame>|"
+
+
+def test_reasoning_fields_are_aliased_like_transformers():
+    template = ("{% for m in messages %}[{{ m.role }}|{{ m.reasoning_content }}|{{ m.thinking }}"
+                "|{{ m.content }}]{% endfor %}")
+    chat = [{"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a", "reasoning": "because"},
+            {"role": "assistant", "content": "b", "thinking": "hmm", "reasoning_content": None}]
+    ours = ChatTemplate(template, SPECIALS).render(chat)
+    assert ours == reference(template).apply_chat_template(chat, tokenize=False)
+    assert "[assistant|because|because|a]" in ours and "[assistant|hmm|hmm|b]" in ours

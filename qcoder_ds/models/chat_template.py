@@ -21,6 +21,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from qcoder_ds.errors import ModelError
 
+# names a message's reasoning comes under; templates read the first (gpt-oss reads "thinking")
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
 
 class ChatTemplateError(ModelError):
     """A chat template failed to compile or render, or tried to leave its sandbox."""
@@ -152,7 +155,11 @@ class ChatTemplate:
             if not isinstance(m, dict):
                 raise ChatTemplateError(f"a chat message must be a dict, not {type(m).__name__}")
             # like transformers: a key whose value is None is absent (OpenAI sends content=None)
-            chat.append({k: v for k, v in m.items() if v is not None})
+            m = {k: v for k, v in m.items() if v is not None}
+            reasoning = next((m[k] for k in _REASONING_FIELDS if k in m), None)
+            if reasoning is not None:  # templates read it under different names
+                m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
+            chat.append(m)
         variables = {**self.special_tokens, **kwargs}
         try:
             return self._compiled.render(

@@ -451,6 +451,8 @@ def _clean_stale_temps(dest: Path) -> None:
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there; keep the file
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
