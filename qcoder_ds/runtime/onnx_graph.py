@@ -49,6 +49,7 @@ class OnnxExportOptions:
     accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations (fastest on CPU), 0 = fp32
     lm_head: str = "same"  # "same" as weights, or "int4" / "int8" / "fp32"
     embeddings: str = "int8"  # int8 / int4 (GatherBlockQuantized) or fp32; fp32 exports use fp32
+    fuse_gate_up: bool = True
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHT_KINDS:
@@ -228,9 +229,16 @@ def build_decoder(cfg: ArchConfig, tensor: Callable[[str], np.ndarray], data: Bi
             [o, residual, b.init(p + "ln2", tensor(p + "post_attention_layernorm.weight"))],
             n_out=4, domain="com.microsoft", epsilon=eps)
         m = p + "mlp."
-        gate = _linear(b, h, tensor(m + "gate_proj.weight"), None, m + "gate_proj",
-                       opts.weights, opts)
-        up = _linear(b, h, tensor(m + "up_proj.weight"), None, m + "up_proj", opts.weights, opts)
+        if opts.fuse_gate_up:  # one wide MatMulNBits instead of two: fewer thread-pool rounds
+            w_gu = np.concatenate([tensor(m + "gate_proj.weight"), tensor(m + "up_proj.weight")])
+            gu = _linear(b, h, w_gu, None, m + "gate_up_proj", opts.weights, opts)
+            gate, up = b.node("Split", [gu, b.const_i64([cfg.intermediate_size] * 2)], n_out=2,
+                              axis=-1)
+        else:
+            gate = _linear(b, h, tensor(m + "gate_proj.weight"), None, m + "gate_proj",
+                           opts.weights, opts)
+            up = _linear(b, h, tensor(m + "up_proj.weight"), None, m + "up_proj", opts.weights,
+                         opts)
         act = b.node("Mul", [gate, b.node("Sigmoid", [gate])[0]])[0]
         x = _linear(b, b.node("Mul", [act, up])[0], tensor(m + "down_proj.weight"), None,
                     m + "down_proj", opts.weights, opts)

@@ -25,7 +25,13 @@ from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
 from qcoder_ds.models.checkpoint import Checkpoint
 from qcoder_ds.models.config import ArchConfig
 from qcoder_ds.runtime.backend import DecoderSession
-from qcoder_ds.runtime.onnx_graph import DATA_FILE, OnnxExportOptions, build_decoder, save_model
+from qcoder_ds.runtime.onnx_graph import (  # noqa: F401  (EXPORTER_VERSION: the cache key)
+    DATA_FILE,
+    EXPORTER_VERSION,
+    OnnxExportOptions,
+    build_decoder,
+    save_model,
+)
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
