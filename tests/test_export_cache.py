@@ -228,3 +228,51 @@ def test_real_onnx_export_is_cached_and_reloads_identically(home, tiny_dir, monk
     s2.reset()
     np.testing.assert_array_equal(a, s2.forward(ids))
     assert exported == [1]
+
+
+# ------------------------------------------------------------------ `qcoder export` and recipes
+
+
+def test_shipped_recipes_parse():
+    from qcoder_ds.commands.export import read_recipe
+
+    root = Path(__file__).resolve().parents[1] / "export"
+    src, sha, exports = read_recipe(root / "qwen2.5-coder-0.5b-instruct.toml")
+    assert src == "qwen2.5-coder-0.5b-instruct" and sha.startswith("1d9614")
+    assert {(e["backend"], e["weights"]) for e in exports} >= {("onnx", "int4"),
+                                                               ("openvino", "int4")}
+    src, _, exports = read_recipe(root / "qwen3-coder-30b-a3b.toml")
+    assert src == "qwen3-coder-30b-a3b-instruct" and exports
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("[model\n", "not valid TOML"),
+    ("[[export]]\nbackend='onnx'\nweights='int4'\n", "needs a source"),
+    ("[model]\nsource='x'\n", "no \\[\\[export\\]\\] entries"),
+    ("[model]\nsource='x'\n[[export]]\nbackend='cuda'\nweights='int4'\n", "backend must be"),
+    ("[model]\nsource='x'\n[[export]]\nbackend='onnx'\nweights='int2'\n", "weights must be"),
+])
+def test_bad_recipes_are_clear_errors(tmp_path, text, msg):
+    from qcoder_ds.commands.export import RecipeError, read_recipe
+
+    f = tmp_path / "r.toml"
+    f.write_text(text)
+    with pytest.raises(RecipeError, match=msg):
+        read_recipe(f)
+
+
+@pytest.mark.skipif(not _has("ort_backend"), reason="the ORT backend has not landed yet")
+def test_qcoder_export_command_builds_checks_and_reuses(home, tiny_dir, capsys):
+    from qcoder_ds import cli
+
+    d = str(tiny_dir("qwen2"))
+    assert cli.main(["export", d, "--backend", "onnx", "--weights", "fp32", "--check"]) == 0
+    first = capsys.readouterr()
+    out = Path(first.out.strip())
+    assert ex.is_complete(out) and (out / "model.onnx").is_file()
+    assert "check ok" in first.err
+    assert cli.main(["export", d, "--backend", "onnx", "--weights", "fp32"]) == 0
+    again = capsys.readouterr()
+    assert Path(again.out.strip()) == out and "already exported (cached)" in again.err
+    assert cli.main(["export"]) == 1
+    assert "say what to export" in capsys.readouterr().err
