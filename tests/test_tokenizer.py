@@ -71,7 +71,8 @@ CORPUS = CODE + UNICODE + WHITESPACE + SPECIAL
 
 
 def write_tokenizer_gguf(path: Path, *, pre: str = "qwen2", model: str = "gpt2",
-                         with_tokens: bool = True, arch: str = "qwen2") -> Path:
+                         with_tokens: bool = True, arch: str = "qwen2",
+                         add_bos: bool = False) -> Path:
     """A GGUF holding only a small byte-level BPE tokenizer trained on CORPUS (Qwen2 layout)."""
     import gguf
     from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
@@ -104,7 +105,7 @@ def write_tokenizer_gguf(path: Path, *, pre: str = "qwen2", model: str = "gpt2",
         w.add_bos_token_id(n)
         w.add_eos_token_id(n + 2)
         w.add_pad_token_id(n)
-        w.add_add_bos_token(False)
+        w.add_add_bos_token(add_bos)
         w.add_chat_template(
             "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -151,6 +152,19 @@ def test_tiny_gguf_ids_match_transformers(tiny_ours, tiny_ref):
     ref_added = {i: (t.content, t.special) for i, t in tiny_ref.added_tokens_decoder.items()}
     assert ours_added == ref_added
     assert tiny_ours.vocab_size == len(tiny_ref)
+
+
+def test_llama3_split_with_bos_matches_transformers(tmp_path):
+    from transformers import AutoTokenizer
+
+    path = write_tokenizer_gguf(tmp_path / "l3.gguf", pre="llama-bpe", add_bos=True)
+    ref = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    ours = load_tokenizer_from_gguf(path)
+    assert_parity(ours, ref, CORPUS)
+    assert ours.encode("x", add_special_tokens=True)[0] == ours.bos_token_id
+    # Llama 3 splits digits in threes, Qwen2 one by one
+    pieces = [p for p, _ in ours.backend.pre_tokenizer.pre_tokenize_str("1234567")]
+    assert pieces == ["123", "456", "7"]
 
 
 def test_tiny_gguf_special_ids(tiny_ours):
