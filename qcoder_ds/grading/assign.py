@@ -43,8 +43,13 @@ def compute_checksum(cell: NotebookNode) -> str:
 def _run(pre, nb: NotebookNode, resources: dict) -> NotebookNode:
     try:
         nb, _ = pre.preprocess(nb, resources)
-    except (RuntimeError, ValueError) as e:  # nbgrader signals bad metadata / delimiters so
-        raise AssignmentError(f"{resources.get('name', 'notebook')}: {e}") from e
+    except Exception as e:  # nbgrader signals bad metadata / delimiters with Runtime-,
+        # Value- and jsonschema ValidationErrors: all mean "this source notebook is wrong"
+        msg = str(e).split("\n")[0]
+        inner = e.__context__ or e.__cause__
+        if inner is not None and str(inner):
+            msg += f" ({str(inner).splitlines()[0]})"
+        raise AssignmentError(f"{resources.get('name', 'notebook')}: {msg}") from e
     return nb
 
 
