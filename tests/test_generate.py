@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -400,3 +401,34 @@ def test_real_backend_context_overflow_and_truncation(ort_tiny):
     gen = generate_tokens(sess, [1] * n, SamplingParams(max_new_tokens=3), truncate=True)
     assert len(list(gen)) == 3
     assert gen.prompt_ids.size == sess.max_context - 3
+
+
+# ---------------------------------------------------------------- with the real tokenizer
+
+
+def _real_gguf():
+    from qcoder_ds import paths
+
+    for p in (paths.models_dir() / "qwen2.5-coder-0.5b-instruct.gguf",
+              Path("/tmp/qwen2.5-coder-0.5b-instruct.gguf")):
+        if p.is_file():
+            return p
+    pytest.skip("the embedded model is not assembled here")
+
+
+def test_text_stream_with_the_real_tokenizer_splits_nothing():
+    from qcoder_ds.models.tokenizer import load_tokenizer_from_gguf
+
+    tok = load_tokenizer_from_gguf(_real_gguf())
+    answer = "df.groupby('地域')['revenue'].sum()  # 合計 🐼🚀 naïve\n\tx = 1\n```\nafter"
+    ids = tok.encode(answer)
+    prompt = tok.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    script = [0] * (len(prompt) - 1) + ids + list(tok.eos_token_ids[:1])
+    s = ScriptedSession(script, max_context=512, vocab_size=tok.vocab_size)
+    stream = generate_text(s, tok, prompt, SamplingParams(stop=("\n```",)))
+    pieces = list(stream)
+    assert "".join(pieces) == answer.split("\n```")[0]
+    assert not any("\ufffd" in p for p in pieces)
+    s = ScriptedSession(script, max_context=512, vocab_size=tok.vocab_size)
+    stream = generate_text(s, tok, prompt)
+    assert "".join(stream) == answer and stream.finish_reason == "eos"
