@@ -61,8 +61,19 @@ def _pack_u4(q: np.ndarray) -> np.ndarray:
     return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
 
 
+def _f16_scale(scale: np.ndarray) -> np.ndarray:
+    """f16 scales rounded up, never down: a scale rounded down would push the extreme weights
+    of a group past the last level, where they are clipped by more than half a step."""
+    s16 = scale.astype(np.float16)
+    low = s16.astype(np.float32) < scale
+    s16[low] = np.nextafter(s16[low], np.float16(np.inf))
+    s16[s16 == 0] = np.float16(1.0)  # a constant group: any scale restores it exactly
+    return s16
+
+
 def quantize_int4(w: np.ndarray, group: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Asymmetric 4-bit per group of ``group`` inputs (like NNCF's int4_asym / Q4_1).
+    """Asymmetric 4-bit per group of ``group`` inputs (like NNCF's int4_asym or ORT's
+    MatMulNBits quantizer).
 
     ``w`` is [out, in]. Returns (q u8 [out, in/group, group] in 0..15, scale f16 [out, G, 1],
     zero point u8 [out, G, 1] in 0..15); ``(q - zp) * scale`` restores w. The scale is rounded
@@ -72,10 +83,11 @@ def quantize_int4(w: np.ndarray, group: int = 32) -> tuple[np.ndarray, np.ndarra
     if in_f % group:
         raise ModelError(f"int4 needs in_features divisible by {group}, got {in_f}")
     g = w.reshape(out_f, in_f // group, group).astype(np.float32)
-    lo = g.min(axis=-1, keepdims=True)
-    hi = g.max(axis=-1, keepdims=True)
-    scale = ((hi - lo) / 15.0).astype(np.float16)
-    scale[scale == 0] = np.float16(1.0)
+    # the range always holds 0, so the zero point fits in 0..15 (a group that is all
+    # positive, far from 0, would otherwise need a zero point below 0 and be clipped)
+    lo = np.minimum(g.min(axis=-1, keepdims=True), 0.0)
+    hi = np.maximum(g.max(axis=-1, keepdims=True), 0.0)
+    scale = _f16_scale((hi - lo) / 15.0)
     s32 = scale.astype(np.float32)
     zp = np.clip(np.round(-lo / s32), 0, 15)
     q = np.clip(np.round(g / s32) + zp, 0, 15).astype(np.uint8)
@@ -88,8 +100,7 @@ def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     w = w.astype(np.float32, copy=False)
     lo = np.minimum(w.min(axis=1, keepdims=True), 0.0)
     hi = np.maximum(w.max(axis=1, keepdims=True), 0.0)
-    scale = ((hi - lo) / 255.0).astype(np.float16)
-    scale[scale == 0] = np.float16(1.0)
+    scale = _f16_scale((hi - lo) / 255.0)
     s32 = scale.astype(np.float32)
     zp = np.clip(np.round(-lo / s32), 0, 255)
     q = np.clip(np.round(w / s32) + zp, 0, 255).astype(np.uint8)
@@ -296,7 +307,7 @@ def build_openvino_model(ckpt: Checkpoint, weights: str = "int4", lm_head: str |
         if mode not in WEIGHT_MODES:
             raise ModelError(f"{what} must be one of {', '.join(WEIGHT_MODES)}, got {mode!r}")
     if cfg.arch not in DENSE_ARCHS:
-        kind = " (mixture of experts)" if cfg.num_experts else ""
+        kind = " (mixture of experts)" if cfg.num_experts or "moe" in cfg.arch else ""
         raise ModelError(f"the OpenVINO exporter builds dense {', '.join(DENSE_ARCHS)} decoders; "
                          f"{cfg.arch!r}{kind} is not supported")
     if cfg.head_dim % 2:
