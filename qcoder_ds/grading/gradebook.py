@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -165,11 +166,15 @@ class GradebookStore:
         kwargs = {}
         if result.get("timestamp"):
             kwargs["timestamp"] = result["timestamp"]
-        try:
-            gb.update_or_create_submission(assignment, student, **kwargs)
-        except Exception:  # an unparsable timestamp.txt must not lose the grades
-            gb.db.rollback()
-            gb.update_or_create_submission(assignment, student)
+        with warnings.catch_warnings():
+            # nbgrader builds submission rows before adding them to the session, which
+            # SQLAlchemy 2 reports as autoflush warnings; the rows are added right after.
+            warnings.simplefilter("ignore")
+            try:
+                gb.update_or_create_submission(assignment, student, **kwargs)
+            except Exception:  # an unparsable timestamp.txt must not lose the grades
+                gb.db.rollback()
+                gb.update_or_create_submission(assignment, student)
         self._q("DELETE FROM qcoder_cells WHERE assignment=:a AND student=:s", a=assignment,
                 s=student)
         for nbres in result["notebooks"]:
