@@ -52,7 +52,7 @@ def test_truncated_gguf_is_a_clear_error(tiny_dir, tmp_path):
 def test_not_a_gguf(tmp_path):
     p = tmp_path / "x.gguf"
     p.write_text("hello, I am a text file and not a model")
-    with pytest.raises(ModelError, match="not a readable GGUF"):
+    with pytest.raises(ModelError, match="not a GGUF"):
         GGUFCheckpoint(p)
     with pytest.raises(ModelError, match="no such GGUF"):
         GGUFCheckpoint(tmp_path / "missing.gguf")

@@ -1,4 +1,4 @@
-"""Read a GGUF file's weights and architecture through the ``gguf`` package, without torch.
+"""Read a GGUF file's weights and architecture without torch.
 
 Quantized tensors (Q4_K, Q5_0, Q5_K, Q6_K, Q8_0, F16, ...) are dequantized to float32 with
 ``gguf.quants.dequantize``; tensors are renamed to Hugging Face names so the graph builders
@@ -15,6 +15,7 @@ import numpy as np
 from qcoder_ds.errors import ModelError
 from qcoder_ds.models.checkpoint import Checkpoint
 from qcoder_ds.models.config import SUPPORTED_ARCHS, ArchConfig
+from qcoder_ds.models.gguf_metadata import read_gguf_metadata
 
 _GLOBAL = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -44,66 +45,42 @@ _EXPERTS = {"ffn_gate_exps.weight": "gate_proj", "ffn_up_exps.weight": "up_proj"
 _ARCH_ALIASES = {"qwen3moe": "qwen3_moe"}
 
 
-def open_gguf(path: str | Path):
-    """Open a GGUF with a clear error for a missing, truncated or foreign file."""
-    from gguf import GGUFReader
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such GGUF file")
-    try:
-        return GGUFReader(path)
-    except Exception as e:  # the gguf package raises ValueError/IndexError/struct errors
-        raise ModelError(
-            f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); "
-            "the file is truncated or corrupted — download or assemble it again"
-        ) from None
-
-
-def gguf_field(reader, key: str, default=None):
-    """One metadata value (scalar, string or list) from a GGUFReader."""
-    field = reader.fields.get(key)
-    if field is None:
-        return default
-    return field.contents()
-
 
 class GGUFCheckpoint(Checkpoint):
-    """Weights and ArchConfig of one GGUF file."""
+    """Weights and ArchConfig of one GGUF file.
+
+    The header comes from ``read_gguf_metadata`` (fast, and it rejects truncated files); the
+    tensor bytes are memory-mapped and dequantized one tensor at a time, so the whole model is
+    never held in float32 at once.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.reader = open_gguf(self.path)
-        self._tensors = {t.name: t for t in self.reader.tensors}
-        self._check_complete()
+        self.meta = read_gguf_metadata(self.path)
+        self._tensors = {t.name: t for t in self.meta.tensors}
+        self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
         self.config = self._read_config()
         self._names = self._hf_names()
 
-    def _check_complete(self) -> None:
-        size = self.path.stat().st_size
-        for t in self.reader.tensors:
-            if t.data_offset + t.n_bytes > size:
-                raise ModelError(f"{self.path}: truncated GGUF (tensor {t.name} runs past the end)")
-
     def _read_config(self) -> ArchConfig:
-        r = self.reader
-        raw_arch = gguf_field(r, "general.architecture")
+        raw_arch = self.meta.architecture
         arch = _ARCH_ALIASES.get(raw_arch, raw_arch)
         if arch not in SUPPORTED_ARCHS:
             raise ModelError(
                 f"{self.path}: unsupported architecture {raw_arch!r}; qcoder-ds runs "
                 f"{', '.join(SUPPORTED_ARCHS)} decoders"
             )
+        if "token_embd.weight" not in self._tensors:
+            raise ModelError(f"{self.path}: no token_embd.weight; not a decoder GGUF")
 
         def meta(key, default=None):
-            return gguf_field(r, f"{raw_arch}.{key}", default)
+            return self.meta.get(f"{raw_arch}.{key}", default)
 
         hidden = int(meta("embedding_length"))
         heads = int(meta("attention.head_count"))
-        emb = self._tensors["token_embd.weight"]
         return ArchConfig(
             arch=arch,
-            vocab_size=int(emb.shape[-1]),
+            vocab_size=int(self._tensors["token_embd.weight"].shape[-1]),
             hidden_size=hidden,
             intermediate_size=int(meta("feed_forward_length", 0)),
             num_layers=int(meta("block_count")),
@@ -149,21 +126,34 @@ class GGUFCheckpoint(Checkpoint):
 
     def raw_type(self, name: str) -> str:
         """The GGUF quantization type of a tensor (e.g. 'Q5_0'), to size roofline estimates."""
-        return self._tensors[self._names[name][0]].tensor_type.name
+        return self._tensors[self._names[name][0]].type_name
+
+    def raw_bytes(self, name: str) -> int:
+        """Bytes the tensor occupies in the file (one expert's share for stacked experts)."""
+        gname, expert = self._names[name]
+        t = self._tensors[gname]
+        return t.n_bytes // t.shape[-1] if expert is not None else t.n_bytes
 
     def tensor(self, name: str) -> np.ndarray:
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
         from gguf.quants import dequantize
 
         if name not in self._names:
             raise ModelError(f"{self.path}: tensor {name} is missing from the GGUF")
         gname, expert = self._names[name]
         t = self._tensors[gname]
-        data = t.data[expert] if expert is not None else t.data
+        qtype = GGMLQuantizationType[t.type_name]
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        rows = tuple(reversed(t.shape[1:]))  # numpy order: slowest axis first
+        row_bytes = t.shape[0] // block * type_size
+        raw = self._data[t.offset:t.offset + t.n_bytes].reshape(*rows, row_bytes)
+        if expert is not None:
+            raw = raw[expert]
         try:
-            w = dequantize(np.asarray(data), t.tensor_type)
+            w = dequantize(np.asarray(raw), qtype)
         except NotImplementedError:
             raise ModelError(
-                f"{self.path}: tensor {gname} has type {t.tensor_type.name}, "
+                f"{self.path}: tensor {gname} has type {t.type_name}, "
                 "which the gguf package cannot dequantize"
             ) from None
         w = np.asarray(w, dtype=np.float32)
