@@ -276,3 +276,15 @@ def test_qcoder_export_command_builds_checks_and_reuses(home, tiny_dir, capsys):
     assert Path(again.out.strip()) == out and "already exported (cached)" in again.err
     assert cli.main(["export"]) == 1
     assert "say what to export" in capsys.readouterr().err
+
+
+def test_a_new_exporter_version_replaces_the_old_export(home, fake_backend):
+    calls, mod = fake_backend
+    old = ex.ensure_export(FakeSource(), "fake", "int4", progress=False)
+    other = ex.ensure_export(FakeSource(), "fake", "int8", progress=False)
+    mod.EXPORTER_VERSION = "8"
+    new = ex.ensure_export(FakeSource(), "fake", "int4", progress=False)
+    assert new != old and ex.is_complete(new)
+    assert not old.exists()  # superseded: never loadable again
+    assert other.exists()  # other options are kept
+    assert calls["export"] == 3

@@ -115,12 +115,9 @@ def export_dir(source, backend: str = "onnx", weights: str = "int4") -> Path:
     _check_weights(weights)
     b = get_backend(backend)
     key = cache_key(source.identity, b.name, weights, b.version())
-    return paths.exports_dir() / f"{_slug(source)}-{b.name}-{weights}-{key[:16]}"
-
-
-def _slug(source) -> str:
-    name = str(getattr(source, "name", "") or "model")
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:60]
+    # named by the key alone (not the source's name), so the same weights reached by catalogue
+    # name or by file path share one export; export.json says which model it is
+    return paths.exports_dir() / f"{b.name}-{weights}-{key[:16]}"
 
 
 def is_complete(out_dir: Path) -> bool:
@@ -168,7 +165,27 @@ def ensure_export(source, backend: str = "onnx", weights: str = "int4", progress
         if tmp.exists() and is_complete(final):  # another process won the race
             shutil.rmtree(tmp, ignore_errors=True)
     log(f"export done in {time.perf_counter() - t0:.0f} s: {final}")
+    _remove_superseded(final)
     return final
+
+
+def _remove_superseded(final: Path) -> None:
+    """Delete exports of the same source/backend/weights made by an older exporter version:
+    they can never be loaded again and each takes hundreds of MB."""
+    try:
+        mine = json.loads((final / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return
+    same = ("identity", "backend", "weights")
+    for d in final.parent.iterdir():
+        if d == final or d.name.startswith(".") or not is_complete(d):
+            continue
+        try:
+            other = json.loads((d / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue
+        if all(other.get(k) == mine.get(k) for k in same):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def load_session(source, backend: str = "onnx", weights: str = "int4",
