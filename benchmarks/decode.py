@@ -325,7 +325,9 @@ def run_benchmark(gguf: Path | None = None, engines: tuple[str, ...] = ENGINES, 
     log(f"memory read bandwidth: {bw:.1f} GB/s")
     results: dict = {
         "machine": {"cpu": _cpu_name(), "cores_visible": os.cpu_count(),
-                    "python": platform.python_version(), "memory_bandwidth_gbs": round(bw, 2)},
+                    "python": platform.python_version(), "memory_bandwidth_gbs": round(bw, 2),
+                    # other work on the machine skews everything: recorded, not corrected
+                    "loadavg_1m_at_start": round(os.getloadavg()[0], 2)},
         "setup": {"model": str(gguf.name), "gguf_bytes": gguf.stat().st_size,
                   "threads": threads, "runs": runs, "prompt_tokens": len(ids),
                   "new_tokens": new_tokens, "our_weights": weights,
@@ -378,6 +380,7 @@ def run_benchmark(gguf: Path | None = None, engines: tuple[str, ...] = ENGINES, 
                 entry["roofline_tok_s"] = roof
                 entry["fraction_of_roofline"] = entry["decode_tok_s"]["median"] / roof
             results["engines"][engine] = entry
+    results["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     base = results["engines"].get("llama.cpp", {})
     if "decode_tok_s" in base:
         for e in results["engines"].values():
@@ -421,7 +424,9 @@ def markdown_table(results: dict) -> str:
     rows.append("")
     rows.append(f"{s['model']}, {s['threads']} threads, {s['prompt_tokens']}-token prompt, "
                 f"{s['new_tokens']} new tokens, median (min–max) of {s['runs']} runs, "
-                f"{m['cpu']}, memory read bandwidth {m['memory_bandwidth_gbs']} GB/s.")
+                f"{m['cpu']}, memory read bandwidth {m['memory_bandwidth_gbs']} GB/s, "
+                f"load average {m.get('loadavg_1m_at_start', '?')} → "
+                f"{m.get('loadavg_1m_at_end', '?')} on {m['cores_visible']} cores.")
     return "\n".join(rows)
 
 
