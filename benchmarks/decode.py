@@ -201,17 +201,22 @@ def run_llama_cpp(gguf_path: Path, ids: list[int], new_tokens: int, threads: int
     llm = Llama(str(gguf_path), n_ctx=len(ids) + new_tokens + 16, n_batch=len(ids),
                 n_ubatch=len(ids), n_threads=threads, n_threads_batch=threads, verbose=False)
     load_s = time.perf_counter() - t0
+    n_vocab = llm.n_vocab()
+
+    def last_logits() -> np.ndarray:  # the only row computed (logits_all is off)
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+
     llm.eval(ids[:16])  # warm-up
     llm.reset()
     t = time.perf_counter()
     llm.eval(ids)
     prefill_s = time.perf_counter() - t
-    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    tok = int(np.argmax(last_logits()))
     toks = [tok]
     t = time.perf_counter()
     for _ in range(new_tokens - 1):
         llm.eval([tok])
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = int(np.argmax(last_logits()))
         toks.append(tok)
     decode_s = time.perf_counter() - t
     return {
