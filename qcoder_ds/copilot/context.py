@@ -68,7 +68,7 @@ def connection_kind(obj: Any) -> str | None:
         return "sqlite"
     mod = type(obj).__module__ or ""
     cls = type(obj).__name__
-    if mod.startswith("duckdb") and cls == "DuckDBPyConnection":
+    if mod.lstrip("_").startswith("duckdb") and cls == "DuckDBPyConnection":
         return "duckdb"
     if mod.startswith("sqlalchemy") and cls in ("Engine", "Connection"):
         return "sqlalchemy"

@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import pickle
+import select
 import shutil
 import signal
 import sqlite3
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from qcoder_ds.copilot.context import ConnectionInfo, _is_data, connection_kind
+from qcoder_ds.copilot.errors import CopilotError
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 
@@ -90,7 +92,9 @@ def _child_env(allowed_dir: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(MPLBACKEND="Agg", MPLCONFIGDIR=allowed_dir, OPENBLAS_NUM_THREADS="1",
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0",
-               PYTHONDONTWRITEBYTECODE="1", NO_PROXY="*", no_proxy="*")
+               PYTHONDONTWRITEBYTECODE="1", NO_PROXY="*", no_proxy="*",
+               # arrow's jemalloc/mimalloc reserve huge address ranges; RLIMIT_AS needs malloc
+               ARROW_DEFAULT_MEMORY_POOL="system")
     return env
 
 
@@ -115,7 +119,10 @@ def _connection_spec(name: str, conn: Any, info: ConnectionInfo | None, tmp: Pat
             path = str(tmp / f"{name}.sqlite")
             dest = sqlite3.connect(path)
             try:
-                conn.backup(dest)
+                if conn.in_transaction:  # backup() would wait forever on our own write lock
+                    dest.executescript("\n".join(conn.iterdump()))
+                else:
+                    conn.backup(dest)
             finally:
                 dest.close()
         return {"kind": "sqlite", "path": path}
@@ -233,9 +240,20 @@ class Sandbox:
             shutil.rmtree(tmp, ignore_errors=True)
             self._refill()
 
+    @staticmethod
+    def _wait_ready(proc: subprocess.Popen, limit_s: float = 120.0) -> None:
+        """Wait for the child's imports, so its start-up does not count against the cell."""
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], limit_s)
+        if not ready or proc.stdout.readline().strip() != "ready":
+            _kill(proc)
+            raise CopilotError("the check process did not start (python, pandas and numpy "
+                               "must import in the environment that runs qcoder)")
+
     def _execute(self, job_dir: Path) -> RunResult:
-        start = time.perf_counter()
         proc = self._take()
+        self._wait_ready(proc)
+        start = time.perf_counter()
         timed_out = False
         try:
             _, stderr = proc.communicate(str(job_dir) + "\n", timeout=self.limits.timeout_s)

@@ -226,6 +226,8 @@ def run_job(job_dir):
 
 
 def main():
+    sys.stdout.write("ready\n")  # imports done: the parent starts the clock from here
+    sys.stdout.flush()
     line = sys.stdin.readline().strip()
     if line:
         run_job(line)

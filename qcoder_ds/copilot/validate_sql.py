@@ -8,6 +8,7 @@ the real columns, which is what the repair prompt needs.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 
 import sqlglot
@@ -20,6 +21,10 @@ from qcoder_ds.copilot.validate import Issue
 
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Drop, exp.Create, exp.Alter, exp.Merge,
            exp.TruncateTable)
+
+_SQL_START = re.compile(r"\s*(\(|--|/\*|select|with|values|insert|update|delete|create|drop|"
+                        r"alter|replace|merge|truncate|pragma|explain|show|describe|from)\b",
+                        re.I)
 
 
 @dataclass
@@ -60,6 +65,8 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None) -> Sql
     read = read or info.dialect
     if not sql.strip():
         return SqlCheck(sql, [Issue("sql", "the answer contains no SQL query")])
+    if not _SQL_START.match(sql):
+        return SqlCheck(sql, [Issue("sql", f"not a SQL query: {sql.strip()[:80]!r}")])
     try:
         statements = [s for s in sqlglot.parse(sql, read=read) if s is not None]
     except ParseError as e:

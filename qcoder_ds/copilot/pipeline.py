@@ -1,0 +1,293 @@
+"""One request end to end: context -> prompt -> model -> extract -> validate -> check -> cell.
+
+The magic, ``qcoder ask`` and ``qcoder eval`` all call :meth:`Copilot.ask`, so what is measured
+is what users get. The engine is anything with ``chat(messages, params, cancel)`` streaming text
+pieces, ``count_tokens`` and ``max_context`` (``qcoder_ds.engine.Engine``).
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from qcoder_ds.copilot import context as ctxmod
+from qcoder_ds.copilot.errors import CopilotError, UnsafeCodeError
+from qcoder_ds.copilot.extract import extract_code, extract_sql
+from qcoder_ds.copilot.prompts import Prompt, build_prompt, repair_messages
+from qcoder_ds.copilot.repair import Attempt, majority, problems
+from qcoder_ds.copilot.safety import check_safety
+from qcoder_ds.copilot.sandbox import Limits, Sandbox
+from qcoder_ds.copilot.tasks import Task, infer_task
+from qcoder_ds.copilot.validate import Issue, drop_rebinding, validate_python
+from qcoder_ds.copilot.validate_sql import sql_cell, validate_sql
+
+#: a request longer than this many characters is refused before anything is tokenized
+MAX_REQUEST_CHARS = 20_000
+_MAKE_DATA = ("create", "generate", "make", "build", "random", "simulate", "synthetic", "load",
+              "read")
+
+
+class EngineLike(Protocol):
+    max_context: int
+
+    def chat(self, messages: list[dict[str, str]], params: Any = None,
+             cancel: Any = None) -> Iterator[str]: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+@dataclass
+class Options:
+    """How one request is served (the magic's flags map onto these)."""
+
+    task: Task | None = None
+    check: bool = True  # run the candidate in the sandbox
+    safe: bool = False  # block (not just warn about) unsafe code
+    repairs: int = 2  # at most this many repair rounds
+    samples: int = 1  # k candidates; >1 samples with temperature and votes
+    temperature: float = 0.7  # only when samples > 1
+    context_tokens: int = 1500
+    max_new_tokens: int = 384
+    seed: int = 0
+    result_name: str | None = None  # the variable holding the answer, if the request names one
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class Answer:
+    """What the copilot produced, how it was checked, and how long it took."""
+
+    task: Task
+    request: str
+    cell: str = ""  # the code to insert (empty for explain)
+    text: str = ""  # the explanation, or the raw model text
+    prompt: Prompt | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    checks: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    ok: bool = False
+    first_token_s: float | None = None
+    total_s: float = 0.0
+    sql: str | None = None
+
+    @property
+    def repairs(self) -> int:
+        return max(0, len(self.attempts) - 1)
+
+    def provenance(self, model: str) -> dict[str, Any]:
+        """What goes in the inserted cell's metadata."""
+        return {"model": model, "task": self.task.value,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "checks": dict(self.checks), "repairs": self.repairs, "ok": self.ok,
+                "warnings": list(self.warnings), "seconds": round(self.total_s, 2)}
+
+
+def check_request(request: str) -> str:
+    """Refuse empty and oversized requests with a message that says what to do."""
+    text = (request or "").strip()
+    if not text:
+        raise CopilotError("the request is empty: write what you want below `%%qcoder`, e.g. "
+                           "`%%qcoder` + `total revenue per region`")
+    if len(text) > MAX_REQUEST_CHARS:
+        raise CopilotError(f"the request is {len(text):,} characters; the limit is "
+                           f"{MAX_REQUEST_CHARS:,}. Put large text in a variable and refer to "
+                           "the variable by name instead of pasting it")
+    return text
+
+
+class Copilot:
+    """Serves requests with one engine and one sandbox (both reused across requests)."""
+
+    def __init__(self, engine: EngineLike, sandbox: Sandbox | None = None, model: str = ""):
+        self.engine = engine
+        self.sandbox = sandbox
+        self.model = model
+
+    def _sandbox(self, limits: Limits) -> Sandbox:
+        if self.sandbox is None or self.sandbox.limits != limits:
+            if self.sandbox is not None:
+                self.sandbox.close()
+            self.sandbox = Sandbox(limits)
+        return self.sandbox
+
+    # ---------------------------------------------------------------- generation
+
+    def _params(self, opts: Options, sample: int) -> Any:
+        from qcoder_ds.runtime.sampler import SamplingParams
+
+        if opts.samples > 1 and sample > 0:
+            return SamplingParams(max_new_tokens=opts.max_new_tokens,
+                                  temperature=opts.temperature, top_p=0.95,
+                                  seed=opts.seed + sample)
+        return SamplingParams(max_new_tokens=opts.max_new_tokens, temperature=0.0)
+
+    def _generate(self, messages: list[dict[str, str]], params: Any,
+                  on_token: Callable[[str], None] | None, cancel: Any,
+                  answer: Answer, started: float) -> str:
+        pieces = []
+        for piece in self.engine.chat(messages, params, cancel):
+            if answer.first_token_s is None:
+                answer.first_token_s = time.perf_counter() - started
+            pieces.append(piece)
+            if on_token:
+                on_token(piece)
+        return "".join(pieces)
+
+    # ---------------------------------------------------------------- main entry
+
+    def ask(self, request: str, namespace: Mapping[str, Any], opts: Options | None = None,
+            on_token: Callable[[str], None] | None = None, cancel: Any = None,
+            code: str | None = None) -> Answer:
+        """Serve one request against ``namespace`` (the kernel's user namespace)."""
+        opts = opts or Options()
+        started = time.perf_counter()
+        request = ctxmod.interpolate(request or "", namespace)
+        ctx = ctxmod.collect(namespace, request)
+        task = opts.task or infer_task(request, ctx)
+        if task is Task.FIX and not (request or "").strip():
+            request = "fix the cell"
+        if task not in (Task.FIX, Task.EXPLAIN) or request:
+            request = check_request(request)
+        answer = Answer(task=task, request=request)
+        count = getattr(self.engine, "count_tokens", ctxmod.approx_tokens)
+        room = int(getattr(self.engine, "max_context", 4096)) - opts.max_new_tokens - 400
+        budget = max(200, min(opts.context_tokens, room))
+        if count(request) > room:
+            raise CopilotError(f"the request is {count(request)} tokens; with the answer it "
+                               f"does not fit the model's {self.engine.max_context}-token "
+                               "context. Shorten it")
+        connection = None
+        if task is Task.SQL:
+            connection = ctxmod.require_sql(ctx)
+        elif task in (Task.PANDAS, Task.PLOT) and not any(
+                i.kind in ("dataframe", "series", "ndarray") for i in ctx.items):
+            if not any(w in request.lower() for w in _MAKE_DATA):
+                raise CopilotError(
+                    "no DataFrame, Series or array is in scope, so there is no data to work "
+                    "on: load it first (e.g. `df = pd.read_csv('sales.csv')`), or use "
+                    "`--sql` with a database connection")
+        if task is Task.FIX and not ctx.last_error:
+            raise CopilotError("there is no error to fix: `%qcoder fix` works after a cell "
+                               "has raised an exception")
+        prompt = build_prompt(task, request, ctx, budget=budget, count_tokens=count,
+                              connection=connection, code=code)
+        answer.prompt = prompt
+        if task is Task.EXPLAIN:
+            answer.text = self._generate(prompt.messages, self._params(opts, 0), on_token,
+                                         cancel, answer, started)
+            answer.ok = bool(answer.text.strip())
+            answer.total_s = time.perf_counter() - started
+            return answer
+
+        candidates: list[Attempt] = []
+        for k in range(max(1, opts.samples)):
+            chain = self._solve(prompt, namespace, ctx, opts, k, on_token, cancel, answer,
+                                started)
+            candidates.append(chain[-1])
+            if k == 0:
+                answer.attempts = chain
+        best = majority(candidates) if opts.samples > 1 else None
+        final = best or answer.attempts[-1]
+        answer.ok = final.passed
+        answer.cell = final.code
+        answer.checks = self._checks(final, opts, task)
+        answer.warnings = [str(i) for i in final.issues if i.severity == "warning"] + final.notes
+        if final.run is not None and final.run.unavailable:
+            answer.warnings.append("not copied into the check (not picklable): "
+                                   + ", ".join(final.run.unavailable))
+        if task is Task.SQL:
+            answer.sql = final.sql
+        if opts.safe and any(i.kind == "unsafe" for i in final.issues):
+            raise UnsafeCodeError("--safe blocked the generated code: " + "; ".join(
+                str(i) for i in final.issues if i.kind == "unsafe"))
+        answer.total_s = time.perf_counter() - started
+        return answer
+
+    def _solve(self, prompt: Prompt, namespace: Mapping[str, Any], ctx: ctxmod.KernelContext,
+               opts: Options, sample: int, on_token, cancel, answer: Answer,
+               started: float) -> list[Attempt]:
+        """Generate, check, and repair up to ``opts.repairs`` times; every attempt is kept."""
+        chain: list[Attempt] = []
+        messages = prompt.messages
+        for round_ in range(opts.repairs + 1):
+            if round_ and on_token:
+                on_token(f"\n\n# repair {round_}: {problems(chain[-1])[0][:200]}\n")
+            text = self._generate(messages, self._params(opts, sample), on_token, cancel,
+                                  answer, started)
+            attempt = self._check(text, prompt, namespace, ctx, opts)
+            chain.append(attempt)
+            if attempt.passed or not problems(attempt):
+                break
+            messages = repair_messages(prompt, text, problems(attempt))
+        return chain
+
+    # ---------------------------------------------------------------- checking
+
+    def _check(self, text: str, prompt: Prompt, namespace: Mapping[str, Any],
+               ctx: ctxmod.KernelContext, opts: Options) -> Attempt:
+        if prompt.task is Task.SQL:
+            return self._check_sql(text, prompt, namespace, ctx, opts)
+        code = extract_code(text, "python")
+        code, dropped = drop_rebinding(code, namespace)
+        attempt = Attempt(answer=text, code=code)
+        if dropped:
+            attempt.notes.append("removed lines that re-created existing data: "
+                                 + "; ".join(dropped))
+        if not code.strip():
+            attempt.issues.append(Issue("syntax", "the answer contains no code"))
+            return attempt
+        attempt.issues = validate_python(code, namespace)
+        attempt.issues += check_safety(code)
+        blocking = attempt.errors or (opts.safe and any(i.kind == "unsafe"
+                                                        for i in attempt.issues))
+        if opts.check and not blocking:
+            attempt.run = self._sandbox(opts.limits).run(code, namespace, ctx.connections,
+                                                         result_name=opts.result_name)
+            if attempt.run.ok and prompt.task is Task.PLOT and not attempt.run.figures:
+                attempt.run.ok = False
+                attempt.run.error = "the cell drew no figure; draw the chart with matplotlib"
+        return attempt
+
+    def _check_sql(self, text: str, prompt: Prompt, namespace: Mapping[str, Any],
+                   ctx: ctxmod.KernelContext, opts: Options) -> Attempt:
+        info = prompt.connection
+        assert info is not None
+        sql = extract_sql(text)
+        result = validate_sql(sql, info)
+        cell = sql_cell(result.sql, info)
+        attempt = Attempt(answer=text, code=cell, issues=list(result.issues), sql=result.sql)
+        if opts.check and result.ok and not (opts.safe and result.issues):
+            attempt.run = self._sandbox(opts.limits).run(cell, namespace, ctx.connections)
+            if attempt.run.unavailable:
+                attempt.run = None  # e.g. a server database: validated, not executed
+        return attempt
+
+    @staticmethod
+    def _checks(final: Attempt, opts: Options, task: Task) -> dict[str, str]:
+        kinds = {i.kind for i in final.errors}
+        checks = {"parse": "failed" if "syntax" in kinds else "passed"}
+        if task is Task.SQL:
+            checks["schema"] = "failed" if "sql" in kinds else "passed"
+        else:
+            checks["names"] = "failed" if "undefined-name" in kinds else "passed"
+            checks["columns"] = "failed" if "unknown-column" in kinds else "passed"
+            checks["keeps data"] = "failed" if "rebinds-data" in kinds else "passed"
+        checks["safety"] = "warning" if any(i.kind == "unsafe" for i in final.issues) \
+            else "passed"
+        if final.run is None:
+            checks["ran on sample"] = "skipped" if not opts.check or final.errors else \
+                "not possible"
+        else:
+            checks["ran on sample"] = "passed" if final.run.ok else "failed"
+        return checks
+
+
+def parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except SyntaxError:
+        return False
+    return True

@@ -1,0 +1,148 @@
+import pandas as pd
+import pytest
+
+from copilot.scripted import ScriptedEngine
+from qcoder_ds.copilot.context import collect
+from qcoder_ds.copilot.errors import CopilotError, DatabaseError, UnsafeCodeError
+from qcoder_ds.copilot.pipeline import Copilot, Options
+from qcoder_ds.copilot.sandbox import Limits, Sandbox
+from qcoder_ds.copilot.tasks import Task, infer_task
+
+
+@pytest.fixture(scope="module")
+def box():
+    sb = Sandbox(Limits(timeout_s=8, sample_rows=200))
+    yield sb
+    sb.close()
+
+
+def fence(code, lang="python"):
+    return f"Here you go:\n```{lang}\n{code}\n```\n"
+
+
+def test_wrong_column_is_repaired_with_the_real_names(box, sales):
+    eng = ScriptedEngine([
+        fence("sales.groupby('Region')['revenue'].sum()"),
+        fence("sales.groupby('region')['revenue'].sum()"),
+    ])
+    ans = Copilot(eng, box).ask("total revenue per region", {"sales": sales})
+    assert ans.ok and ans.task is Task.PANDAS and ans.repairs == 1
+    assert ans.cell == "sales.groupby('region')['revenue'].sum()"
+    repair_prompt = eng.calls[1][-1]["content"]
+    assert "no column 'Region'" in repair_prompt and "did you mean 'region'" in repair_prompt
+    assert ans.checks["columns"] == "passed" and ans.checks["ran on sample"] == "passed"
+    # the prompt carried the live context
+    assert "# DataFrame `sales`: 240 rows" in eng.calls[0][1]["content"]
+
+
+def test_runtime_error_goes_back_to_the_model_and_repairs_are_bounded(box, sales):
+    eng = ScriptedEngine([fence("sales['revenue'] / 0 + sales['product'].sum() / 'x'")] * 3)
+    ans = Copilot(eng, box).ask("something", {"sales": sales}, Options(repairs=2))
+    assert not ans.ok and len(ans.attempts) == 3 and ans.checks["ran on sample"] == "failed"
+    assert "running it on a sample of the data failed" in eng.calls[1][-1]["content"]
+    assert "TypeError" in eng.calls[1][-1]["content"]
+
+
+def test_recreated_data_is_dropped_before_checking(box, sales):
+    code = ("import pandas as pd\nsales = pd.DataFrame({'region': ['x'], 'revenue': [1.0]})\n"
+            "sales.groupby('region')['revenue'].mean()")
+    ans = Copilot(ScriptedEngine([fence(code)]), box).ask("mean revenue by region",
+                                                          {"sales": sales})
+    assert ans.ok and "pd.DataFrame" not in ans.cell
+    assert any("re-created existing data" in w for w in ans.warnings)
+    assert ans.attempts[0].run.value["shape"] == [4]  # ran on the real (sampled) data
+
+
+def test_sql_answer_becomes_a_cell_on_the_users_connection(box, shop_db):
+    conn, _ = shop_db
+    eng = ScriptedEngine([fence("SELECT name, SUM(total) FROM customers JOIN orders "
+                                "USING (customer_id) GROUP BY name", "sql"),
+                          fence("SELECT name, SUM(amount) AS spent FROM customers JOIN orders "
+                                "USING (customer_id) GROUP BY name", "sql")])
+    ans = Copilot(eng, box).ask("how much did each customer spend", {"conn": conn},
+                                Options(task=Task.SQL))
+    assert ans.ok and ans.repairs == 1 and ans.checks["schema"] == "passed"
+    assert "no column 'total'" in eng.calls[1][-1]["content"]
+    ns = {"conn": conn}
+    exec(ans.cell, ns)
+    assert dict(zip(ns["result"]["name"], ns["result"]["spent"], strict=True)) == {
+        "Ada": 30.5, "Grace": 99.0, "Linus": 7.25}
+    assert "CREATE TABLE orders" in eng.calls[0][1]["content"]
+
+
+def test_plot_without_a_figure_fails_the_check(box, sales):
+    eng = ScriptedEngine([fence("sales.groupby('region')['revenue'].sum()"),
+                          fence("import matplotlib.pyplot as plt\n"
+                                "sales.groupby('region')['revenue'].sum().plot.bar()\n"
+                                "plt.title('Revenue by region')")])
+    ans = Copilot(eng, box).ask("revenue per region as a bar chart", {"sales": sales})
+    assert ans.task is Task.PLOT and ans.ok and ans.repairs == 1
+    assert "drew no figure" in eng.calls[1][-1]["content"]
+
+
+def test_safe_mode_blocks_and_default_warns(box, sales):
+    code = "import os\nos.system('echo hi')\nsales.head()"
+    ans = Copilot(ScriptedEngine([fence(code)]), box).ask("x", {"sales": sales},
+                                                         Options(check=False))
+    assert ans.checks["safety"] == "warning" and any("shell" in w for w in ans.warnings)
+    with pytest.raises(UnsafeCodeError, match="os.system"):
+        Copilot(ScriptedEngine([fence(code)] * 3), box).ask("x", {"sales": sales},
+                                                            Options(safe=True))
+
+
+def test_samples_vote_for_the_majority_output(box, sales):
+    a = fence("sales['revenue'].sum()")
+    b = fence("sales['revenue'].max()")
+    eng = ScriptedEngine([b, a, a])
+    ans = Copilot(eng, box).ask("total revenue", {"sales": sales},
+                                Options(samples=3, repairs=0))
+    assert ans.cell == "sales['revenue'].sum()"
+
+
+@pytest.mark.parametrize("request_,ns,msg", [
+    ("   ", {"df": pd.DataFrame({"a": [1]})}, "request is empty"),
+    ("x" * 100_000, {"df": pd.DataFrame({"a": [1]})}, "100,000 characters"),
+    ("mean of the price column", {"x": 1}, "no DataFrame"),
+])
+def test_bad_requests_are_clear_messages(request_, ns, msg):
+    eng = ScriptedEngine([])
+    with pytest.raises(CopilotError, match=msg):
+        Copilot(eng, None).ask(request_, ns)
+    assert eng.calls == []  # refused before the model was asked
+
+
+def test_locked_database_is_refused_before_generation(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "l.sqlite"
+    sqlite3.connect(path).execute("create table t (a int)").connection.commit()
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    user = sqlite3.connect(path, timeout=0.05)
+    try:
+        with pytest.raises(DatabaseError, match="locked"):
+            Copilot(ScriptedEngine([]), None).ask("count rows in t", {"conn": user},
+                                                  Options(task=Task.SQL))
+    finally:
+        locker.execute("ROLLBACK")
+
+
+def test_fix_uses_the_last_error_and_its_cell(box, sales):
+    ns = {"sales": sales, "In": ["", "sales.groupby('regio').revenue.sum()"],
+          "Err": {1: "KeyError: 'regio'"}}
+    eng = ScriptedEngine([fence("sales.groupby('region').revenue.sum()")])
+    ans = Copilot(eng, box).ask("", ns, Options(task=Task.FIX))
+    assert ans.ok and ans.task is Task.FIX
+    assert "KeyError: 'regio'" in eng.calls[0][1]["content"]
+    assert "sales.groupby('regio')" in eng.calls[0][1]["content"]
+
+
+def test_task_inference(sales, shop_db):
+    conn, _ = shop_db
+    both = collect({"sales": sales, "conn": conn})
+    assert infer_task("revenue per region as a bar chart", both) is Task.PLOT
+    assert infer_task("mean units per product", both) is Task.PANDAS
+    assert infer_task("list customers from orders table", both) is Task.SQL
+    assert infer_task("which customers ordered in 2023", collect({"conn": conn})) is Task.SQL
+    assert infer_task("explain this", both) is Task.EXPLAIN
+    assert infer_task("fix the KeyError", both) is Task.FIX

@@ -1,0 +1,154 @@
+import pandas as pd
+import pytest
+
+from qcoder_ds.copilot.context import ConnectionInfo
+from qcoder_ds.copilot.safety import check_safety
+from qcoder_ds.copilot.validate import drop_rebinding, validate_python
+from qcoder_ds.copilot.validate_sql import sql_cell, validate_sql
+
+
+@pytest.fixture
+def ns(sales):
+    return {"sales": sales, "pd": pd, "limit": 3}
+
+
+def kinds(issues):
+    return [i.kind for i in issues]
+
+
+def test_good_code_passes(ns):
+    code = ("import matplotlib.pyplot as plt\n"
+            "d = sales[sales['date'].dt.year == 2023]\n"
+            "totals = d.groupby('region')['revenue'].sum().sort_values(ascending=False)\n"
+            "sales['margin'] = sales.revenue * 0.1\n"
+            "top = sales.nlargest(limit, 'units')[['region', 'margin']]\n"
+            "agg = sales.groupby('product').agg(total=('revenue', 'sum')).reset_index()\n"
+            "agg['total'].plot.bar()\n"
+            "totals")
+    assert validate_python(code, ns) == []
+
+
+def test_syntax_error(ns):
+    issues = validate_python("sales.groupby('region'", ns)
+    assert kinds(issues) == ["syntax"] and issues[0].line == 1
+
+
+def test_undefined_name_with_suggestion(ns):
+    issues = validate_python("salse.head()\nnp.mean(sales.units)", ns)
+    assert kinds(issues) == ["undefined-name", "undefined-name"]
+    assert "did you mean 'sales'" in issues[0].message
+    assert "add the import for `np`" in issues[1].message
+
+
+@pytest.mark.parametrize("code,bad", [
+    ("sales['Revenue'].sum()", "Revenue"),
+    ("sales.groupby('regions')['revenue'].mean()", "regions"),
+    ("sales.sort_values(by='price')", "price"),
+    ("sales[['region', 'cost']]", "cost"),
+    ("sales.loc[sales.units > 3, 'amount']", "amount"),
+    ("sales.totl_revenue.sum()", "totl_revenue"),
+    ("import seaborn as sns\nsns.barplot(data=sales, x='region', y='sales_amount')",
+     "sales_amount"),
+    ("x = sales[sales.units > 2]\nx['profit'].mean()", "profit"),
+])
+def test_unknown_column_is_reported_with_the_real_ones(ns, code, bad):
+    issues = validate_python(code, ns)
+    assert kinds(issues) == ["unknown-column"], issues
+    assert repr(bad) in issues[0].message and "'revenue'" in issues[0].message
+
+
+def test_case_mismatch_suggests_the_real_column(ns):
+    issues = validate_python("sales['REGION']", ns)
+    assert "did you mean 'region'" in issues[0].message
+
+
+def test_rebinding_live_data_is_an_error_and_can_be_dropped(ns):
+    code = ("import pandas as pd\n"
+            "sales = pd.DataFrame({'region': ['a'], 'revenue': [1]})\n"
+            "sales.groupby('region')['revenue'].sum()")
+    assert kinds(validate_python(code, ns)) == ["rebinds-data"]
+    kept, notes = drop_rebinding(code, ns)
+    assert kept == "import pandas as pd\nsales.groupby('region')['revenue'].sum()"
+    assert notes and notes[0].startswith("sales = pd.DataFrame")
+    assert kinds(validate_python("sales = pd.read_csv('sales.csv')", ns)) == ["rebinds-data"]
+    # transforming the live data is fine
+    assert validate_python("sales = sales.dropna()", ns) == []
+
+
+@pytest.mark.parametrize("code,what", [
+    ("import subprocess\nsubprocess.run(['ls'])", "starts other processes"),
+    ("import os\nos.system('rm -rf ~')", "shell command"),
+    ("eval('1+1')", "cannot be checked"),
+    ("import requests\nrequests.get('http://x')", "network"),
+    ("pd.read_csv('https://example.com/a.csv')", "network"),
+    ("import shutil\nshutil.rmtree('data')", "deletes"),
+    ("open('/etc/passwd', 'w').write('x')", "outside the working directory"),
+    ("sales.to_csv('../out.csv')", "outside the working directory"),
+    ("from pathlib import Path\nPath('a.txt').unlink()", "deletes"),
+])
+def test_safety_flags(code, what):
+    issues = check_safety(code)
+    assert issues and all(i.kind == "unsafe" and i.severity == "warning" for i in issues)
+    assert any(what in i.message for i in issues), issues
+
+
+def test_safety_passes_ordinary_code():
+    assert check_safety("import pandas as pd\nsales.to_csv('out.csv')\n"
+                        "open('notes.txt').read()\nimport matplotlib.pyplot as plt") == []
+
+
+@pytest.fixture
+def shop():
+    return ConnectionInfo("conn", "sqlite", "sqlite", tables={
+        "customers": {"customer_id": "INTEGER", "name": "TEXT", "country": "TEXT"},
+        "orders": {"order_id": "INTEGER", "customer_id": "INTEGER", "amount": "REAL"}})
+
+
+def test_sql_ok_and_qualified(shop):
+    r = validate_sql("select c.name, sum(o.amount) from customers c join orders o "
+                     "on c.customer_id = o.customer_id group by c.name", shop)
+    assert r.ok and r.issues == []
+    assert "GROUP BY" in r.sql
+
+
+def test_sql_unknown_column_names_the_real_ones(shop):
+    r = validate_sql("select name, total from customers join orders using (customer_id)", shop)
+    assert not r.ok
+    msg = r.issues[0].message
+    assert "no column 'total'" in msg and "orders.amount" in msg
+
+
+def test_sql_unknown_table(shop):
+    r = validate_sql("select * from customer", shop)
+    assert not r.ok and "did you mean 'customers'" in r.issues[0].message
+
+
+def test_sql_syntax_error_and_not_sql(shop):
+    assert "syntax" in validate_sql("select name from customers where", shop).issues[0].message
+    assert "not a SQL query" in validate_sql("please list customers", shop).issues[0].message
+    assert "no SQL" in validate_sql("  ", shop).issues[0].message
+
+
+def test_sql_double_quoted_string_is_a_string_in_sqlite(shop):
+    r = validate_sql('select name from customers where country = "UK"', shop)
+    assert r.ok and "country = 'UK'" in r.sql
+
+
+def test_sql_write_is_flagged(shop):
+    r = validate_sql("delete from orders", shop)
+    assert [i.kind for i in r.issues] == ["unsafe"]
+
+
+def test_sql_transpiles_to_the_connection_dialect():
+    duck = ConnectionInfo("d", "duckdb", "duckdb", tables={"t": {"a": "INTEGER", "s": "TEXT"}})
+    r = validate_sql("SELECT TOP 2 a FROM t", duck, read="tsql")
+    assert r.ok and "LIMIT 2" in r.sql
+    assert sql_cell(r.sql, duck).splitlines()[-2] == "result = d.execute(query).df()"
+
+
+def test_sql_cell_runs_on_sqlite(shop_db, shop):
+    conn, _ = shop_db
+    cell = sql_cell(validate_sql("select count(*) as n from orders", shop).sql, shop)
+    ns = {"conn": conn}
+    exec(cell, ns)
+    assert ns["result"]["n"].tolist() == [4]
