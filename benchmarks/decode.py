@@ -133,24 +133,23 @@ def openvino_bytes_per_token(xml_path: Path) -> int:
 
 
 def prompt_ids(n: int, gguf_path: Path) -> list[int]:
-    """``n`` token ids of PROMPT_TEXT from the model's own tokenizer (identical for all engines)."""
-    text = PROMPT_TEXT
+    """``n`` token ids of PROMPT_TEXT from the model's own tokenizer (identical for all engines);
+    a GGUF without a tokenizer (test models) gets seeded random ids instead."""
+    from qcoder_ds.errors import QcoderError
+
     try:
         from qcoder_ds.models.tokenizer import load_tokenizer_from_gguf
 
         tok = load_tokenizer_from_gguf(gguf_path)
-        ids: list[int] = []
-        while len(ids) < n:
-            ids += tok.encode(text)
-        return ids[:n]
-    except ImportError:  # tokenizer module not there: llama.cpp's tokenizer, same vocabulary
-        from llama_cpp import Llama
+    except (ImportError, QcoderError):
+        from qcoder_ds.models.gguf_checkpoint import GGUFCheckpoint
 
-        llm = Llama(str(gguf_path), vocab_only=True, verbose=False)
-        ids = []
-        while len(ids) < n:
-            ids += llm.tokenize(text.encode(), add_bos=False, special=False)
-        return ids[:n]
+        vocab = GGUFCheckpoint(gguf_path).config.vocab_size
+        return np.random.default_rng(0).integers(0, vocab, size=n).tolist()
+    ids: list[int] = []
+    while len(ids) < n:
+        ids += tok.encode(PROMPT_TEXT)
+    return ids[:n]
 
 
 # ------------------------------------------------------------------ one engine, one run
@@ -191,7 +190,7 @@ def run_ours(backend: str, gguf_path: Path, ids: list[int], new_tokens: int, thr
 def _gguf_source(gguf_path: Path):
     from qcoder_ds.models.sources import resolve
 
-    return resolve(str(gguf_path))
+    return resolve(str(gguf_path), require_tokenizer=False)
 
 
 def run_llama_cpp(gguf_path: Path, ids: list[int], new_tokens: int, threads: int) -> dict:

@@ -247,3 +247,38 @@ def test_real_model_answers_a_pandas_request_with_code_that_runs(tmp_path):
                          cwd=tmp_path, timeout=120, check=False)
     assert run.returncode == 0, f"{code}\n---\n{run.stderr[-2000:]}"
     assert "region" in code and "revenue" in code and "plt." in code
+
+
+# ------------------------------------------------------------------ `qcoder bench` mechanics
+
+
+def test_bench_runs_ours_in_subprocesses_and_writes_results(tiny_dir, tmp_path, monkeypatch,
+                                                            capsys):
+    """The benchmark's plumbing on a tiny GGUF: subprocess per run, stats, roofline, table."""
+    pytest.importorskip("qcoder_ds.runtime.ort_backend")
+    import json
+
+    from tiny_gguf import write_gguf
+
+    monkeypatch.setenv("QCODER_HOME", str(tmp_path / "home"))
+    gguf_file = write_gguf(tiny_dir("qwen2"), tmp_path / "tiny.gguf")
+    out = tmp_path / "decode.json"
+    code = cli.main(["bench", "--gguf", str(gguf_file), "--engines", "ours-ort", "--runs", "2",
+                     "--prompt-tokens", "24", "--new-tokens", "6", "--weights", "fp32",
+                     "--out", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())
+    e = res["engines"]["ours-ort"]
+    assert len(e["runs"]) == 2 and all("error" not in r for r in e["runs"])
+    for k in ("load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mib"):
+        assert 0 < e[k]["min"] <= e[k]["median"] <= e[k]["max"]
+    # fp32 weights the matmuls read per token: 2 layers x (q,k,v,o,gate,up,down) + lm_head
+    h, i, kv, v = 64, 128, 2 * 16, 512
+    per_layer = h * h + 2 * h * kv + h * h + 3 * h * i
+    assert abs(e["weight_bytes_per_token"] - 4 * (2 * per_layer + v * h)) < 0.05 * 4 * (
+        2 * per_layer + v * h)
+    assert e["roofline_tok_s"] == pytest.approx(
+        res["machine"]["memory_bandwidth_gbs"] * 1e9 / e["weight_bytes_per_token"], rel=0.01)
+    assert e["runs"][0]["tokens"] == e["runs"][1]["tokens"]  # greedy: same tokens every run
+    table = capsys.readouterr().out
+    assert "| ours-ort | fp32 |" in table and "decode tok/s" in table
