@@ -9,7 +9,7 @@ import pandas as pd
 STATIONS = {"Oslo": 2.0, "Bergen": 5.5, "Stavanger": 5.0, "Tromso": -2.5}
 
 
-def generate(rng: np.random.Generator, days: int = 120) -> dict:
+def generate(rng: np.random.Generator, days: int = 90) -> dict:
     start = pd.Timestamp("2024-01-01") + pd.Timedelta(days=int(rng.integers(0, 30)))
     dates = pd.date_range(start, periods=days, freq="D")
     frames = []

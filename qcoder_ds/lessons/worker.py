@@ -95,18 +95,18 @@ def run_variant(exercises: list[dict], answers: list[str], timeout: float) -> li
     return outcomes
 
 
-def run_all(exercises: list[dict], timeout: float) -> dict:
-    """Every variant the gate needs: the solution twice, the stub, each wrong solution alone."""
+def run_all(exercises: list[dict], timeout: float, wrong: bool = True) -> dict:
+    """The variants the gate needs: the solution and the stub, each as one notebook run,
+    and (``wrong``) each wrong solution alone after a fresh set-up."""
     results: dict[str, Any] = {
         "solution": run_variant(exercises, [e["cells"]["answer"] for e in exercises], timeout),
-        "solution_again": run_variant(
-            exercises, [e["cells"]["answer"] for e in exercises], timeout),
         "stub": run_variant(exercises, [e["cells"]["stub"] for e in exercises], timeout),
         "wrong": [],
     }
-    for ex in exercises:
-        results["wrong"].append(
-            [run_variant([ex], [w], timeout)[0] for w in ex["cells"]["wrong"]])
+    if wrong:
+        for ex in exercises:
+            results["wrong"].append(
+                [run_variant([ex], [w], timeout)[0] for w in ex["cells"]["wrong"]])
     return results
 
 
@@ -118,7 +118,6 @@ def probe(ex: dict, timeout: float) -> dict:
     setup = run_cell(ex["setup"], ns, timeout)
     if not setup["ok"]:
         return {"ok": False, "error": f"the data set-up fails: {setup['error']}"}
-    # keep the figure open until described: run without the per-cell close
     import matplotlib.pyplot as plt
 
     ref = run_cell(ex["solution"], ns, timeout)
@@ -176,7 +175,7 @@ def main(argv: list[str]) -> int:
     if job["mode"] == "build":
         result = build(job["exercises"], job["titles"], job["timeout"])
     else:
-        result = {"runs": run_all(job["exercises"], job["timeout"])}
+        result = {"runs": run_all(job["exercises"], job["timeout"], wrong=False)}
     with open(out_path, "w", encoding="utf-8") as f:
         json.dump(result, f)
     return 0
