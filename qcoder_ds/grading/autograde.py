@@ -10,6 +10,7 @@ its points with a reason, never the batch.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -135,7 +136,7 @@ def grade_notebook(defn: NotebookDef, path: Path | None, work: Path, run_dir: Pa
             nb = restored.nb
             res["events"] = restored.events
     if nb is None:
-        nb = nbformat.from_dict(json.loads(nbformat.writes(defn.instructor)))
+        nb = copy.deepcopy(defn.instructor)
         runs = {i: CellRun("not-run", reason=missing_reason) for i in range(len(nb.cells))}
         tamper: dict[int, list[str]] = {}
     else:
