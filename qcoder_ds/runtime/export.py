@@ -45,7 +45,7 @@ class Backend:
 
     name: str
     module: str  # e.g. "qcoder_ds.runtime.ort_backend"
-    export_fn: str  # (ckpt, out_dir, weights=..., progress=...) -> None
+    export_fn: str  # (ckpt, out_dir, weights=..., progress=...) -> None; "mod:fn" for elsewhere
     load_fn: str  # (out_dir, threads=...) -> DecoderSession
     extra: str = ""  # the pip extra that installs the runtime, for the error message
 
@@ -62,11 +62,18 @@ class Backend:
         """The backend's own exporter version, if it declares one (part of the cache key)."""
         return str(getattr(self._module(), "EXPORTER_VERSION", ""))
 
+    def _fn(self, name: str):
+        module = self._module()
+        if ":" in name:
+            mod_name, name = name.split(":", 1)
+            module = importlib.import_module(mod_name)
+        return getattr(module, name)
+
     def export(self, ckpt, out_dir: Path, weights: str, progress: bool) -> None:
-        getattr(self._module(), self.export_fn)(ckpt, out_dir, weights=weights, progress=progress)
+        self._fn(self.export_fn)(ckpt, out_dir, weights=weights, progress=progress)
 
     def load(self, out_dir: Path, threads: int | None) -> DecoderSession:
-        return getattr(self._module(), self.load_fn)(out_dir, threads=threads)
+        return self._fn(self.load_fn)(out_dir, threads=threads)
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -78,8 +85,9 @@ def register_backend(backend: Backend) -> None:
 
 
 register_backend(Backend("onnx", "qcoder_ds.runtime.ort_backend", "export_onnx", "load_onnx"))
-register_backend(Backend("openvino", "qcoder_ds.runtime.openvino_backend", "export_openvino",
-                         "load_openvino", extra="openvino"))
+register_backend(Backend("openvino", "qcoder_ds.runtime.openvino_backend",
+                         "qcoder_ds.runtime.openvino_graph:export_openvino", "load_openvino",
+                         extra="openvino"))
 
 
 def get_backend(name: str) -> Backend:
