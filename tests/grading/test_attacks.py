@@ -288,8 +288,10 @@ def test_feedback_never_shows_hidden_tests(batch):
         for line in HIDDEN_LINES:
             assert line not in text, p
     md = (batch["feedback"] / "delete_tests" / "adder" / "problem.md").read_text()
-    assert "A hidden test failed (AssertionError)." not in md  # add(0, 0) == 0 is visible
-    assert "0 / 2" in md
+    # add returns 0: the visible assert add(0, 0) == 0 passes, the hidden ones fail
+    assert "A hidden test failed (AssertionError)." in md
+    assert "| test_hidden | 0 / 2 |" in md
+    assert "assert add(1, 2) == 3" in md  # visible test text is shown
 
 
 def test_no_leftover_processes(batch):
