@@ -149,6 +149,7 @@ def _head(df: Any) -> list[dict]:
 
 def _figures() -> dict:
     import matplotlib.pyplot as plt
+
     from qcoder_ds.lessons.checks import figure_summary
 
     out = {}
