@@ -58,8 +58,9 @@ class Explanation:
 # ---------------------------------------------------------------- what (from the AST)
 
 
-def _u(node: ast.AST) -> str:
-    return ast.unparse(node)
+def _u(node: ast.AST, limit: int = 90) -> str:
+    text = ast.unparse(node)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _mask(node: ast.AST) -> ast.AST | None:

@@ -40,8 +40,11 @@ def doc_summary(obj: Any) -> str:
         doc = inspect.getdoc(obj) or ""
     except Exception:  # noqa: BLE001 - odd objects have odd __doc__
         return ""
-    para = doc.strip().split("\n\n", 1)[0]
-    return " ".join(para.split())[:300]
+    paras = [" ".join(p.split()) for p in doc.strip().split("\n\n") if p.strip()]
+    name = getattr(obj, "__name__", "")
+    if len(paras) > 1 and name and paras[0].startswith(name + "(") and paras[0].endswith(")"):
+        paras = paras[1:]  # C functions start with their signature
+    return paras[0][:300] if paras else ""
 
 
 def _resolve(frame: types.FrameType) -> tuple[str, Any]:
@@ -186,6 +189,10 @@ def run_statement(stmt: ast.stmt, ns: dict, timeout: float) -> dict:
             if back is not None and back.f_code.co_filename == FILENAME:
                 dotted, obj = _resolve(frame)
                 name = frame.f_code.co_name
+                if name == "__init__" and "self" in frame.f_locals:  # a class being built
+                    cls = type(frame.f_locals["self"])
+                    name, obj = cls.__name__, cls
+                    dotted = f"{cls.__module__}.{cls.__qualname__}"
                 if name.startswith(("<", "_")) or dotted in seen:
                     return
                 seen.add(dotted)
