@@ -66,6 +66,7 @@ def visible_test(ex: Exercise, form: dict) -> str:
         f"from qcoder_checks import {imports}",
         "",
         f"check_form({_answer_expr(ex)}, {json.dumps(form)}, name={ex.answer!r})",
+        *ex.tests,
     ])
 
 

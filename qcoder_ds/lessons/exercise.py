@@ -43,6 +43,7 @@ class Exercise:
     points: int = 1
     slots: dict = field(default_factory=dict)
     origin: str = "template"
+    tests: list[str] = field(default_factory=list)  # extra visible asserts (model drafts)
 
     @property
     def grade_id(self) -> str:

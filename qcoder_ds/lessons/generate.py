@@ -156,6 +156,14 @@ def gate_and_write(exercises: list[Exercise], titles: list[str], name: str, titl
         lines = [f"exercise {v.number} ({v.key}): {'; '.join(v.reasons)}" for v in bad]
         raise GateError(f"{len(bad)} of {len(verdicts)} exercise(s) failed the gate; nothing "
                         "was written:\n  " + "\n  ".join(lines), report)
+    return write_assignment(source_nb, release_nb, name, report, stage, out, force)
+
+
+def write_assignment(source_nb: nbformat.NotebookNode, release_nb: nbformat.NotebookNode,
+                     name: str, report: dict, stage: Path, out: Path,
+                     force: bool = False) -> Assignment:
+    """Move a gated assignment from ``stage`` into the course folder ``out``."""
+    src_dir = stage / "source" / name
     nbformat.write(source_nb, src_dir / f"{name}.ipynb")
     rel_dir = stage / "release" / name
     shutil.copytree(src_dir, rel_dir)

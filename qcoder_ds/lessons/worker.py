@@ -134,6 +134,13 @@ def probe(ex: dict, timeout: float) -> dict:
         return {"ok": False, "error": f"the reference answer cannot be read: {e}"}
     finally:
         plt.close("all")
+    if ex["kind"] == "auto":  # a model's draft: the reference's answer decides the checks
+        kinds = {"DataFrame": "dataframe", "Series": "series", "rows": "query",
+                 "Figure": "figure", "number": "scalar", "bool": "scalar", "str": "scalar"}
+        if form["type"] not in kinds:
+            return {"ok": False, "error": f"the answer is a {form['type']}, which no check "
+                                          "covers (use a DataFrame, Series, number or figure)"}
+        return {"ok": True, "form": form, "kind": kinds[form["type"]]}
     want = {"dataframe": "DataFrame", "series": "Series", "query": "rows", "figure": "Figure",
             "scalar": ("number", "bool", "str")}[ex["kind"]]
     if form["type"] not in (want if isinstance(want, tuple) else (want,)):
@@ -154,6 +161,7 @@ def build(exercises: list[dict], titles: list[str], timeout: float) -> dict:
             errors[d["number"]] = p["error"]
             continue
         ex = Exercise.from_dict(d)
+        ex.kind = p.get("kind", ex.kind)
         cells = build_cells(ex, p["form"], title)
         src = {c["metadata"]["qcoder"]["role"]: c["source"] for c in cells}
         built.append({"number": ex.number, "notebook_cells": cells, "cells": {
