@@ -61,6 +61,8 @@ def _guard(kernel: SandboxedKernel, phase: str, names: list[str]) -> list[str]:
                          timeout=GUARD_TIMEOUT, silent=True, store_history=False)
     if run.status in ("dead", "not-run", "output-limit"):
         return []  # the cell itself will report why it could not run
+    if run.status == "timeout":
+        return [f"the kernel stopped answering the grader ({phase}-test check timed out)"]
     for line in run.stdout.splitlines():
         if line.startswith(nonce):
             try:

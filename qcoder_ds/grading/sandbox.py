@@ -6,7 +6,7 @@ namespaces) the kernel gets its own network namespace (no network: only a downed
 loopback; Jupyter talks to it over ipc sockets), its own mount namespace (instructor
 paths hidden under empty read-only tmpfs mounts) and its own PID namespace (it cannot
 see or signal the grader, and every process it forks dies with it). Everywhere it gets
-resource limits (address space, file size, CPU) and an environment without any hint that
+resource limits (data memory, file size, CPU) and an environment without any hint that
 it is being graded. Without namespaces, a socket-blocking ``sitecustomize`` stands in for
 the network namespace; ``isolation_available()`` says which one a run gets.
 """
@@ -186,7 +186,10 @@ def _child_setup(args, isolated: bool, libc) -> None:
         except OSError:
             pass
     mb = 1024 * 1024
-    _limit(resource.RLIMIT_AS, args.memory_mb * mb)
+    # RLIMIT_DATA (heap and private anonymous memory), not RLIMIT_AS: shared libraries and
+    # each thread's reserved malloc arena inflate the address space of a pandas+matplotlib
+    # kernel past 1 GiB while it uses a fraction of that, so an AS limit fails honest imports.
+    _limit(resource.RLIMIT_DATA, args.memory_mb * mb)
     _limit(resource.RLIMIT_FSIZE, args.file_size_mb * mb)
     _limit(resource.RLIMIT_CPU, args.cpu_s)
     _limit(resource.RLIMIT_CORE, 0)
