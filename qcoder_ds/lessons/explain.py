@@ -322,3 +322,38 @@ def explain_python(code: str, namespace: dict | None = None, cwd: Path | None = 
                           what=what_it_does(stmt), did=did, calls=calls, facts=facts,
                           error=err))
     return Explanation(language="python", source=code, steps=steps)
+
+
+def explain(code: str, namespace: dict | None = None, language: str | None = None,
+            connection: Any = None, dialect: str = "sqlite", cwd: Path | None = None,
+            fmt: str | None = None) -> Explanation | str:
+    """One entry point for ``%qcoder explain`` and the chat's explain.
+
+    ``language`` defaults to SQL when the text parses as SQL but not as Python. SQL runs on
+    ``connection`` or on the first sqlite3 / DuckDB connection found in ``namespace``.
+    Python runs on copies of ``namespace``'s data, never on the user's objects. With ``fmt``
+    (markdown, html, ipynb) the rendered text is returned instead of the Explanation.
+    """
+    if language is None:
+        try:
+            ast.parse(code)
+            language = "python"
+        except SyntaxError:
+            language = "sql"
+    if language == "sql":
+        from qcoder_ds.lessons.explain_sql import explain_sql
+
+        if connection is None:
+            connection = next((v for v in (namespace or {}).values()
+                               if type(v).__name__ in ("Connection", "DuckDBPyConnection")),
+                              None)
+        if connection is None:
+            raise ExplainError("no database connection to run the SQL on")
+        ex = explain_sql(code, connection, dialect=dialect)
+    else:
+        ex = explain_python(code, namespace=namespace, cwd=cwd)
+    if fmt:
+        from qcoder_ds.lessons.render import render
+
+        return render(ex, fmt)
+    return ex
