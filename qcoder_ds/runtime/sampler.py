@@ -120,24 +120,37 @@ def nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
 
 def sample_from_logits(logits: np.ndarray, temperature: float, top_k: int, top_p: float,
                        rng: np.random.Generator) -> int:
-    """Draw one token after temperature scaling and top-k / top-p filtering."""
-    scaled = logits.astype(np.float64) / temperature
-    cand = top_k_mask(scaled, top_k)
-    if top_p < 1.0 and cand.shape[0] > _NUCLEUS_CANDIDATES:
-        # the nucleus usually lies among the best few hundred; check, else use them all
-        best = cand[np.argpartition(scaled[cand], -_NUCLEUS_CANDIDATES)[-_NUCLEUS_CANDIDATES:]]
-        m = scaled[cand].max()
-        total = np.exp(scaled[cand] - m).sum()
-        if np.exp(scaled[best] - m).sum() / total >= top_p:
-            cand = best
-            probs = _softmax(scaled[cand]) * (np.exp(scaled[cand] - m).sum() / total)
-            cand = cand[nucleus(probs, top_p)]
-        else:
-            cand = cand[nucleus(_softmax(scaled[cand]), top_p)]
-    elif top_p < 1.0:
-        cand = cand[nucleus(_softmax(scaled[cand]), top_p)]
-    probs = _softmax(scaled[cand])
-    return int(cand[rng.choice(cand.shape[0], p=probs)])
+    """Draw one token after temperature scaling and top-k / top-p filtering.
+
+    Works on float32 and touches the whole vocabulary only for one exp (and one partial
+    partition), since this runs once per generated token.
+    """
+    x = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+    n = x.shape[0]
+    cand = None  # indices into the vocabulary when x is a subset
+    if 0 < top_k < n:
+        cand = np.argpartition(x, n - top_k)[n - top_k:]
+        x = x[cand]
+    e = np.exp(x - x.max())  # unnormalised probabilities
+    if top_p < 1.0:
+        total = float(e.sum(dtype=np.float64))
+        order = None
+        if x.shape[0] > _NUCLEUS_CANDIDATES:
+            # the nucleus usually lies among the best few hundred: sort only those when
+            # they already hold top_p of the mass, else sort everything
+            best = np.argpartition(x, -_NUCLEUS_CANDIDATES)[-_NUCLEUS_CANDIDATES:]
+            if e[best].sum(dtype=np.float64) >= top_p * total:
+                order = best[np.argsort(-x[best], kind="stable")]
+        if order is None:
+            order = np.argsort(-x, kind="stable")
+        cum = np.cumsum(e[order], dtype=np.float64)
+        keep = int(np.searchsorted(cum, top_p * total, side="left")) + 1
+        sel = order[:keep]
+        cand = sel if cand is None else cand[sel]
+        e = e[sel]
+    p = e.astype(np.float64) / e.sum(dtype=np.float64)
+    i = int(rng.choice(p.shape[0], p=p))
+    return i if cand is None else int(cand[i])
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
