@@ -151,8 +151,3 @@ def sample_from_logits(logits: np.ndarray, temperature: float, top_k: int, top_p
     p = e.astype(np.float64) / e.sum(dtype=np.float64)
     i = int(rng.choice(p.shape[0], p=p))
     return i if cand is None else int(cand[i])
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
