@@ -294,8 +294,11 @@ class KernelContext:
         return {i.name: self.objects[i.name] for i in self.items if i.kind == "dataframe"}
 
     def render(self, budget: int, count_tokens: CountTokens = approx_tokens,
-               include_error: bool = False) -> str:
-        """The context block for the prompt, best-ranked first, within ``budget`` tokens."""
+               include_error: bool = False, kinds: tuple[str, ...] | None = None) -> str:
+        """The context block for the prompt, best-ranked first, within ``budget`` tokens.
+
+        ``kinds`` keeps only those kinds of object (a pandas answer is not helped by a
+        database schema: the small model starts reading tables into frames)."""
         parts: list[str] = []
         used = 0
         if include_error and self.last_error:
@@ -309,6 +312,8 @@ class KernelContext:
             used += count_tokens(err)
         left_out: list[str] = []
         for item in self.items:
+            if kinds is not None and item.kind not in kinds:
+                continue
             for text in (item.full, item.short):
                 cost = count_tokens(text) + 1
                 if used + cost <= budget:

@@ -7,6 +7,7 @@ are named and forbidden, and the real names are put in front of it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from qcoder_ds.copilot.context import ConnectionInfo, CountTokens, KernelContext, approx_tokens
@@ -89,7 +90,10 @@ def build_prompt(task: Task, request: str, ctx: KernelContext, *, budget: int = 
         user = f"Schema:\n{schema}\n\nQuestion: {request}"
         return Prompt(task, [{"role": "system", "content": system},
                              {"role": "user", "content": user}], schema, connection)
-    context = ctx.render(budget, count_tokens, include_error=task is Task.FIX)
+    mentioned = set(re.findall(r"[A-Za-z_]\w*", request))
+    wants_sql = any(n in mentioned for n in ctx.connections)
+    kinds = None if wants_sql else ("dataframe", "series", "ndarray")
+    context = ctx.render(budget, count_tokens, include_error=task is Task.FIX, kinds=kinds)
     if task is Task.EXPLAIN:
         target = code if code is not None else (ctx.last_error_cell or "")
         user = f"Data in scope:\n{context}\n\nCode:\n```python\n{target}\n```\n\n{request}"

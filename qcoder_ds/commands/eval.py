@@ -1,0 +1,101 @@
+"""`qcoder eval`: pass rates of the raw model and of the copilot pipeline on DS-1000 and Spider.
+
+Writes one JSON report under ``benchmarks/results/`` (per category: pass rates of both systems,
+the ids that fail, how many answers needed a repair). The full development split is the
+default; ``--sample N --seed S`` measures a fixed random subset when hours are not available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from qcoder_ds.copilot.errors import CopilotError
+from qcoder_ds.copilot.evaluation import CATEGORIES
+
+
+def default_data_dir() -> Path:
+    """``../shared/eval`` beside the checkout (or $QCODER_EVAL_DIR)."""
+    env = os.environ.get("QCODER_EVAL_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "eval"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="measure raw model vs copilot on DS-1000 and Spider",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="a directory laid out like ../shared/eval (default: that one)")
+    p.add_argument("--categories", default=",".join(CATEGORIES),
+                   help=f"comma-separated subset of {','.join(CATEGORIES)}")
+    p.add_argument("--sample", type=int, default=None,
+                   help="problems per category (a fixed random sample; default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample order (default 0)")
+    p.add_argument("--systems", default="raw,pipeline", help="raw, pipeline, or both (default)")
+    p.add_argument("--repairs", type=int, default=2, help="repair rounds in the pipeline")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per graded run")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report path (default benchmarks/results/eval-<time>.json)")
+    from qcoder_ds.engine import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--backend", default="onnx")
+    p.add_argument("--weights", default="int4", choices=("int4", "int8", "fp32"))
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qcoder_ds.copilot.evaluation import evaluate
+    from qcoder_ds.copilot.pipeline import Copilot
+    from qcoder_ds.engine import Engine
+    from qcoder_ds.paths import home
+
+    data_dir = args.data_dir or default_data_dir()
+    if not data_dir.is_dir():
+        raise CopilotError(f"{data_dir}: no evaluation data there (use --data-dir)")
+    cats = [c.strip() for c in args.categories.split(",") if c.strip()]
+    bad = [c for c in cats if c not in CATEGORIES]
+    if bad or not cats:
+        raise CopilotError(f"unknown categories {bad}; choose from {list(CATEGORIES)}")
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if not systems or any(s not in ("raw", "pipeline") for s in systems):
+        raise CopilotError("--systems takes raw, pipeline or raw,pipeline")
+    if args.sample is not None and args.sample < 1:
+        raise CopilotError("--sample must be at least 1")
+    started = time.time()
+    engine = Engine.load(args.model, backend=args.backend, weights=args.weights,
+                         threads=args.threads)
+    copilot = Copilot(engine, model=args.model)
+    report = evaluate(data_dir, cats, args.sample, args.seed, systems, engine, copilot,
+                      repairs=args.repairs, timeout_s=args.timeout,
+                      log=lambda m: print(m, file=sys.stderr, flush=True),
+                      reference_cache=home() / "eval-reference-ok.json")
+    report["config"] = {
+        "data_dir": str(data_dir), "sample_per_category": args.sample, "seed": args.seed,
+        "split": "full dev split" if args.sample is None else f"random sample of {args.sample}",
+        "systems": systems, "repairs": args.repairs, "model": args.model,
+        "backend": args.backend, "weights": args.weights, "threads": args.threads,
+        "machine": platform.machine(), "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg()[0], "seconds": round(time.time() - started, 1),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = args.out or Path("benchmarks/results") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out)
+    for cat, entry in report["categories"].items():
+        line = [f"{cat:10s} n={entry['n']}"]
+        for s in systems:
+            e = entry[s]
+            line.append(f"{s} {e['passed']}/{e['total']} ({100 * (e['pass_rate'] or 0):.0f}%)")
+        print("  ".join(line))
+    print(f"report: {out}")
+    return 0

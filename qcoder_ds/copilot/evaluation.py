@@ -1,0 +1,344 @@
+"""Measuring generated cells on public benchmarks: DS-1000 (pandas, matplotlib) and Spider.
+
+Grading follows ``eval/README.md``: DS-1000 problems run in a fresh process with a temporary
+working directory and ``MPLBACKEND=Agg`` (exec ``code_context``, then ``test_execution`` and
+``test_string`` when defined; pass = no exception in time), after the problems whose own
+reference solution fails on the installed libraries are left out and listed. Spider is
+execution accuracy: gold and predicted SQL run read-only, results compared as multisets (as
+lists when the gold query orders), with empty-gold questions reported separately.
+
+Two systems are measured on the same problems: the raw model with a plain prompt, and the
+copilot pipeline (live context from the problem's own setup code, validation, check, repair).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qcoder_ds.copilot.errors import CopilotError
+from qcoder_ds.copilot.extract import extract_code, extract_sql
+
+CATEGORIES = ("pandas", "matplotlib", "spider")
+
+_GRADER = r'''
+import json, os, sys
+os.environ["MPLBACKEND"] = "Agg"
+job = json.load(open(sys.argv[1]))
+ns = {}
+exec(job["code_context"], ns)
+ns["test_execution"](job["solution"])
+if "test_string" in ns:
+    ns["test_string"](job["solution"])
+'''
+
+
+@dataclass
+class Problem:
+    """One benchmark item, whatever the benchmark."""
+
+    id: str
+    category: str
+    prompt: str
+    reference: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_ds1000(data_dir: Path, library: str) -> list[Problem]:
+    path = data_dir / "ds1000" / f"{library}.jsonl.gz"
+    if not path.is_file():
+        raise CopilotError(f"{path}: not found (expected the DS-1000 layout of ../shared/eval)")
+    out = []
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            pid = row["metadata"]["problem_id"]
+            out.append(Problem(f"{library}/{pid}", library, row["prompt"],
+                               row["reference_code"], {"code_context": row["code_context"]}))
+    return out
+
+
+def load_spider(data_dir: Path) -> list[Problem]:
+    path = data_dir / "spider" / "questions.json"
+    if not path.is_file():
+        raise CopilotError(f"{path}: not found (expected the Spider layout of ../shared/eval)")
+    rows = json.loads(path.read_text())
+    return [Problem(f"spider/{i}", "spider", r["question"], r["query"], {"db_id": r["db_id"]})
+            for i, r in enumerate(rows)]
+
+
+def sample(problems: list[Problem], n: int | None, seed: int) -> list[Problem]:
+    """A fixed random order (``seed``); the first ``n`` are used (all when ``n`` is None)."""
+    order = list(problems)
+    random.Random(seed).shuffle(order)
+    return order if n is None else order[:n]
+
+
+# --------------------------------------------------------------------------- DS-1000 grading
+
+
+def grade_ds1000(problem: Problem, solution: str, timeout_s: float = 60.0) -> tuple[bool, str]:
+    """(passed, why not) for ``solution`` on a DS-1000 problem, in a fresh process."""
+    with tempfile.TemporaryDirectory(prefix="qcoder-eval-") as tmp:
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({"code_context": problem.extra["code_context"],
+                                   "solution": solution}))
+        grader = Path(tmp) / "grader.py"
+        grader.write_text(_GRADER)
+        env = dict(os.environ, MPLBACKEND="Agg", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        try:
+            r = subprocess.run([sys.executable, str(grader), str(job)], cwd=tmp, env=env,
+                               capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False, "timeout"
+    if r.returncode == 0:
+        return True, ""
+    tail = r.stderr.strip().splitlines()
+    return False, tail[-1][:300] if tail else f"exit {r.returncode}"
+
+
+def ds1000_setup(problem: Problem) -> str:
+    """The problem's own setup code (what a user's kernel would already hold)."""
+    if problem.category == "matplotlib":
+        return problem.prompt.split("# SOLUTION START")[0]
+    blocks = re.findall(r"<code>\n?(.*?)</code>", problem.prompt, re.S)
+    return blocks[0] if blocks else ""
+
+
+def ds1000_request(problem: Problem) -> str:
+    """The problem text as a user would ask it: everything but the trailing solution marker."""
+    text = problem.prompt
+    for marker in ("BEGIN SOLUTION\n<code>", "# SOLUTION START"):
+        text = text.replace(marker, "")
+    return text.strip()
+
+
+def result_variable(problem: Problem) -> str | None:
+    m = re.search(r"^(\w+) = \.\.\. *# put solution in this variable", problem.prompt, re.M)
+    return m.group(1) if m else None
+
+
+# --------------------------------------------------------------------------- Spider grading
+
+
+def spider_db(data_dir: Path, db_id: str) -> Path:
+    return data_dir / "spider" / "database" / db_id / f"{db_id}.sqlite"
+
+
+def run_readonly(db: Path, sql: str, timeout_s: float = 20.0) -> list[tuple]:
+    """Rows of ``sql`` on a read-only connection; aborted after ``timeout_s``."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.text_factory = lambda b: b.decode("utf-8", "replace")
+    deadline = time.monotonic() + timeout_s
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def _norm(row: tuple) -> tuple:
+    return tuple(round(v, 6) if isinstance(v, float) else v for v in row)
+
+
+def spider_match(db: Path, gold: str, predicted: str) -> tuple[bool, bool, str]:
+    """(executed, correct, error) with the README's rule for comparing results."""
+    gold_rows = [_norm(r) for r in run_readonly(db, gold)]
+    try:
+        pred_rows = [_norm(r) for r in run_readonly(db, predicted)]
+    except sqlite3.Error as e:
+        return False, False, str(e)[:200]
+    except Exception as e:  # noqa: BLE001 - e.g. a ValueError from the driver
+        return False, False, f"{type(e).__name__}: {e}"[:200]
+    if not gold_rows:
+        return True, not pred_rows, ""
+    if re.search(r"\border\s+by\b", gold, re.I):
+        return True, pred_rows == gold_rows, ""
+    return True, Counter(pred_rows) == Counter(gold_rows), ""
+
+
+def sqlite_schema(db: Path) -> str:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND sql IS NOT NULL"
+                            ).fetchall()
+    finally:
+        conn.close()
+    return "\n".join(r[0].strip() + ";" for r in rows)
+
+
+# --------------------------------------------------------------------------- the two systems
+
+
+def raw_messages(problem: Problem, data_dir: Path) -> list[dict[str, str]]:
+    """The plain prompt: the problem as written (Spider: its schema and the question)."""
+    if problem.category == "spider":
+        schema = sqlite_schema(spider_db(data_dir, problem.extra["db_id"]))
+        return [{"role": "user", "content": f"{schema}\n\nWrite a SQLite query that answers: "
+                                            f"{problem.prompt}"}]
+    return [{"role": "user", "content": problem.prompt}]
+
+
+def raw_answer(engine: Any, problem: Problem, data_dir: Path, max_new_tokens: int = 384
+               ) -> tuple[str, float]:
+    from qcoder_ds.runtime.sampler import SamplingParams
+
+    t = time.perf_counter()
+    text = "".join(engine.chat(raw_messages(problem, data_dir),
+                               SamplingParams(max_new_tokens=max_new_tokens)))
+    code = extract_sql(text) if problem.category == "spider" else extract_code(text, "python")
+    return code, time.perf_counter() - t
+
+
+def pipeline_answer(copilot: Any, problem: Problem, data_dir: Path, repairs: int
+                    ) -> tuple[str, float, int, bool]:
+    """(code or SQL, seconds, repairs used, pipeline's own checks passed)."""
+    from qcoder_ds.copilot.pipeline import Options
+    from qcoder_ds.copilot.tasks import Task
+
+    t = time.perf_counter()
+    if problem.category == "spider":
+        db = spider_db(data_dir, problem.extra["db_id"])
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            ans = copilot.ask(problem.prompt, {"conn": conn},
+                              Options(task=Task.SQL, repairs=repairs))
+        finally:
+            conn.close()
+        return ans.sql or "", time.perf_counter() - t, ans.repairs, ans.ok
+    namespace: dict[str, Any] = {}
+    setup = ds1000_setup(problem)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    exec(compile(setup, f"<setup {problem.id}>", "exec"), namespace)  # noqa: S102 - benchmark data
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    task = Task.PLOT if problem.category == "matplotlib" else Task.PANDAS
+    ans = copilot.ask(ds1000_request(problem), namespace,
+                      Options(task=task, repairs=repairs, result_name=result_variable(problem)))
+    return ans.cell, time.perf_counter() - t, ans.repairs, ans.ok
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class SystemScore:
+    passed: int = 0
+    executed: int = 0
+    total: int = 0
+    failing: list[str] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    repaired: int = 0  # answers that needed at least one repair round
+    repaired_passed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        secs = sorted(self.seconds)
+        d = {"passed": self.passed, "total": self.total,
+             "pass_rate": round(self.passed / self.total, 4) if self.total else None,
+             "executed": self.executed,
+             "exec_rate": round(self.executed / self.total, 4) if self.total else None,
+             "failing": self.failing,
+             "median_s": round(secs[len(secs) // 2], 2) if secs else None}
+        if self.repaired or self.repaired_passed:
+            d.update(needed_repair=self.repaired, repaired_and_passed=self.repaired_passed)
+        return d
+
+
+def reference_ok(problem: Problem, cache: dict[str, bool], timeout_s: float) -> bool:
+    if problem.id not in cache:
+        cache[problem.id] = grade_ds1000(problem, problem.reference, timeout_s)[0]
+    return cache[problem.id]
+
+
+def evaluate(data_dir: Path, categories: list[str], n: int | None, seed: int,
+             systems: list[str], engine: Any, copilot: Any, repairs: int = 2,
+             timeout_s: float = 60.0, log: Callable[[str], None] = print,
+             reference_cache: Path | None = None) -> dict[str, Any]:
+    """Run ``systems`` ("raw", "pipeline") on ``n`` problems a category; return the report."""
+    cache: dict[str, bool] = {}
+    if reference_cache and reference_cache.is_file():
+        cache = json.loads(reference_cache.read_text())
+    report: dict[str, Any] = {"categories": {}}
+    for cat in categories:
+        problems = load_spider(data_dir) if cat == "spider" else load_ds1000(data_dir, cat)
+        chosen, excluded, empty_gold = [], [], []
+        for p in sample(problems, None, seed):
+            if n is not None and len(chosen) >= n:
+                break
+            if cat == "spider":
+                db = spider_db(data_dir, p.extra["db_id"])
+                try:
+                    if not run_readonly(db, p.reference):
+                        empty_gold.append(p.id)
+                except sqlite3.Error:
+                    excluded.append(p.id)
+                    continue
+            elif not reference_ok(p, cache, timeout_s):
+                excluded.append(p.id)
+                continue
+            chosen.append(p)
+        if reference_cache:
+            reference_cache.parent.mkdir(parents=True, exist_ok=True)
+            reference_cache.write_text(json.dumps(cache))
+        scores = {s: SystemScore() for s in systems}
+        for i, p in enumerate(chosen):
+            for s in systems:
+                sc = scores[s]
+                sc.total += 1
+                try:
+                    if s == "raw":
+                        code, secs = raw_answer(engine, p, data_dir)
+                        nrep = 0
+                    else:
+                        code, secs, nrep, _ = pipeline_answer(copilot, p, data_dir, repairs)
+                except CopilotError as e:
+                    code, secs, nrep = "", 0.0, 0
+                    log(f"  {p.id} {s}: {e}")
+                sc.seconds.append(secs)
+                if cat == "spider":
+                    db = spider_db(data_dir, p.extra["db_id"])
+                    executed, ok, why = spider_match(db, p.reference, code) if code else (
+                        False, False, "no SQL")
+                else:
+                    ok, why = grade_ds1000(p, code, timeout_s) if code else (False, "no code")
+                    executed = ok or why.startswith("AssertionError")
+                sc.passed += ok
+                sc.executed += executed
+                sc.repaired += nrep > 0
+                sc.repaired_passed += (nrep > 0) and ok
+                if not ok:
+                    sc.failing.append(p.id)
+                log(f"[{cat} {i + 1}/{len(chosen)}] {p.id} {s}: {'pass' if ok else 'FAIL'} "
+                    f"({secs:.1f}s, repairs {nrep}) {why[:120]}")
+        entry: dict[str, Any] = {"n": len(chosen), "excluded_reference_fails": excluded}
+        if cat == "spider":
+            entry["empty_gold"] = empty_gold
+            for s in systems:
+                failing = set(scores[s].failing)
+                entry[f"{s}_on_empty_gold_passed"] = sum(1 for e in empty_gold
+                                                         if e not in failing)
+        entry.update({s: scores[s].as_dict() for s in systems})
+        if "raw" in scores and "pipeline" in scores and chosen:
+            entry["gain_points"] = round(100 * (scores["pipeline"].passed
+                                                - scores["raw"].passed) / len(chosen), 1)
+        report["categories"][cat] = entry
+    return report
