@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     g.add_argument("--cell-timeout", type=float, default=30.0, help="seconds per cell")
     g.add_argument("--notebook-timeout", type=float, default=300.0,
                    help="seconds per notebook")
-    g.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per kernel")
+    g.add_argument("--memory-mb", type=int, default=2048,
+                   help="memory per kernel (MiB of heap and anonymous mappings)")
     g.add_argument("--output-limit", type=int, default=10_000_000,
                    help="bytes of output per notebook before its kernel is stopped")
     g.add_argument("--hide", action="append", default=[],
