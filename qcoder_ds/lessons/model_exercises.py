@@ -38,6 +38,21 @@ from qcoder_ds.lessons.templates import Template, load_curriculum, select
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
 _SECTION = re.compile(r"^\s*(?:#+\s*|\*\*)?(TASK|SOLUTION|WRONG|TESTS)\b[:*\s]*", re.M | re.I)
 _ANSWER = {"pandas": "result", "sql": "query", "matplotlib": "fig"}
+_EXAMPLE_TESTS = {
+    "series": "assert isinstance(result, pd.Series)\nassert len(result) > 0",
+    "dataframe": "assert isinstance(result, pd.DataFrame)\nassert len(result) > 0",
+    "scalar": "assert result is not None",
+    "query": 'assert "SELECT" in query.upper()',
+    "figure": "assert len(fig.axes) >= 1",
+}
+
+
+def _normal(code: str) -> str:
+    """Code with formatting and comments removed, to spot copies."""
+    try:
+        return ast.unparse(ast.parse(code))
+    except SyntaxError:
+        return " ".join(code.split())
 
 
 @dataclass
@@ -121,7 +136,7 @@ def build_prompt(example: Exercise, topic_title: str, theme: str, level: str,
     example_reply = (f"TASK: {example.prompt.split(chr(10) + chr(10) + 'Data:')[0]}\n\n"
                      f"SOLUTION:\n```python\n{example.solution}\n```\n\n"
                      f"WRONG:\n```python\n{example.wrong[0]}\n```\n\n"
-                     f"TESTS:\n```python\nassert {answer} is not None\n```")
+                     f"TESTS:\n```python\n{_EXAMPLE_TESTS[example.kind]}\n```")
     request = (f"Topic: {topic_title}. Theme: {theme}. Level: {level}.\nThe data (already "
                f"loaded):\n{schema}\nFirst rows:\n{sample}\nWrite a new exercise on this "
                "topic, different from the example.")
@@ -146,19 +161,28 @@ def draft_exercises(write: Callable[[list[dict], int], str], spec: str, n: int, 
     level = level or t0.level
     staged = _stage_data(templates, seed, staging)
     setup, tables, schema = staged[(t0.dataset, t0.subject)]
-    example = instantiate(t0, 0, tables, setup, np.random.default_rng(seed), schema)
     sample = "\n".join(f"{name}:\n{df.head(3).to_string()}" for name, df in tables.items())
     answer = _ANSWER[t0.subject]
-    messages = build_prompt(example, t0.topic_title, theme or "everyday data", level, schema,
-                            sample, answer)
     exercises, records = [], []
+    seen: set[str] = set()
     for i in range(n):
+        # a different worked example each time (templates of the same data), so drafts vary
+        same_data = [t for t in templates if (t.dataset, t.subject) == (t0.dataset, t0.subject)]
+        t = same_data[i % len(same_data)]
+        example = instantiate(t, 0, tables, setup, np.random.default_rng([seed, i]), schema)
+        messages = build_prompt(example, t0.topic_title, theme or "everyday data", level,
+                                schema, sample, answer)
         reply = write(messages, seed + i)
         d = parse_draft(reply, answer)
-        rec = {"draft": i + 1, "reply": reply, "problem": d.problem}
+        if not d.problem and _normal(d.solution) == _normal(example.solution):
+            d.problem = "the solution copies the worked example"
+        elif not d.problem and _normal(d.solution) in seen:
+            d.problem = "the solution repeats an earlier draft"
+        rec = {"draft": i + 1, "reply": reply, "problem": d.problem, "example": t.key}
         records.append(rec)
         if d.problem:
             continue
+        seen.add(_normal(d.solution))
         ex = Exercise(number=len(exercises) + 1, key=f"model/{t0.topic}/{i + 1}",
                       subject=t0.subject, topic=t0.topic, level=level, kind="auto",
                       answer=answer, prompt=f"{d.task}\n\nData:\n{schema}", setup=setup,

@@ -30,10 +30,12 @@ assert len(result) == 3
 assert result.index.name == "channel"
 ```
 '''
-# its own test is wrong (there are 3 channels): the reference fails its tests
-SELF_FAILING = GOOD.replace("assert len(result) == 3", "assert len(result) == 4")
+# its own tests are wrong (there are 4 regions, not 3): the reference fails its tests
+SELF_FAILING = GOOD.replace('"channel"', '"region"').replace("`channel`", "`region`")
 # the "wrong" solution is the same computation: the tests cannot tell a mistake
-NO_MISTAKE = GOOD.replace('["units"].mean()', '["units"].agg("sum")')
+NO_MISTAKE = (GOOD.replace('"channel"', '"category"').replace("`channel`", "`category`")
+              .replace('["units"].mean()', '["units"].agg("sum")')
+              .replace("assert len(result) == 3", "assert len(result) == 4"))
 UNPARSEABLE = "Sure! Here is an exercise about coffee: count the cups."
 
 
@@ -74,6 +76,22 @@ def test_drafts_are_gated_and_the_rate_reported(tmp_path):
     assert "assert len(result) == 3" in visible[0].source
     saved = json.loads((tmp_path / f"{a.name}.gate.json").read_text())
     assert saved["acceptance_rate"] == 0.25
+
+
+def test_copies_of_the_example_or_of_earlier_drafts_are_rejected(tmp_path):
+    copy = None
+
+    def write(messages, seed):
+        nonlocal copy
+        example = messages[2]["content"]
+        copy = example.replace("assert isinstance", "assert 1 == 1 and isinstance")
+        return copy if seed == 0 else GOOD
+
+    run = generate_from_model("groupby, tea", n=3, seed=0, out=tmp_path, write=write)
+    reasons = [r["reasons"] for r in run.report["drafts"]]
+    assert reasons[0] == ["the solution copies the worked example"]
+    assert reasons[1] == [] and reasons[2] == ["the solution repeats an earlier draft"]
+    assert run.accepted == 1
 
 
 def test_nothing_is_written_when_no_draft_passes(tmp_path):
