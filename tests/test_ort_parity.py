@@ -59,6 +59,17 @@ def test_fp32_logits_prefill_and_each_decode_step(exports, arch):
     assert s.position == len(PROMPT) + len(extra)
 
 
+def test_fp32_token_by_token_from_position_zero(exports):
+    """No prefill at all: every position, the first included, fed as a one-token step."""
+    from tiny_models import reference_logits
+
+    hf, out = exports("qwen2")
+    ref = reference_logits(hf, PROMPT)
+    s = load_onnx(out)
+    for i, tok in enumerate(PROMPT):
+        assert np.abs(s.forward(np.array([tok])) - ref[i]).max() <= 1e-3, f"position {i}"
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fp32_chunked_prefill(exports, arch):
     from tiny_models import reference_logits

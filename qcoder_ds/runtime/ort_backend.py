@@ -157,6 +157,10 @@ class OrtDecoderSession(DecoderSession):
         self._bind.bind_cpu_input("input_ids", ids.astype(np.int64).reshape(1, n))
         self._bind.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         self._bind.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
-        self.session.run_with_iobinding(self._bind)
+        try:
+            self.session.run_with_iobinding(self._bind)
+        except Exception as e:  # ORT's own exception types; the cache up to `position` is intact
+            raise QcoderError(f"ONNX Runtime failed on {n} tokens at position "
+                              f"{self.position}: {e}") from None
         self.position = total
         return self._logits.numpy()[0, 0].copy()
