@@ -181,6 +181,31 @@ def _copy_inputs(src: Path, dst: Path, skip_notebooks: bool) -> None:
             shutil.copyfile(p, dst / rel)
 
 
+def _restore_files(instructor: Path, work: Path) -> list[str]:
+    """Put the instructor's copy of every released non-notebook file (data, helper modules
+    the tests import) over the student's: a student who edits the checks gains nothing."""
+    changed = []
+    if not instructor.is_dir():
+        return changed
+    for p in sorted(instructor.rglob("*")):
+        rel = p.relative_to(instructor)
+        if any(part.startswith(".") for part in rel.parts) or p.suffix == ".ipynb" \
+                or not p.is_file() or p.is_symlink():
+            continue
+        dst = work / rel
+        if dst.is_file() and dst.read_bytes() == p.read_bytes():
+            continue
+        if dst.exists() or dst.is_symlink():
+            changed.append(str(rel))
+            if dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst)
+            else:
+                dst.unlink()
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, dst)
+    return changed
+
+
 def grade_submission(task: dict) -> dict:
     """Worker entry: grade every notebook of one student's submission (picklable in/out)."""
     t0 = time.monotonic()
@@ -205,6 +230,11 @@ def grade_submission(task: dict) -> dict:
                 shutil.rmtree(work)
             work.mkdir()
             _copy_inputs(sub_dir, work, skip_notebooks=False)
+            if task.get("instructor_dir"):
+                changed = _restore_files(Path(task["instructor_dir"]), work)
+                if d is defs[0]:
+                    result["problems"] += [f"{f} was changed in the submission; the "
+                                           "instructor's copy was used" for f in changed]
             path = sub_dir / f"{d.name}.ipynb"
             run_dir = root / f"runtime-{uuid.uuid4().hex[:8]}"
             res, nb = grade_notebook(d, path if path.is_file() else None, work, run_dir, limits)
@@ -268,7 +298,8 @@ def autograde(submissions: str | os.PathLike, assignment: str, gradebook: str | 
         def_rows = [(d.name, nbformat.writes(d.instructor), nbformat.writes(d.released))
                     for d in defs]
         tasks = [{"student": s, "sub_dir": str(d), "assignment": assignment, "defs": def_rows,
-                  "limits": lim, "out_dir": str(out_root / s / assignment)} for s, d in todo]
+                  "limits": lim, "out_dir": str(out_root / s / assignment),
+                  "instructor_dir": store.source_dir(assignment)} for s, d in todo]
         graded: list[str] = []
         failed: dict[str, str] = {}
 

@@ -300,3 +300,47 @@ def test_no_leftover_processes(batch):
     mine = psutil.Process().children(recursive=True)
     assert not [p for p in mine if "ipykernel" in " ".join(p.cmdline())]
     shutil.rmtree(batch["course"] / "autograded", ignore_errors=True)
+
+
+def _small_course(tmp_path, test_source, files=None):
+    """An assignment whose one test imports helper files shipped with it."""
+    from helpers import source_notebook
+
+    nb = source_notebook()
+    nb.cells[2].source = test_source
+    src = tmp_path / "source" / "adder"
+    src.mkdir(parents=True)
+    nbformat.write(nb, str(src / "problem.ipynb"))
+    for name, text in (files or {}).items():
+        (src / name).write_text(text)
+    gb = tmp_path / "gradebook.db"
+    assign_directory(src, tmp_path / "release" / "adder", gb)
+    return gb, nbformat.read(str(tmp_path / "release" / "adder" / "problem.ipynb"), 4)
+
+
+def test_edited_helper_files_are_replaced(tmp_path):
+    gb, released = _small_course(
+        tmp_path, "from cases import CASES\nfor a, b, s in CASES:\n    assert add(a, b) == s",
+        {"cases.py": "CASES = [(1, 2, 3), (2, 2, 4)]\n"})
+    d = write_submission(tmp_path / "submitted", "cheat", student_copy(released, WRONG))
+    (d / "cases.py").write_text("CASES = []\n")  # nbgrader would run this copy: full marks
+    autograde(tmp_path / "submitted", "adder", gb, jobs=1, limits=Limits(cell_timeout=20))
+    with GradebookStore(gb) as store:
+        cells = {c["grade_id"]: c for c in store.cell_results("adder")}
+        report = store.submission_reports("adder")["cheat"]
+    assert cells["test_visible"]["score"] == 0
+    assert report["problems"] == ["cases.py was changed in the submission; the instructor's "
+                                  "copy was used"]
+
+
+def test_whole_notebook_time_limit(tmp_path):
+    gb, released = _small_course(tmp_path, "assert add(1, 2) == 3")
+    nb = student_copy(released, RIGHT)
+    nb.cells[2:2] = [new_code_cell("import time\ntime.sleep(2.5)") for _ in range(3)]
+    write_submission(tmp_path / "submitted", "slow", nb)
+    autograde(tmp_path / "submitted", "adder", gb, jobs=1,
+              limits=Limits(cell_timeout=4, notebook_timeout=6))
+    with GradebookStore(gb) as store:
+        cells = {c["grade_id"]: c for c in store.cell_results("adder")}
+    assert cells["test_visible"]["score"] == 0 and cells["test_hidden"]["score"] == 0
+    assert "the notebook ran longer than 6 s" in cells["test_visible"]["reason"]
