@@ -94,6 +94,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Stream a Python answer from the local model.")
     p.add_argument("request", help='what you want, e.g. "total revenue per region as a bar chart"')
     p.add_argument("--data", metavar="FILE", help="a .csv/.parquet table the code should use as df")
+    p.add_argument("--db", metavar="FILE", help="a SQLite database the code may query as conn")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="with --data/--db: skip running the answer on a sample")
+    p.add_argument("--safe", action="store_true", help="with --data/--db: block unsafe code")
+    p.add_argument("--sql", action="store_true", help="with --db: answer with a SQL query")
     _add_model_options(p)
     p.add_argument("--max-tokens", type=int, default=512, help="most new tokens (default 512)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -126,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.request.strip():
         raise QcoderError("the request is empty: say what code you want")
+    if getattr(args, "data", None) or getattr(args, "db", None):
+        from qcoder_ds.copilot.cli_ask import run_pipeline
+
+        return run_pipeline(args)  # the copilot: live context, checks, repair
     df = load_table(args.data) if args.data else None
     messages = build_ask_messages(args.request, df)
     prefix = ask_reply_prefix(df)
