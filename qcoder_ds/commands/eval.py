@@ -27,6 +27,30 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "shared" / "eval"
 
 
+def _sample_sizes(text: str | None, cats: list[str]) -> int | dict[str, int] | None:
+    """``None`` (all), ``N``, or ``cat=N,...`` (categories not named get all problems)."""
+    if text is None:
+        return None
+    try:
+        if "=" not in text:
+            n = int(text)
+            sizes: int | dict[str, int] = n
+            values = [n]
+        else:
+            sizes = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in text.split(","))}
+            values = list(sizes.values())
+    except ValueError:
+        raise CopilotError(f"--sample takes N or cat=N,...; got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise CopilotError("--sample sizes must be at least 1")
+    if isinstance(sizes, dict):
+        unknown = set(sizes) - set(cats)
+        if unknown:
+            raise CopilotError(f"--sample names categories not evaluated: {sorted(unknown)}")
+        return {c: sizes.get(c) for c in cats}  # type: ignore[misc]
+    return sizes
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="measure raw model vs copilot on DS-1000 and Spider",
                               description=__doc__.splitlines()[0])
@@ -34,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a directory laid out like ../shared/eval (default: that one)")
     p.add_argument("--categories", default=",".join(CATEGORIES),
                    help=f"comma-separated subset of {','.join(CATEGORIES)}")
-    p.add_argument("--sample", type=int, default=None,
-                   help="problems per category (a fixed random sample; default: all)")
+    p.add_argument("--sample", default=None,
+                   help="problems per category, a fixed random sample: N, or per category "
+                        "like spider=40,pandas=10 (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample order (default 0)")
     p.add_argument("--systems", default="raw,pipeline", help="raw, pipeline, or both (default)")
     p.add_argument("--repairs", type=int, default=2, help="repair rounds in the pipeline")
@@ -67,19 +92,18 @@ def run(args: argparse.Namespace) -> int:
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not systems or any(s not in ("raw", "pipeline") for s in systems):
         raise CopilotError("--systems takes raw, pipeline or raw,pipeline")
-    if args.sample is not None and args.sample < 1:
-        raise CopilotError("--sample must be at least 1")
+    sample = _sample_sizes(args.sample, cats)
     started = time.time()
     engine = Engine.load(args.model, backend=args.backend, weights=args.weights,
                          threads=args.threads)
     copilot = Copilot(engine, model=args.model)
-    report = evaluate(data_dir, cats, args.sample, args.seed, systems, engine, copilot,
+    report = evaluate(data_dir, cats, sample, args.seed, systems, engine, copilot,
                       repairs=args.repairs, timeout_s=args.timeout,
                       log=lambda m: print(m, file=sys.stderr, flush=True),
                       reference_cache=home() / "eval-reference-ok.json")
     report["config"] = {
-        "data_dir": str(data_dir), "sample_per_category": args.sample, "seed": args.seed,
-        "split": "full dev split" if args.sample is None else f"random sample of {args.sample}",
+        "data_dir": str(data_dir), "sample_per_category": sample, "seed": args.seed,
+        "split": "full dev split" if sample is None else f"fixed random sample {sample}",
         "systems": systems, "repairs": args.repairs, "model": args.model,
         "backend": args.backend, "weights": args.weights, "threads": args.threads,
         "machine": platform.machine(), "cpus": os.cpu_count(),

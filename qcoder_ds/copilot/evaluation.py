@@ -200,8 +200,17 @@ def raw_answer(engine: Any, problem: Problem, data_dir: Path, max_new_tokens: in
     from qcoder_ds.runtime.sampler import SamplingParams
 
     t = time.perf_counter()
-    text = "".join(engine.chat(raw_messages(problem, data_dir),
-                               SamplingParams(max_new_tokens=max_new_tokens)))
+    stream = engine.chat(raw_messages(problem, data_dir),
+                         SamplingParams(max_new_tokens=max_new_tokens))
+    text = ""
+    for piece in stream:  # stop once the first code block is closed: the rest is prose
+        text += piece
+        first = text.find("```")
+        if first >= 0 and text.find("```", first + 3) >= 0:
+            break
+    close = getattr(stream, "close", None)
+    if close:
+        close()
     code = extract_sql(text) if problem.category == "spider" else extract_code(text, "python")
     return code, time.perf_counter() - t
 
@@ -269,7 +278,7 @@ def reference_ok(problem: Problem, cache: dict[str, bool], timeout_s: float) -> 
     return cache[problem.id]
 
 
-def evaluate(data_dir: Path, categories: list[str], n: int | None, seed: int,
+def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, int], seed: int,
              systems: list[str], engine: Any, copilot: Any, repairs: int = 2,
              timeout_s: float = 60.0, log: Callable[[str], None] = print,
              reference_cache: Path | None = None) -> dict[str, Any]:
@@ -278,7 +287,9 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None, seed: int,
     if reference_cache and reference_cache.is_file():
         cache = json.loads(reference_cache.read_text())
     report: dict[str, Any] = {"categories": {}}
+    sizes = n if isinstance(n, dict) else {}
     for cat in categories:
+        n = sizes.get(cat) if sizes else n
         problems = load_spider(data_dir) if cat == "spider" else load_ds1000(data_dir, cat)
         chosen, excluded, empty_gold = [], [], []
         for p in sample(problems, None, seed):
