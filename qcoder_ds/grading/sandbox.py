@@ -143,6 +143,10 @@ def launcher_argv(limits: Limits, work: Path, kernel_argv: list[str]) -> list[st
     return argv + ["--"] + kernel_argv
 
 
+_SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/dev", "/proc", "/sys",
+                "/run", "/var")
+
+
 def _hide_paths(libc, hide: list[str], keep: list[str]) -> None:
     """Cover each hidden path with an empty scratch tmpfs, then re-expose the ``keep`` dirs.
 
@@ -157,6 +161,8 @@ def _hide_paths(libc, hide: list[str], keep: list[str]) -> None:
     for p in sorted({os.path.realpath(h) for h in hide}, key=len):
         if not os.path.exists(p) or any(p == h or p.startswith(h + "/") for h in hidden):
             continue
+        if any(s == p or s.startswith(p.rstrip("/") + "/") for s in _SYSTEM_DIRS):
+            continue  # never cover "/" or a system folder the kernel needs
         if os.path.isdir(p):
             _mount(libc, "tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                    "size=64m,mode=1777")
@@ -245,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
             except InterruptedError:
                 continue
-        return os.waitstatus_to_exitcode(status) & 0xFF
+        code = os.waitstatus_to_exitcode(status)
+        return code if code >= 0 else 128 - code  # killed by signal N: 128+N, as a shell
     _child_setup(args, False, libc)
     return 0  # not reached: exec
 
