@@ -316,6 +316,23 @@ def _engine_available(engine: str) -> str | None:
     return None
 
 
+_OURS = {"ours-ort": "onnx", "ours-openvino": "openvino"}
+
+
+def _one_run(engine: str, gguf: Path, ids_file: Path, threads: int, new_tokens: int,
+             weights: str) -> dict:
+    """One engine, one run, in a fresh subprocess (so load time and peak RSS are its own)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--gguf",
+           str(gguf), "--ids-file", str(ids_file), "--threads", str(threads),
+           "--new-tokens", str(new_tokens), "--weights", weights]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if p.returncode != 0 or line is None:
+        return {"error": " | ".join((p.stderr or p.stdout).strip().splitlines()[-5:])}
+    return json.loads(line[len("RESULT "):])
+
+
 def run_benchmark(gguf: Path | None = None, engines: tuple[str, ...] = ENGINES, threads: int = 2,
                   runs: int = 3, prompt_tokens: int = 512, new_tokens: int = 128,
                   weights: str = "int4", out: Path | None = RESULTS,
@@ -338,53 +355,60 @@ def run_benchmark(gguf: Path | None = None, engines: tuple[str, ...] = ENGINES, 
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "engines": {},
     }
+    runnable = []
+    for engine in engines:
+        why = _engine_available(engine)
+        if why:
+            log(f"{engine}: skipped, {why}")
+            results["engines"][engine] = {"skipped": why}
+            continue
+        if engine.startswith("ours-"):
+            from qcoder_ds.runtime.export import ensure_export
+
+            t = time.perf_counter()
+            ensure_export(_gguf_source(gguf), _OURS[engine], weights, progress=True, log=log)
+            log(f"{engine}: export ready ({time.perf_counter() - t:.0f} s)")
+        runnable.append(engine)
+    per_run: dict[str, list[dict]] = {e: [] for e in runnable}
     with tempfile.TemporaryDirectory() as td:
         ids_file = Path(td) / "ids.json"
         ids_file.write_text(json.dumps(ids))
-        for engine in engines:
-            why = _engine_available(engine)
-            if why:
-                log(f"{engine}: skipped, {why}")
-                results["engines"][engine] = {"skipped": why}
-                continue
-            if engine.startswith("ours-"):
-                backend = "onnx" if engine == "ours-ort" else "openvino"
-                from qcoder_ds.runtime.export import ensure_export
-
-                t = time.perf_counter()
-                ensure_export(_gguf_source(gguf), backend, weights, progress=True, log=log)
-                log(f"{engine}: export ready ({time.perf_counter() - t:.0f} s)")
-            per_run = []
-            for i in range(runs):
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine,
-                       "--gguf", str(gguf), "--ids-file", str(ids_file), "--threads",
-                       str(threads), "--new-tokens", str(new_tokens), "--weights", weights]
-                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-                p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-                line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if p.returncode != 0 or line is None:
-                    err = (p.stderr or p.stdout).strip().splitlines()[-5:]
-                    log(f"{engine}: run {i + 1} failed: {' | '.join(err)}")
-                    per_run.append({"error": "\n".join(err)})
-                    continue
-                r = json.loads(line[len("RESULT "):])
-                per_run.append(r)
-                log(f"{engine}: run {i + 1}: load {r['load_s']:.2f} s, prefill "
-                    f"{r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s, "
-                    f"peak RSS {r['peak_rss_mib']:.0f} MiB")
-            ok = [r for r in per_run if "error" not in r]
-            entry: dict = {"runs": per_run}
-            if ok:
-                for k in ("load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mib"):
-                    entry[k] = _stats([r[k] for r in ok])
-                wb = ok[0]["weight_bytes_per_token"]
-                roof = bw * 1e9 / wb
-                entry["weights"] = ok[0]["weights"]
-                entry["weight_bytes_per_token"] = wb
-                entry["roofline_tok_s"] = roof
-                entry["fraction_of_roofline"] = entry["decode_tok_s"]["median"] / roof
-            results["engines"][engine] = entry
+        # round-robin (run 1 of every engine, then run 2, ...) so that whatever else the
+        # machine does at the time weighs on every engine alike
+        for i in range(runs):
+            for engine in runnable:
+                r = _one_run(engine, gguf, ids_file, threads, new_tokens, weights)
+                per_run[engine].append(r)
+                if "error" in r:
+                    log(f"{engine}: run {i + 1} failed: {r['error']}")
+                else:
+                    log(f"{engine}: run {i + 1}: load {r['load_s']:.2f} s, prefill "
+                        f"{r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s, "
+                        f"peak RSS {r['peak_rss_mib']:.0f} MiB")
+    for engine in runnable:
+        ok = [r for r in per_run[engine] if "error" not in r]
+        entry: dict = {"runs": per_run[engine]}
+        if ok:
+            for k in ("load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mib"):
+                entry[k] = _stats([r[k] for r in ok])
+            wb = ok[0]["weight_bytes_per_token"]
+            roof = bw * 1e9 / wb
+            entry["weights"] = ok[0]["weights"]
+            entry["weight_bytes_per_token"] = wb
+            entry["roofline_tok_s"] = roof
+            entry["fraction_of_roofline"] = entry["decode_tok_s"]["median"] / roof
+        results["engines"][engine] = entry
     results["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    # the roofline is a physical limit: use the best bandwidth seen (start or end)
+    bw_end = memory_bandwidth_gbs()
+    results["machine"]["memory_bandwidth_gbs_end"] = round(bw_end, 2)
+    if bw_end > bw:
+        bw = bw_end
+        results["machine"]["memory_bandwidth_gbs"] = round(bw, 2)
+        for e in results["engines"].values():
+            if "weight_bytes_per_token" in e:
+                e["roofline_tok_s"] = bw * 1e9 / e["weight_bytes_per_token"]
+                e["fraction_of_roofline"] = e["decode_tok_s"]["median"] / e["roofline_tok_s"]
     base = results["engines"].get("llama.cpp", {})
     if "decode_tok_s" in base:
         for e in results["engines"].values():
