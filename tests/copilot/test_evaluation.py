@@ -1,0 +1,144 @@
+"""The eval harness on a tiny benchmark laid out like ../shared/eval (written by the test)."""
+
+import gzip
+import json
+import sqlite3
+
+import pytest
+
+from copilot.scripted import ScriptedEngine
+from qcoder_ds.copilot import evaluation as ev
+from qcoder_ds.copilot.pipeline import Copilot
+from qcoder_ds.copilot.sandbox import Limits, Sandbox
+
+CONTEXT = r'''
+import pandas as pd
+
+def make():
+    return pd.DataFrame({"g": ["a", "b", "a"], "v": [1, 2, 3]})
+
+exec_context = r"""
+import pandas as pd
+df = test_input
+[insert]
+"""
+
+def test_execution(solution):
+    code = exec_context.replace("[insert]", solution)
+    env = {"test_input": make()}
+    exec(code, env)
+    assert env["result"].to_dict() == {"a": 4, "b": 2}
+'''
+
+PROMPT = ("Sum v per g.\nA:\n<code>\nimport pandas as pd\n"
+          "df = pd.DataFrame({'g': ['a', 'b', 'a'], 'v': [1, 2, 3]})\n</code>\n"
+          "result = ... # put solution in this variable\nBEGIN SOLUTION\n<code>\n")
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "eval"
+    (d / "ds1000").mkdir(parents=True)
+    rows = [{"prompt": PROMPT, "reference_code": "result = df.groupby('g')['v'].sum()",
+             "code_context": CONTEXT, "metadata": {"problem_id": 7, "library": "Pandas"}},
+            {"prompt": PROMPT, "reference_code": "result = 1/0",
+             "code_context": CONTEXT, "metadata": {"problem_id": 8, "library": "Pandas"}}]
+    with gzip.open(d / "ds1000" / "pandas.jsonl.gz", "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in rows))
+    db = d / "spider" / "database" / "zoo" / "zoo.sqlite"
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE animal (name TEXT, legs INT);"
+                       "INSERT INTO animal VALUES ('cat', 4), ('hen', 2), ('ant', 6);")
+    conn.commit()
+    conn.close()
+    (d / "spider" / "questions.json").write_text(json.dumps([
+        {"db_id": "zoo", "question": "How many animals?", "query": "SELECT count(*) FROM animal"},
+        {"db_id": "zoo", "question": "Names by legs", "query":
+         "SELECT name FROM animal ORDER BY legs"},
+        {"db_id": "zoo", "question": "Animals with 9 legs", "query":
+         "SELECT name FROM animal WHERE legs = 9"}]))
+    return d
+
+
+def test_grading_ds1000(data_dir):
+    p = ev.load_ds1000(data_dir, "pandas")[0]
+    assert ev.grade_ds1000(p, "result = df.groupby('g')['v'].sum()") == (True, "")
+    ok, why = ev.grade_ds1000(p, "result = df['v']")
+    assert not ok and why.startswith("AssertionError")
+    ok, why = ev.grade_ds1000(p, "while True: pass", timeout_s=3)
+    assert not ok and why == "timeout"
+
+
+def test_prompt_parsing(data_dir):
+    p = ev.load_ds1000(data_dir, "pandas")[0]
+    assert ev.ds1000_setup(p).startswith("import pandas as pd\ndf = pd.DataFrame(")
+    assert ev.result_variable(p) == "result"
+    assert "BEGIN SOLUTION" not in ev.ds1000_request(p)
+
+
+def test_spider_execution_accuracy(data_dir):
+    db = ev.spider_db(data_dir, "zoo")
+    assert ev.spider_match(db, "SELECT count(*) FROM animal", "SELECT 3") == (True, True, "")
+    # without ORDER BY in gold, order does not matter; with it, it does
+    assert ev.spider_match(db, "SELECT name FROM animal",
+                           "SELECT name FROM animal ORDER BY name")[1]
+    assert not ev.spider_match(db, "SELECT name FROM animal ORDER BY legs",
+                               "SELECT name FROM animal ORDER BY name")[1]
+    executed, ok, err = ev.spider_match(db, "SELECT 1", "SELECT nope FROM animal")
+    assert not executed and not ok and "no such column" in err
+    # read-only: a write is refused
+    assert not ev.spider_match(db, "SELECT 1", "DELETE FROM animal")[1]
+    assert ev.run_readonly(db, "SELECT count(*) FROM animal") == [(3,)]
+
+
+def test_sample_is_fixed_by_seed(data_dir):
+    probs = ev.load_spider(data_dir)
+    assert [p.id for p in ev.sample(probs, 2, 0)] == [p.id for p in ev.sample(probs, 2, 0)]
+    assert len(ev.sample(probs, None, 1)) == 3
+
+
+class KeyedEngine(ScriptedEngine):
+    """Replies chosen by what the question says (the harness visits problems in seeded order)."""
+
+    def __init__(self, by_key):
+        super().__init__([])
+        self.by_key = {k: list(v) for k, v in by_key.items()}
+
+    def chat(self, messages, params=None, cancel=None):
+        self.calls.append(messages)
+        text = messages[1]["content"] if len(messages) > 1 else messages[0]["content"]
+        key = next(k for k in self.by_key if k in text)
+        reply = self.by_key[key].pop(0)
+        yield reply
+
+
+def test_evaluate_reports_both_systems_and_excludes_failing_references(data_dir, tmp_path):
+    raw = KeyedEngine({"Sum v": ["```python\nresult = df['v'].sum()\n```"],
+                       "How many": ["```sql\nSELECT count(*) FROM animals\n```"],
+                       "Names by": ["```sql\nSELECT name FROM animal ORDER BY legs\n```"],
+                       "9 legs": ["```sql\nSELECT name FROM animal WHERE legs = 9\n```"]})
+    piped = KeyedEngine({"Sum v": ["```python\nresult = df.groupby('g')['v'].sum()\n```"],
+                         "How many": ["```sql\nSELECT count(*) FROM animals\n```",
+                                      "```sql\nSELECT count(*) FROM animal\n```"],
+                         "Names by": ["```sql\nSELECT name FROM animal ORDER BY legs\n```"],
+                         "9 legs": ["```sql\nSELECT name FROM animal WHERE legs = 9\n```"]})
+    box = Sandbox(Limits(timeout_s=10), prewarm=False)
+    try:
+        report = ev.evaluate(data_dir, ["pandas", "spider"], None, 0, ["raw", "pipeline"], raw,
+                             Copilot(piped, box), repairs=1, log=lambda m: None,
+                             reference_cache=tmp_path / "ref.json")
+    finally:
+        box.close()
+    pandas = report["categories"]["pandas"]
+    assert pandas["excluded_reference_fails"] == ["pandas/8"] and pandas["n"] == 1
+    assert pandas["raw"]["passed"] == 0 and pandas["raw"]["failing"] == ["pandas/7"]
+    assert pandas["pipeline"]["passed"] == 1 and pandas["gain_points"] == 100.0
+    spider = report["categories"]["spider"]
+    assert spider["n"] == 3 and len(spider["empty_gold"]) == 1
+    assert spider["pipeline"]["passed"] == 3 and spider["pipeline"]["needed_repair"] == 1
+    assert spider["raw"]["passed"] == 2 and spider["raw"]["executed"] == 2
+    assert "no table named 'animals'" in piped.calls[-1][-1]["content"] or any(
+        "no table named 'animals'" in c[-1]["content"] for c in piped.calls)
+    assert json.loads((tmp_path / "ref.json").read_text()) == {"pandas/7": True,
+                                                               "pandas/8": False}
