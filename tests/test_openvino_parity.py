@@ -17,6 +17,7 @@ from qcoder_ds.runtime.openvino_graph import (  # noqa: E402
     CACHE_SUBDIR,
     export_openvino,
     quantize_int4,
+    quantize_int4_sym,
     quantize_int8,
 )
 
@@ -126,7 +127,7 @@ def test_compiled_graph_uses_the_fused_cpu_kernels(exports):
     fcs = [op for op in s.compiled.get_runtime_model().get_ordered_ops()
            if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"]
     types = [{str(i.get_element_type()) for i in op.inputs()} for op in fcs]
-    assert all(any("uint4" in t or "uint8" in t for t in ts) for ts in types), types
+    assert all(any("int4" in t or "uint8" in t for t in ts) for ts in types), types
 
 
 def test_quantizers_round_trip_within_half_a_step():
@@ -137,6 +138,16 @@ def test_quantizers_round_trip_within_half_a_step():
     back = ((q.astype(np.float32) - zp) * scale.astype(np.float32)).reshape(w.shape)
     step = np.repeat(scale.astype(np.float32), 32, axis=-1).reshape(w.shape)
     assert np.all(np.abs(back - w) <= step * 0.5 + 1e-6)
+    qs, ss = quantize_int4_sym(w, 32)
+    assert qs.dtype == np.int8 and qs.min() >= -8 and qs.max() <= 7
+    assert (qs == -8).any(axis=-1).all()  # each group's largest weight uses the 16th level
+    backs = (qs.astype(np.float32) * ss.astype(np.float32)).reshape(w.shape)
+    steps = np.repeat(np.abs(ss.astype(np.float32)), 32, axis=-1).reshape(w.shape)
+    err = np.abs(backs - w)
+    # half a step, except where a weight opposite the extreme rounds to +8 and is clipped to 7
+    clipped = (qs == 7).reshape(w.shape)
+    assert np.all(err[~clipped] <= steps[~clipped] * 0.5 + 1e-6)
+    assert np.all(err <= steps + 1e-6)
     q8, s8, z8 = quantize_int8(w)
     back8 = (q8.astype(np.float32) - z8) * s8.astype(np.float32)
     assert np.all(np.abs(back8 - w) <= s8.astype(np.float32) * 0.5 + 1e-6)
@@ -152,14 +163,18 @@ def test_quantizers_round_trip_within_half_a_step():
 class _RoundTripCheckpoint(Checkpoint):
     """fp32 weights replaced by what the quantized export stores (quantize, then dequantize)."""
 
-    def __init__(self, inner: Checkpoint, weights: str):
-        self.inner, self.config, self.weights = inner, inner.config, weights
+    def __init__(self, inner: Checkpoint, weights: str, symmetric: bool):
+        self.inner, self.config, self.weights, self.symmetric = (
+            inner, inner.config, weights, symmetric)
 
     def names(self):
         return self.inner.names()
 
     def tensor(self, name):
         w = self.inner.tensor(name)
+        if name.endswith("_proj.weight") and self.weights == "int4" and self.symmetric:
+            q, s = quantize_int4_sym(w)
+            return (q.astype(np.float32) * s.astype(np.float32)).reshape(w.shape)
         if name.endswith("_proj.weight") and self.weights == "int4":
             q, s, z = quantize_int4(w)
             return ((q.astype(np.float32) - z) * s.astype(np.float32)).reshape(w.shape)
@@ -171,14 +186,18 @@ class _RoundTripCheckpoint(Checkpoint):
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
-@pytest.mark.parametrize("weights", ["int4", "int8"])
-def test_quantized_graph_computes_exactly_with_its_weights(exports, tmp_path, arch, weights):
+@pytest.mark.parametrize(("weights", "symmetric"),
+                         [("int4", True), ("int4", False), ("int8", True)])
+def test_quantized_graph_computes_exactly_with_its_weights(exports, tmp_path, arch, weights,
+                                                           symmetric):
     """Computed in f32, the compressed-weight graph equals an fp32 graph of the dequantized
-    weights: the u4/u8 constants, zero points, scales and their layout lose nothing."""
-    hf, quant = exports(arch, weights)
-    export_openvino(_RoundTripCheckpoint(HFCheckpoint(hf), weights), tmp_path / "f",
+    weights: the i4/u4/u8 constants, zero points, scales and their layout lose nothing."""
+    hf, _ = exports(arch)
+    export_openvino(HFCheckpoint(hf), tmp_path / "q", weights=weights, progress=False,
+                    symmetric=symmetric)
+    export_openvino(_RoundTripCheckpoint(HFCheckpoint(hf), weights, symmetric), tmp_path / "f",
                     weights="fp32", progress=False)
-    q = OpenVINODecoderSession(quant, threads=1, properties=EXACT)
+    q = OpenVINODecoderSession(tmp_path / "q", threads=1, properties=EXACT)
     f = load_openvino(tmp_path / "f", threads=1)
     assert np.abs(q.forward(np.array(PROMPT)) - f.forward(np.array(PROMPT))).max() <= 1e-3
     assert greedy(q, PROMPT, 32) == greedy(f, PROMPT, 32)
