@@ -27,6 +27,14 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "shared" / "eval"
 
 
+def _write(out: Path, report: dict) -> None:
+    """Write the report whole (temp file, then rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out)
+
+
 def _sample_sizes(text: str | None, cats: list[str]) -> int | dict[str, int] | None:
     """``None`` (all), ``N``, or ``cat=N,...`` (categories not named get all problems)."""
     if text is None:
@@ -94,27 +102,27 @@ def run(args: argparse.Namespace) -> int:
         raise CopilotError("--systems takes raw, pipeline or raw,pipeline")
     sample = _sample_sizes(args.sample, cats)
     started = time.time()
+    out = args.out or Path("benchmarks/results") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    config = {
+        "data_dir": str(data_dir), "sample_per_category": sample, "seed": args.seed,
+        "split": "full dev split" if sample is None else f"fixed random sample {sample}",
+        "systems": systems, "repairs": args.repairs, "model": args.model,
+        "backend": args.backend, "weights": args.weights, "threads": args.threads,
+        "machine": platform.machine(), "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     engine = Engine.load(args.model, backend=args.backend, weights=args.weights,
                          threads=args.threads)
     copilot = Copilot(engine, model=args.model)
     report = evaluate(data_dir, cats, sample, args.seed, systems, engine, copilot,
                       repairs=args.repairs, timeout_s=args.timeout,
                       log=lambda m: print(m, file=sys.stderr, flush=True),
-                      reference_cache=home() / "eval-reference-ok.json")
-    report["config"] = {
-        "data_dir": str(data_dir), "sample_per_category": sample, "seed": args.seed,
-        "split": "full dev split" if sample is None else f"fixed random sample {sample}",
-        "systems": systems, "repairs": args.repairs, "model": args.model,
-        "backend": args.backend, "weights": args.weights, "threads": args.threads,
-        "machine": platform.machine(), "cpus": os.cpu_count(),
-        "load_avg_start": os.getloadavg()[0], "seconds": round(time.time() - started, 1),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    out = args.out or Path("benchmarks/results") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out)
+                      reference_cache=home() / "eval-reference-ok.json",
+                      on_progress=lambda r: _write(out, dict(r, config=dict(
+                          config, seconds=round(time.time() - started, 1), partial=True))))
+    config["seconds"] = round(time.time() - started, 1)
+    _write(out, dict(report, config=config))
     for cat, entry in report["categories"].items():
         line = [f"{cat:10s} n={entry['n']}"]
         for s in systems:

@@ -281,7 +281,8 @@ def reference_ok(problem: Problem, cache: dict[str, bool], timeout_s: float) -> 
 def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, int], seed: int,
              systems: list[str], engine: Any, copilot: Any, repairs: int = 2,
              timeout_s: float = 60.0, log: Callable[[str], None] = print,
-             reference_cache: Path | None = None) -> dict[str, Any]:
+             reference_cache: Path | None = None,
+             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run ``systems`` ("raw", "pipeline") on ``n`` problems a category; return the report."""
     cache: dict[str, bool] = {}
     if reference_cache and reference_cache.is_file():
@@ -340,16 +341,31 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
                     sc.failing.append(p.id)
                 log(f"[{cat} {i + 1}/{len(chosen)}] {p.id} {s}: {'pass' if ok else 'FAIL'} "
                     f"({secs:.1f}s, repairs {nrep}) {why[:120]}")
-        entry: dict[str, Any] = {"n": len(chosen), "excluded_reference_fails": excluded}
-        if cat == "spider":
-            entry["empty_gold"] = empty_gold
-            for s in systems:
-                failing = set(scores[s].failing)
-                entry[f"{s}_on_empty_gold_passed"] = sum(1 for e in empty_gold
-                                                         if e not in failing)
-        entry.update({s: scores[s].as_dict() for s in systems})
-        if "raw" in scores and "pipeline" in scores and chosen:
-            entry["gain_points"] = round(100 * (scores["pipeline"].passed
-                                                - scores["raw"].passed) / len(chosen), 1)
-        report["categories"][cat] = entry
+            if on_progress:  # a partial report after every problem: a long run loses nothing
+                report["categories"][cat] = _entry([q.id for q in chosen[:i + 1]], excluded,
+                                                   empty_gold, scores, systems, cat,
+                                                   partial=True)
+                on_progress(report)
+        report["categories"][cat] = _entry([q.id for q in chosen], excluded, empty_gold,
+                                           scores, systems, cat)
     return report
+
+
+def _entry(done: list[str], excluded: list[str], empty_gold: list[str],
+           scores: dict[str, SystemScore], systems: list[str], cat: str,
+           partial: bool = False) -> dict[str, Any]:
+    """The report of one category over the problems ``done`` so far."""
+    entry: dict[str, Any] = {"n": len(done), "excluded_reference_fails": excluded}
+    if partial:
+        entry["partial"] = True
+    if cat == "spider":
+        empty = [e for e in empty_gold if e in set(done)]
+        entry["empty_gold"] = empty
+        for s in systems:
+            failing = set(scores[s].failing)
+            entry[f"{s}_on_empty_gold_passed"] = sum(1 for e in empty if e not in failing)
+    entry.update({s: scores[s].as_dict() for s in systems})
+    if "raw" in scores and "pipeline" in scores and done:
+        entry["gain_points"] = round(100 * (scores["pipeline"].passed
+                                            - scores["raw"].passed) / len(done), 1)
+    return entry
