@@ -11,7 +11,7 @@ import pytest
 
 from qcoder_ds.cli import main
 from qcoder_ds.lessons.errors import ExplainError
-from qcoder_ds.lessons.explain import explain_python
+from qcoder_ds.lessons.explain import explain, explain_python
 from qcoder_ds.lessons.explain_sql import explain_sql
 from qcoder_ds.lessons.render import to_cells, to_html, to_markdown
 from qcoder_ds.lessons.rephrase import contradictions, rephrase
@@ -191,3 +191,29 @@ def test_cli_explain_python_from_stdin_and_sql_file(monkeypatch, capsys, tmp_pat
     assert "Keeps 234 of 1000 rows." in html_out.read_text()
     assert main(["explain", str(tmp_path / "none.py")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_explain_entry_point_picks_the_language(shop):
+    ex = explain("SELECT region FROM orders WHERE amount < 234", {"con": shop, "n": 3})
+    assert ex.language == "sql" and ex.steps[1].facts["rows"] == 234
+    md = explain("y = sorted([3, 1, 2])", fmt="markdown")
+    assert "`y` is a list of 3 item(s)." in md
+    with pytest.raises(ExplainError, match="no database connection"):
+        explain("SELECT 1 FROM t WHERE", {})
+
+
+@pytest.mark.slow
+def test_the_embedded_model_rephrases_without_contradicting_the_trace(explained):
+    from qcoder_ds.engine import Engine
+    from qcoder_ds.runtime.sampler import SamplingParams
+
+    engine = Engine.load()
+    params = SamplingParams(max_new_tokens=96, temperature=0.0)
+    out, stats = rephrase(explained, "beginner",
+                          lambda p: engine.generate([{"role": "user", "content": p}], params))
+    print(f"\nsentences accepted {stats['accepted']}, rejected {stats['rejected']}")
+    for r in stats["reasons"]:
+        print(r)
+    for s in out.steps:  # whatever is shown agrees with the trace
+        assert contradictions(s.what, s) == []
+        assert s.did == explained.steps[s.line - 1].did
