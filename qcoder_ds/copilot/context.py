@@ -28,6 +28,8 @@ SAMPLE_ROWS = 3
 MAX_COLUMNS_SHOWN = 40
 _HIDDEN_NAMES = {"In", "Out", "Err", "exit", "quit", "get_ipython"}
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: plain values also described (one line each): requests often refer to a threshold, a list
+_PLAIN = (bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
 
 
 def approx_tokens(text: str) -> int:
@@ -386,6 +388,10 @@ def collect(namespace: Mapping[str, Any], request: str = "") -> KernelContext:
         obj = namespace[name]
         kind = _is_data(obj)
         if kind is None:
+            if isinstance(obj, _PLAIN) and not isinstance(obj, type):
+                text = f"# `{name}` = {_short_repr(obj, 200)} ({type(obj).__name__})"
+                items.append(ContextItem(name, "value", text, text, {name.lower()}, order))
+                objects[name] = obj
             continue
         objects[name] = obj
         if kind == "dataframe":

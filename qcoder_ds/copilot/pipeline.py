@@ -192,8 +192,7 @@ class Copilot:
         connection = None
         if task is Task.SQL:
             connection = ctxmod.require_sql(ctx)
-        elif task in (Task.PANDAS, Task.PLOT) and not any(
-                i.kind in ("dataframe", "series", "ndarray") for i in ctx.items):
+        elif task in (Task.PANDAS, Task.PLOT) and not ctx.items:
             if not any(w in request.lower() for w in _MAKE_DATA):
                 raise CopilotError(
                     "no DataFrame, Series or array is in scope, so there is no data to work "

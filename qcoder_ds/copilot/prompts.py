@@ -92,7 +92,7 @@ def build_prompt(task: Task, request: str, ctx: KernelContext, *, budget: int = 
                              {"role": "user", "content": user}], schema, connection)
     mentioned = set(re.findall(r"[A-Za-z_]\w*", request))
     wants_sql = any(n in mentioned for n in ctx.connections)
-    kinds = None if wants_sql else ("dataframe", "series", "ndarray")
+    kinds = None if wants_sql else ("dataframe", "series", "ndarray", "value")
     context = ctx.render(budget, count_tokens, include_error=task is Task.FIX, kinds=kinds)
     if task is Task.EXPLAIN:
         target = code if code is not None else (ctx.last_error_cell or "")

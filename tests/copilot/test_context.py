@@ -25,7 +25,9 @@ def test_collect_finds_frames_series_arrays_and_connections(sales, shop_db):
           "conn": conn, "x": 3, "_hidden": sales, "In": [], "pd": pd}
     ctx = c.collect(ns, "revenue per region")
     kinds = {i.name: i.kind for i in ctx.items}
-    assert kinds == {"sales": "dataframe", "s": "series", "arr": "ndarray", "conn": "sql"}
+    assert kinds == {"sales": "dataframe", "s": "series", "arr": "ndarray", "conn": "sql",
+                     "x": "value"}
+    assert "# `x` = 3 (int)" in ctx.render(2000)
     info = ctx.connections["conn"]
     assert info.path == str(path)
     assert info.tables["orders"] == {"order_id": "INTEGER", "customer_id": "INTEGER",

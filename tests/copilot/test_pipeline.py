@@ -102,7 +102,7 @@ def test_samples_vote_for_the_majority_output(box, sales):
 @pytest.mark.parametrize("request_,ns,msg", [
     ("   ", {"df": pd.DataFrame({"a": [1]})}, "request is empty"),
     ("x" * 100_000, {"df": pd.DataFrame({"a": [1]})}, "100,000 characters"),
-    ("mean of the price column", {"x": 1}, "no DataFrame"),
+    ("mean of the price column", {"pd": pd, "f": print}, "no DataFrame"),
 ])
 def test_bad_requests_are_clear_messages(request_, ns, msg):
     eng = ScriptedEngine([])
