@@ -151,3 +151,15 @@ def test_existing_assignment_is_not_overwritten_without_force(assignment, capsys
                "--seed", "7", "-o", str(out)])
     assert rc == 1
     assert "exists; use --force" in capsys.readouterr().err
+
+
+def test_cli_list_and_check(capsys):
+    assert main(["lessons", "list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert {t["level"] for t in listing["window-functions"]} == {
+        "beginner", "intermediate", "advanced"}
+    assert main(["lessons", "check", "--topic", "reshape", "--seeds", "4"]) == 0
+    assert "seed 4: 3/3 templates pass the gate, wrong solutions caught 6/6" in (
+        capsys.readouterr().out)
+    assert main(["lessons", "generate", "-o", "x"]) == 1
+    assert "give --topic" in capsys.readouterr().err
