@@ -135,8 +135,19 @@ def _column_issue(message: str, tree: exp.Expression, info: ConnectionInfo) -> I
     for prefix in ("Column '", "column '"):
         if prefix in message:
             missing = message.split(prefix, 1)[1].split("'", 1)[0]
-    hint = _close(missing, bare) if missing else ""
-    head = f"no column {missing!r}{hint}" if missing else message.splitlines()[0]
+    m = re.search(r"Unknown column: (\w+)", message)
+    if missing is None and m:
+        missing = m.group(1)
+    owners = sorted(t for t, cs in info.tables.items()
+                    if missing and missing.lower() in {c.lower() for c in cs})
+    if owners:
+        real = next(c for c in info.tables[owners[0]] if c.lower() == missing.lower())
+        head = (f"column {real!r} is not in the table it is taken from; it is a column of "
+                f"{', '.join(owners)} (join that table or use its alias)")
+    elif missing:
+        head = f"no column {missing!r}{_close(missing, bare)}"
+    else:
+        head = message.splitlines()[0]
     return Issue("sql", f"{head}; the tables used have columns {sorted(cols)[:60]}")
 
 

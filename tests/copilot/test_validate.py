@@ -152,3 +152,11 @@ def test_sql_cell_runs_on_sqlite(shop_db, shop):
     ns = {"conn": conn}
     exec(cell, ns)
     assert ns["result"]["n"].tolist() == [4]
+
+
+def test_sql_column_taken_from_the_wrong_table_names_its_owner(shop):
+    r = validate_sql("SELECT o.name FROM customers c JOIN orders o "
+                     "ON c.customer_id = o.customer_id", shop)
+    assert not r.ok
+    assert "column 'name' is not in the table it is taken from; it is a column of customers" \
+        in r.issues[0].message
