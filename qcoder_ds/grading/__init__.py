@@ -1,1 +1,1 @@
-"""grading"""
+"""nbgrader-compatible grading: release, sandboxed autograde, feedback, gradebook, export."""
