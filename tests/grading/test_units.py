@@ -165,3 +165,16 @@ def test_guard_rewrites_comparisons_in_tests():
     Rigged.__module__ = "__main__"
     with pytest.raises(AssertionError, match="comparison or arithmetic methods"):
         check([1, Rigged()])
+
+
+def test_guard_flags_only_notebook_defined_builtin_shadows():
+    import os
+
+    ns: dict = {}
+    src = open(__import__("qcoder_ds.grading.kernel_guard", fromlist=["x"]).__file__).read()
+    exec(compile(src, "kernel_guard", "exec"), ns)
+
+    class FakeShell:
+        user_ns = {"open": os.path.join, "sum": lambda xs: 42, "len": 3, "max": max}
+
+    assert ns["_shadowed"](FakeShell(), ["open", "sum", "len", "max", "abs"]) == ["sum"]
