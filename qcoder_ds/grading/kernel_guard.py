@@ -97,7 +97,12 @@ def _function_trusted(f):
             break
     if not isinstance(f, types.FunctionType):
         return True  # C slot wrappers and builtins cannot be written in a notebook
-    fn = os.path.realpath(f.__code__.co_filename)
+    name = f.__code__.co_filename
+    if name.startswith("<frozen ") and name.endswith(">"):  # stdlib modules frozen into Python
+        import _imp
+
+        return _imp.is_frozen(name[8:-1])
+    fn = os.path.realpath(name)
     return fn.startswith(_TRUSTED_DIRS) and os.path.isfile(fn)
 
 
