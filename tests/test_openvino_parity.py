@@ -15,6 +15,7 @@ from qcoder_ds.runtime.openvino_backend import (  # noqa: E402
 )
 from qcoder_ds.runtime.openvino_graph import (  # noqa: E402
     CACHE_SUBDIR,
+    _by_rows,
     export_openvino,
     quantize_int4,
     quantize_int4_sym,
@@ -158,6 +159,10 @@ def test_quantizers_round_trip_within_half_a_step():
         assert np.abs(back - row).max() <= scale.astype(np.float32).max() * 0.5 + 1e-6
     with pytest.raises(ModelError, match="divisible by 32"):
         quantize_int4(np.zeros((4, 40), np.float32))
+    # quantizing a big matrix in row chunks gives exactly the same arrays
+    for fn, args in ((quantize_int8, ()), (quantize_int4_sym, (32,)), (quantize_int4, (32,))):
+        whole, chunked = fn(w, *args), _by_rows(fn, w, *args, rows=7)
+        assert all(np.array_equal(a, b) for a, b in zip(whole, chunked, strict=True))
 
 
 class _RoundTripCheckpoint(Checkpoint):

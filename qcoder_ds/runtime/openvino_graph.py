@@ -9,6 +9,12 @@ The graph follows the shapes optimum-intel exports (stateful KV cache as ReadVal
 because those are the patterns the CPU plugin's fusions (StatefulSDPAFusion, RoPEFusion,
 RMSFusion) recognise; a fused SDPA keeps its own KV cache and needs no copies per token.
 
+What decides speed on a CPU without VNNI (AVX2 only, e.g. AMD Zen 3): the compressed
+FullyConnected expands weights to f32 inside the kernel (``brgemm_avx2_f32``) and is ~97% of a
+decode step; OpenVINO's dynamic int8 quantization of activations needs avx2_vnni/avx512_vnni.
+Symmetric i4 (no zero point) costs ~1.4x less per token there than u4 with zero points, so it
+is the default. On VNNI/AMX CPUs the same i4 weights qualify for dynamic quantization.
+
 Inputs: ``input_ids`` i64 [1, L], ``position_ids`` i64 [1, L] (consecutive, starting at the
 number of cached tokens), ``beam_idx`` i32 [1] (always 0). Output: ``logits`` f32 [1, 1, vocab],
 the last position only (the lm_head is the largest matrix; prefill never needs the others).
@@ -29,7 +35,7 @@ from qcoder_ds.models.checkpoint import Checkpoint
 from qcoder_ds.models.config import ArchConfig
 
 #: bump when the graph or the weight format changes, so cached exports are rebuilt
-EXPORTER_VERSION = 1
+EXPORTER_VERSION = 2
 WEIGHT_MODES = ("int4", "int8", "fp32")
 #: int4 without zero points (i4, like Q4_0) rather than with them (u4 + u4 zero points)
 SYMMETRIC_INT4 = True
@@ -128,6 +134,15 @@ def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return q, scale, zp.astype(np.uint8)
 
 
+def _by_rows(quantize, w: np.ndarray, *args, rows: int = 16384) -> tuple[np.ndarray, ...]:
+    """Apply a row-wise quantizer in chunks, so a 150k-row vocabulary matrix never needs
+    several full-size float32 temporaries at once."""
+    if w.shape[0] <= rows:
+        return quantize(w, *args)
+    parts = [quantize(w[i:i + rows], *args) for i in range(0, w.shape[0], rows)]
+    return tuple(np.concatenate(p, axis=0) for p in zip(*parts, strict=True))
+
+
 # ----------------------------------------------------------------------------- graph
 
 
@@ -167,14 +182,14 @@ class _Builder:
         if mode == "fp32":
             return self.const(w.astype(np.float32), name)
         if mode == "int4" and w.shape[1] % self.group == 0 and self.symmetric:
-            q, scale = quantize_int4_sym(w, self.group)
+            q, scale = _by_rows(quantize_int4_sym, w, self.group)
             wq, zc = self._u4(q, name + "/q", self.ov.Type.i4), None
         elif mode == "int4" and w.shape[1] % self.group == 0:
-            q, scale, zp = quantize_int4(w, self.group)
+            q, scale, zp = _by_rows(quantize_int4, w, self.group)
             wq = self._u4(q, name + "/q")
             zc = self._u4(zp, name + "/zp")
         else:  # int8, or an int4 matrix whose width is not a multiple of the group
-            q, scale, zp = quantize_int8(w)
+            q, scale, zp = _by_rows(quantize_int8, w)
             wq = self.const(q, name + "/q")
             zc = self.const(zp, name + "/zp")
         x = ops.convert(wq, ov.Type.f16)
