@@ -9,6 +9,7 @@ a second, fresh process with another hash seed.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -45,20 +46,39 @@ def _worker_env(hash_seed: str) -> dict:
     return env
 
 
+def _limits(cpu_s: int) -> None:  # pragma: no cover - runs in the child before exec
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 20, 256 << 20))
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+
 def run_worker(job: dict, workdir: Path, hash_seed: str = "0",
-               timeout: float | None = None) -> dict:
-    """Run one worker process on ``job`` in ``workdir``; its JSON result, or GateError."""
+               timeout: float | None = None, untrusted: bool = False) -> dict:
+    """Run one worker process on ``job`` in ``workdir``; its JSON result, or GateError.
+
+    ``untrusted`` (model-written code): CPU, file-size and address-space limits, and no
+    network where a network namespace can be made (as the copilot's sandbox does).
+    """
     n = len(job["exercises"])
     wrongs = sum(len(e.get("wrong", e.get("cells", {}).get("wrong", []))) for e in job["exercises"])
     limit = timeout or 60.0 + job["timeout"] * 4 * (3 * n + wrongs)
     with tempfile.TemporaryDirectory(prefix="qcoder-gate-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "out.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")
+        cmd = [sys.executable, "-m", "qcoder_ds.lessons.worker", str(job_path), str(out_path)]
+        preexec = None
+        if untrusted:
+            from qcoder_ds.copilot.sandbox import network_namespace_available
+
+            if network_namespace_available():
+                cmd = ["unshare", "-n", "--", *cmd]
+            preexec = functools.partial(_limits, int(limit) + 5)
         try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "qcoder_ds.lessons.worker", str(job_path), str(out_path)],
-                cwd=workdir, env=_worker_env(hash_seed), capture_output=True, text=True,
-                timeout=limit)
+            proc = subprocess.run(cmd, cwd=workdir, env=_worker_env(hash_seed),
+                                  capture_output=True, text=True, timeout=limit,
+                                  preexec_fn=preexec)
         except subprocess.TimeoutExpired as e:
             raise GateError(f"the gate's worker ran longer than {limit:.0f} s") from e
         if proc.returncode != 0 or not out_path.exists():
@@ -118,12 +138,16 @@ def judge(exercises: list[Exercise], build: dict, rerun: dict | None) -> list[Ex
     return verdicts
 
 
+def _untrusted(exercises: list[Exercise]) -> bool:
+    return any(e.origin != "template" for e in exercises)
+
+
 def build_and_gate(exercises: list[Exercise], titles: list[str], workdir: Path,
                    timeout: float = CELL_TIMEOUT_S) -> tuple[dict, list[ExerciseVerdict]]:
     """First gate pass: probe references, build cells, run every variant (one process)."""
     job = {"mode": "build", "exercises": [e.to_dict() for e in exercises], "titles": titles,
            "timeout": timeout}
-    build = run_worker(job, workdir, hash_seed="0")
+    build = run_worker(job, workdir, hash_seed="0", untrusted=_untrusted(exercises))
     return build, judge(exercises, build, None)
 
 
@@ -136,7 +160,7 @@ def rerun_gate(exercises: list[Exercise], build: dict, released_stubs: dict[int,
         c["stub"] = released_stubs.get(b["number"], c["stub"])
         cells.append({"number": b["number"], "cells": c})
     rerun = run_worker({"mode": "run", "exercises": cells, "timeout": timeout}, workdir,
-                       hash_seed="1")
+                       hash_seed="1", untrusted=_untrusted(exercises))
     return judge(exercises, build, rerun)
 
 
