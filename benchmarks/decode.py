@@ -165,12 +165,15 @@ def prompt_ids(n: int, gguf_path: Path) -> list[int]:
 
 def run_ours(backend: str, gguf_path: Path, ids: list[int], new_tokens: int, threads: int,
              weights: str) -> dict:
-    from qcoder_ds.runtime.export import ensure_export, get_backend
+    from qcoder_ds.runtime.export import export_dir, get_backend, is_complete
     from qcoder_ds.runtime.generate import generate_tokens
     from qcoder_ds.runtime.sampler import SamplingParams
 
     source = _gguf_source(gguf_path)
-    out_dir = ensure_export(source, backend, weights, progress=False)  # done by the parent
+    out_dir = export_dir(source, backend, weights)
+    if not is_complete(out_dir):  # exporting here would put the export's memory in peak RSS
+        raise SystemExit(f"no complete {backend} export at {out_dir} (did the exporter change "
+                         "during the run?); run the benchmark again")
     t0 = time.perf_counter()
     session = get_backend(backend).load(out_dir, threads)
     load_s = time.perf_counter() - t0
