@@ -336,3 +336,34 @@ def test_real_model_int4_agrees_with_fp32(tmp_path):
     agree = teacher_forced_agreement(load_openvino(tmp_path / "fp32"),
                                      load_openvino(tmp_path / "int4"), prompt, 64)
     assert agree >= 0.95, f"int4 agrees with fp32 on {agree:.0%} of greedy tokens"
+
+
+class _DirSource:
+    """A tiny HF directory as a model source (what qcoder_ds.models.sources gives a folder)."""
+
+    def __init__(self, d: Path):
+        self.d, self.name, self.identity = d, "tiny-qwen3", "d" * 64
+        self._ckpt = HFCheckpoint(d)
+
+    def checkpoint(self):
+        return self._ckpt
+
+
+def test_backend_through_the_export_cache_and_the_generator(tiny_dir, tmp_path, monkeypatch):
+    """The backend as the rest of the project uses it: cached export, then chunked-prefill
+    greedy generation, which must equal transformers' greedy tokens."""
+    from tiny_models import reference_greedy
+
+    from qcoder_ds.runtime import export as ex
+    from qcoder_ds.runtime.generate import generate_tokens
+    from qcoder_ds.runtime.sampler import SamplingParams
+
+    monkeypatch.setenv("QCODER_HOME", str(tmp_path / "home"))
+    src = _DirSource(tiny_dir("qwen3"))
+    session = ex.load_session(src, "openvino", "fp32", threads=1, progress=False)
+    assert isinstance(session, OpenVINODecoderSession)
+    toks = list(generate_tokens(session, PROMPT, SamplingParams(max_new_tokens=16),
+                                prefill_chunk=5))
+    assert toks == reference_greedy(src.d, PROMPT, 16)
+    again = ex.load_session(src, "openvino", "fp32", threads=1, progress=False)
+    assert again.dir == session.dir  # the second start found the export
