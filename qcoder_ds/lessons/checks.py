@@ -85,7 +85,7 @@ def describe_answer(value: Any) -> dict:
     if isinstance(value, plt.Figure):
         s = figure_summary(value)
         return {"type": "Figure", "axes": [
-            {k: ax[k] for k in ("lines", "bars", "points", "title", "xlabel", "ylabel")}
+            {k: ax[k] for k in ("lines", "bars", "points")}
             for ax in s["axes"]]}
     if isinstance(value, dict) and value.get("type") == "rows":
         return {"type": "rows", "rows": len(value["rows"]), "columns": len(value["columns"])}

@@ -121,6 +121,8 @@ def fill_slots(template: Template, tables: dict[str, pd.DataFrame],
         except Exception as e:
             raise TemplateError(f"{template.source} template {template.id!r}: slot {name!r} "
                                 f"({expr}) fails: {type(e).__name__}: {e}") from e
+        if isinstance(value, str):  # a slot may name earlier slots: "Revenue by $group"
+            value = _StrTemplate(value).safe_substitute({k: str(v) for k, v in values.items()})
         values[name] = _plain(value)
         scope[name] = value
     return values

@@ -67,3 +67,13 @@ def test_malformed_templates_say_what_is_wrong(tmp_path):
                                + 'wrong = ["x"]\n'))
     with pytest.raises(TemplateError, match="cannot read topic file"):
         load_topic_file(_write(tmp_path, "[[template]\n"))
+
+
+def test_slots_may_name_earlier_slots():
+    import numpy as np
+
+    from qcoder_ds.lessons.exercise import fill_slots
+
+    t = [t for t in load_curriculum() if t.key == "matplotlib/labels/title-and-axes"][0]
+    values = fill_slots(t, {"sales": None}, np.random.default_rng(0))
+    assert "$" not in values["title"] and values["group"] in ("region", "channel")
