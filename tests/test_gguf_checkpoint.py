@@ -72,3 +72,10 @@ def test_hf_dir_errors(tiny_dir, tmp_path):
         HFCheckpoint(d)
     with pytest.raises(ModelError, match="no config.json"):
         HFCheckpoint(tmp_path)
+
+
+def test_moe_config_from_transformers_5(tiny_dir):
+    """transformers 5 saves `num_local_experts`; older configs say `num_experts`."""
+    c = HFCheckpoint(tiny_dir("qwen3_moe")).config
+    assert (c.arch, c.num_experts, c.num_experts_per_tok) == ("qwen3_moe", 8, 2)
+    assert c.moe_intermediate_size == 32 and c.norm_topk_prob and c.qk_norm
