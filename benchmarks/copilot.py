@@ -75,8 +75,24 @@ def main() -> int:
                      "checked_cell_s": round(ans.total_s, 2), "checks": ans.checks})
         print(f"{ans.total_s:6.1f}s first {ans.first_token_s or 0:5.1f}s ok={ans.ok} "
               f"repairs={ans.repairs} {request}", flush=True)
+        write(args.out, summary(rows, engine, args, load_s))  # after every request
     if copilot.sandbox is not None:
         copilot.sandbox.close()
+    result = summary(rows, engine, args, load_s, partial=False)
+    write(args.out, result)
+    print(json.dumps({k: result[k] for k in ("first_token_s", "checked_cell_s",
+                                              "passed_checks", "needed_repair")}))
+    return 0
+
+
+def write(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_suffix(".json.tmp")
+    part.write_text(json.dumps(result, indent=2))
+    part.replace(out)
+
+
+def summary(rows: list[dict], engine, args, load_s: float, partial: bool = True) -> dict:
     ftt = [r["first_token_s"] for r in rows]
     tot = [r["checked_cell_s"] for r in rows]
     result = {
@@ -92,16 +108,12 @@ def main() -> int:
         "needed_repair": sum(r["repairs"] > 0 for r in rows),
         "rows": rows,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_avg_start": os.getloadavg()[0]},
+                    "load_avg_now": os.getloadavg()[0]},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    part = args.out.with_suffix(".json.tmp")
-    part.write_text(json.dumps(result, indent=2))
-    part.replace(args.out)
-    print(json.dumps({k: result[k] for k in ("first_token_s", "checked_cell_s",
-                                              "passed_checks", "needed_repair")}))
-    return 0
+    if partial:
+        result["partial"] = True
+    return result
 
 
 if __name__ == "__main__":
