@@ -80,17 +80,23 @@ def plan_exercises(templates: list[Template], n: int, seed: int,
     chosen: list[tuple[Template, Exercise]] = []
     seen: set[str] = set()
     for k in range(n):
-        t = templates[order[k % len(order)]]
-        setup, tables, schema = staged[(t.dataset, t.subject)]
-        for attempt in range(25):
-            rng = np.random.default_rng([seed, k, attempt])
-            ex = instantiate(t, k + 1, tables, setup, rng, schema)
-            sig = json.dumps([t.key, ex.slots], sort_keys=True, default=str)
-            if sig not in seen:
+        found = None
+        for j in range(len(order)):  # this exercise's template first, then the others
+            t = templates[order[(k + j) % len(order)]]
+            setup, tables, schema = staged[(t.dataset, t.subject)]
+            for attempt in range(25):
+                rng = np.random.default_rng([seed, k, j, attempt])
+                ex = instantiate(t, k + 1, tables, setup, rng, schema)
+                sig = json.dumps([t.key, ex.slots], sort_keys=True, default=str)
+                if sig not in seen:
+                    found = (t, ex, sig)
+                    break
+            if found:
                 break
-        else:
+        if found is None:
             raise LessonError(f"only {len(seen)} distinct exercises can be made from "
                               f"{len(templates)} template(s); ask for fewer (--n)")
+        t, ex, sig = found
         seen.add(sig)
         ex.prompt = f"{ex.prompt}\n\nData:\n{schema}"
         chosen.append((t, ex))
