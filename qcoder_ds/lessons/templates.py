@@ -53,11 +53,15 @@ class Template:
 
 
 def lessons_dir() -> Path:
-    """Where the curriculum lives: $QCODER_LESSONS, else ``lessons/`` beside the package."""
+    """Where the curriculum lives: $QCODER_LESSONS, else the source checkout's ``lessons/``,
+    else the copy a wheel installs under ``<prefix>/share/qcoder-ds/lessons``."""
     env = os.environ.get("QCODER_LESSONS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "lessons"
+    checkout = Path(__file__).resolve().parents[2] / "lessons"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "qcoder-ds" / "lessons"
 
 
 def _need(d: dict, key: str, where: str, typ: type = str):
