@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -51,6 +52,15 @@ class GradeSummary:
 
 
 # -- one notebook ---------------------------------------------------------------------------
+
+
+def spawn_context():
+    """The spawn context, made safe to use from IPython: its stand-in ``__main__`` has no
+    ``__spec__``, which multiprocessing's spawn reads to re-import the parent's main module."""
+    main = sys.modules.get("__main__")
+    if main is not None and not hasattr(main, "__spec__"):
+        main.__spec__ = None  # what a plain script has; nothing to re-import
+    return get_context("spawn")
 
 
 def _guard(kernel: SandboxedKernel, phase: str, names: list[str]) -> list[str]:
@@ -321,7 +331,7 @@ def autograde(submissions: str | os.PathLike, assignment: str, gradebook: str | 
                     continue
                 record(t, r, None)
         else:
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn_context()) as pool:
                 pending = {pool.submit(grade_submission, t): t for t in tasks}
                 while pending:
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)

@@ -178,3 +178,20 @@ def test_guard_flags_only_notebook_defined_builtin_shadows():
         user_ns = {"open": os.path.join, "sum": lambda xs: 42, "len": 3, "max": max}
 
     assert ns["_shadowed"](FakeShell(), ["open", "sum", "len", "max", "abs"]) == ["sum"]
+
+
+def test_process_pool_works_from_ipython(monkeypatch):
+    """IPython replaces __main__ with a module object that has no __spec__; spawn needs one."""
+    import sys
+
+    from qcoder_ds.grading.autograde import spawn_context
+
+    class DummyMod:  # what IPython's InteractiveShell installs as __main__
+        pass
+
+    monkeypatch.setitem(sys.modules, "__main__", DummyMod())
+    ctx = spawn_context()
+    p = ctx.Process(target=print, args=("",))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
