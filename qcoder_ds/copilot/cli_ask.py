@@ -62,7 +62,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
           file=sys.stderr)
     for w in answer.warnings:
         print(f"# warning: {w}", file=sys.stderr)
-    if answer.repairs or not answer.ok:
+    if answer.repairs or answer.warnings or not answer.ok:  # the cell differs from the stream
         print("# final cell:", file=sys.stderr)
         print(answer.cell)
     return 0 if answer.ok else 1
