@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,6 +26,7 @@ from qcoder_ds.errors import ModelError
 from qcoder_ds.models.catalogue import CatalogueEntry, lookup
 from qcoder_ds.models.config import SUPPORTED_ARCHS, ArchConfig
 from qcoder_ds.models.gguf_metadata import GGUFMetadata, read_gguf_metadata
+from qcoder_ds.paths import atomic_write_text
 
 _CHUNK = 8 << 20
 _GGUF_ARCH_ALIASES = {"qwen3moe": "qwen3_moe"}
@@ -53,7 +53,7 @@ def _remember(path: Path, sha256: str) -> None:
     st = path.stat()
     data = _load_identities()
     data[str(path.resolve())] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
-    _atomic_write_text(_identity_store(), json.dumps(data, indent=1, sort_keys=True))
+    atomic_write_text(_identity_store(), json.dumps(data, indent=1, sort_keys=True))
 
 
 def file_sha256(path: str | Path, progress: bool = True) -> str:
@@ -511,15 +511,3 @@ def _bar(total: int, desc: str, enabled: bool):
 
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                 disable=not enabled, leave=False)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is a shared cache
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

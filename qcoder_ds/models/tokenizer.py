@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tokenizers import Tokenizer as _Backend
 
 from qcoder_ds.errors import ModelError
 from qcoder_ds.models.gguf_metadata import GGUFMetadata, read_gguf_metadata
+from qcoder_ds.paths import atomic_write_text
 
 # Split regexes, by the value of ``tokenizer.ggml.pre`` (as llama.cpp's converter names them).
 _QWEN2_SPLIT = (
@@ -145,12 +145,13 @@ class Tokenizer:
         """Write ``tokenizer.json`` + ``tokenizer_config.json`` (HF layout) into ``directory``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        _atomic_write(d / "tokenizer.json", self.backend.to_str(pretty=True))
+        atomic_write_text(d / "tokenizer.json", self.backend.to_str(pretty=True))
         config: dict[str, Any] = dict(self.special_tokens_map)
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
-        _atomic_write(d / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
+        atomic_write_text(d / "tokenizer_config.json",
+                          json.dumps(config, indent=2, ensure_ascii=False))
         return d
 
 
@@ -382,15 +383,3 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError) as e:
         raise ModelError(f"{path}: not valid JSON ({e})") from None
     return data if isinstance(data, dict) else {}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is a shared cache
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
+from qcoder_ds.errors import ContextLengthError, ModelError
 from qcoder_ds.runtime.backend import DecoderSession
 from qcoder_ds.runtime.openvino_graph import (
     CACHE_SUBDIR,
@@ -91,22 +91,8 @@ class OpenVINODecoderSession(DecoderSession):
         self.position = 0
 
     def forward(self, input_ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(input_ids)
-        if ids.ndim != 1 or ids.size == 0:
-            raise QcoderError(f"forward needs a non-empty 1-D array of token ids, "
-                              f"got shape {ids.shape}")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise QcoderError(f"token ids must be integers, got {ids.dtype}")
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= self.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise QcoderError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        ids = self.check_input(input_ids)
         n = ids.size
-        total = self.position + n
-        if total > self.max_context:
-            raise ContextLengthError(
-                f"{n} new tokens after {self.position} would make {total}, more than this "
-                f"session's context of {self.max_context} tokens")
         pos = np.arange(self.position, self.position + n, dtype=np.int64)[None]
         self.request.infer({"input_ids": ids.astype(np.int64, copy=False)[None],
                             "position_ids": pos, "beam_idx": self._beam},

@@ -138,22 +138,9 @@ class OrtDecoderSession(DecoderSession):
         self.position = 0  # stale cache rows past `position` are never read
 
     def forward(self, input_ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(input_ids)
-        if ids.ndim != 1 or ids.size == 0:
-            raise QcoderError(f"forward needs a non-empty 1-D array of token ids, "
-                              f"got shape {ids.shape}")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise QcoderError(f"token ids must be integers, got {ids.dtype}")
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= self.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise QcoderError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        ids = self.check_input(input_ids)
         n = ids.size
         total = self.position + n
-        if total > self.max_context:
-            raise ContextLengthError(
-                f"{n} new tokens after {self.position} would make {total}, more than this "
-                f"session's context of {self.max_context} tokens")
         self._bind.bind_cpu_input("input_ids", ids.astype(np.int64).reshape(1, n))
         self._bind.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         self._bind.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
