@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 
-def load_ipython_extension(ipython):  # pragma: no cover - wired by the copilot issue
+def load_ipython_extension(ipython) -> None:
     """`%load_ext qcoder_ds` registers the `%%qcoder` magics."""
     from qcoder_ds.magics import load_ipython_extension as _load
 

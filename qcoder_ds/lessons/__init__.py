@@ -1,1 +1,1 @@
-"""lessons"""
+"""Lessons: gated exercise generation from the curriculum in lessons/, and explanations."""
