@@ -60,8 +60,11 @@ for pid in os.listdir("/proc"):
         roots += [f"/proc/{{pid}}/cwd", f"/proc/{{pid}}/root" + course]
 needle = ("add(10" + ", 5)").encode()  # not spelled out: this notebook is on disk too
 found = []
+# toolchains and caches (dot-folders, site-packages) are big and never hold the tests
+skip = {{"site-packages", "node_modules"}}
 for root in roots:
-    for d, _, files in os.walk(root):
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if x not in skip and not x.startswith(".")]
         for f in files:
             p = os.path.join(d, f)
             try:
