@@ -179,6 +179,7 @@ def run_ours(backend: str, gguf_path: Path, ids: list[int], new_tokens: int, thr
     load_s = time.perf_counter() - t0
     # a warm-up so the first-call costs (allocations, kernel selection) are not in the numbers
     list(generate_tokens(session, ids[:16], SamplingParams(max_new_tokens=4)))
+    session.reset()  # measure a cold prefill of the whole prompt (no prefix reuse)
     gen = generate_tokens(session, ids, SamplingParams(max_new_tokens=new_tokens),
                           prefill_chunk=len(ids))
     toks = list(gen)

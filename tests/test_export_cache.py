@@ -40,10 +40,10 @@ class FileSession(DecoderSession):
         self.max_context = 32
         self.vocab_size = 4
 
-    def reset(self):
+    def _reset(self):
         self.position = 0
 
-    def forward(self, ids):
+    def _forward(self, ids):
         return np.zeros(4, np.float32)
 
 

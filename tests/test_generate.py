@@ -154,10 +154,10 @@ class ScriptedSession(DecoderSession):
         self.position = 0
         self.calls: list[list[int]] = []
 
-    def reset(self) -> None:
+    def _reset(self) -> None:
         self.position = 0
 
-    def forward(self, input_ids: np.ndarray) -> np.ndarray:
+    def _forward(self, input_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(input_ids)
         assert ids.dtype == np.int64 and ids.ndim == 1 and ids.size > 0
         if self.position + ids.size > self.max_context:
@@ -183,12 +183,46 @@ class ByteTokenizer:
         return data.decode("utf-8", errors="replace")
 
 
-def session_for(prompt: str, answer: str, tail: list[int] | None = None, **kw):
+def session_for(prompt: str, answer: str, tail: list[int] | None = None,
+                cls: type = ScriptedSession, **kw):
     """A session that, after ``prompt``, writes ``answer`` then EOS (or ``tail``)."""
     tok = ByteTokenizer()
     p, a = tok.encode(prompt), tok.encode(answer)
     script = [0] * (len(p) - 1) + a + (tail if tail is not None else [EOS])
-    return ScriptedSession(script, **kw), p
+    return cls(script, **kw), p
+
+
+class RewindingSession(ScriptedSession):
+    """A scripted session whose cache can be cut back, as ONNX Runtime's can."""
+
+    def rewind(self, n: int) -> bool:
+        return True
+
+
+def test_a_prompt_that_extends_the_cache_prefills_only_its_new_tokens():
+    s, p = session_for("hello world", "ab", cls=RewindingSession)
+    assert list(generate_tokens(s, p, eos_token_ids=[EOS])) == [97, 98]
+    assert s.cached_ids == p + [97, 98]  # the prompt and every token fed back
+    s.calls.clear()
+    longer = p + [97, 98, 10]
+    gen = generate_tokens(s, longer, SamplingParams(max_new_tokens=1), eos_token_ids=[EOS])
+    list(gen)
+    assert gen.reused_tokens == len(p) + 2 and s.calls[0] == [10]
+    # a prompt that differs early: only the common start is kept
+    s.calls.clear()
+    other = p[:3] + [120, 121]
+    gen = generate_tokens(s, other, SamplingParams(max_new_tokens=1), eos_token_ids=[EOS])
+    list(gen)
+    assert gen.reused_tokens == 3 and s.calls[0] == [120, 121]
+
+
+def test_sessions_that_cannot_rewind_start_over():
+    s, p = session_for("hello", "ab")
+    list(generate_tokens(s, p, eos_token_ids=[EOS]))
+    s.calls.clear()
+    gen = generate_tokens(s, p + [97], SamplingParams(max_new_tokens=1), eos_token_ids=[EOS])
+    list(gen)
+    assert gen.reused_tokens == 0 and s.calls[0] == p + [97]
 
 
 def test_greedy_until_eos_and_eos_not_yielded():

@@ -14,7 +14,12 @@ from qcoder_ds.errors import ContextLengthError, QcoderError
 
 
 class DecoderSession(ABC):
-    """One loaded decoder with its own KV cache, batch size 1."""
+    """One loaded decoder with its own KV cache, batch size 1.
+
+    The session remembers which token ids its cache holds, so a prompt that starts like the
+    previous one (the same schema or notebook context, a repair round that extends the
+    conversation, k samples of one prompt) only prefills what is new: :meth:`reuse_prefix`.
+    """
 
     #: the longest context (prompt + generated tokens) this session accepts
     max_context: int
@@ -22,18 +27,60 @@ class DecoderSession(ABC):
     position: int = 0
     #: vocabulary size (length of the logits vector)
     vocab_size: int
+    #: the ids in the KV cache, in order (kept by :meth:`forward` and :meth:`reset`)
+    cached_ids: list[int] | tuple = ()
 
-    @abstractmethod
     def reset(self) -> None:
         """Forget the KV cache; the next forward starts at position 0."""
+        self._reset()
+        self.position = 0
+        self.cached_ids = []
 
-    @abstractmethod
     def forward(self, input_ids: np.ndarray) -> np.ndarray:
         """Append ``input_ids`` (int64, shape ``[n]``) to the cache.
 
         Returns the float32 logits of the last position, shape ``[vocab_size]``.
         Raises ContextLengthError if ``position + n > max_context``.
         """
+        ids = self.check_input(input_ids)
+        logits = self._forward(ids)
+        if len(self.cached_ids) != self.position - ids.size:  # unknown contents: never reused
+            self.cached_ids = []
+        else:
+            if not isinstance(self.cached_ids, list):
+                self.cached_ids = list(self.cached_ids)
+            self.cached_ids.extend(ids.tolist())
+        return logits
+
+    def rewind(self, n: int) -> bool:
+        """Keep only the first ``n`` cached tokens; False when this backend cannot (the caller
+        then resets). Backends whose cache rows past ``position`` are never read override it."""
+        return False
+
+    def reuse_prefix(self, prompt_ids: np.ndarray) -> int:
+        """Make the cache hold the longest prefix of ``prompt_ids`` it can keep (never all of
+        it: the last token is run to get logits); return how many prompt tokens are cached."""
+        cached = self.cached_ids
+        limit = min(len(cached), len(prompt_ids) - 1)
+        same = 0
+        if limit > 0:
+            a = np.asarray(cached[:limit], dtype=np.int64)
+            diff = np.nonzero(a != np.asarray(prompt_ids[:limit], dtype=np.int64))[0]
+            same = int(diff[0]) if diff.size else limit
+        if same and self.rewind(same):
+            self.position = same
+            self.cached_ids = list(cached[:same])
+            return same
+        self.reset()
+        return 0
+
+    @abstractmethod
+    def _reset(self) -> None:
+        """Backend part of :meth:`reset`."""
+
+    @abstractmethod
+    def _forward(self, ids: np.ndarray) -> np.ndarray:
+        """Backend part of :meth:`forward`: ``ids`` are checked; ``position`` is advanced here."""
 
     def check_input(self, input_ids: np.ndarray) -> np.ndarray:
         """Validate ids before a forward pass, so a bad call never touches the KV cache."""

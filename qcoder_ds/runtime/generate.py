@@ -83,6 +83,7 @@ class TokenGeneration:
         self.finish_reason: str | None = None
         self.prefill_seconds = 0.0
         self.decode_seconds = 0.0
+        self.reused_tokens = 0  # prompt tokens found already in the session's KV cache
         self._it = self._run()
 
     def __iter__(self) -> Iterator[int]:
@@ -107,10 +108,10 @@ class TokenGeneration:
         sampler = Sampler(p)
         self._check_cancel()
         t0 = time.perf_counter()
-        s.reset()
+        self.reused_tokens = s.reuse_prefix(self.prompt_ids)
         logits = None
-        for start in range(0, self.prompt_ids.size, self.prefill_chunk):
-            if start:
+        for start in range(self.reused_tokens, self.prompt_ids.size, self.prefill_chunk):
+            if start > self.reused_tokens:
                 self._check_cancel()
             logits = s.forward(self.prompt_ids[start:start + self.prefill_chunk])
         self.prefill_seconds = time.perf_counter() - t0

@@ -86,12 +86,22 @@ class OpenVINODecoderSession(DecoderSession):
         self.request = self.compiled.create_infer_request()
         self._beam = np.zeros(1, np.int32)
 
-    def reset(self) -> None:
+    def _reset(self) -> None:
         self.request.reset_state()
-        self.position = 0
 
-    def forward(self, input_ids: np.ndarray) -> np.ndarray:
-        ids = self.check_input(input_ids)
+    def rewind(self, n: int) -> bool:
+        """Cut every KV state to its first ``n`` positions (axis 2 of [1, kv_heads, seq, d])."""
+        ov, _ = _ov()
+        if not 0 < n <= self.position:
+            return False
+        for state in self.request.query_state():
+            kv = state.state.data
+            if kv.ndim != 4 or kv.shape[2] != self.position:
+                return False
+            state.state = ov.Tensor(np.ascontiguousarray(kv[:, :, :n]))
+        return True
+
+    def _forward(self, ids: np.ndarray) -> np.ndarray:
         n = ids.size
         pos = np.arange(self.position, self.position + n, dtype=np.int64)[None]
         self.request.infer({"input_ids": ids.astype(np.int64, copy=False)[None],

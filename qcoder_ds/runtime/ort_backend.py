@@ -134,11 +134,13 @@ class OrtDecoderSession(DecoderSession):
         self._bind.bind_ortvalue_output("logits", self._logits)
         self.position = 0
 
-    def reset(self) -> None:
-        self.position = 0  # stale cache rows past `position` are never read
+    def _reset(self) -> None:
+        pass  # stale cache rows past `position` are never read
 
-    def forward(self, input_ids: np.ndarray) -> np.ndarray:
-        ids = self.check_input(input_ids)
+    def rewind(self, n: int) -> bool:
+        return 0 <= n <= self.position  # the same reason: rows past `n` are overwritten
+
+    def _forward(self, ids: np.ndarray) -> np.ndarray:
         n = ids.size
         total = self.position + n
         self._bind.bind_cpu_input("input_ids", ids.astype(np.int64).reshape(1, n))
