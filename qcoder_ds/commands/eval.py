@@ -72,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample order (default 0)")
     p.add_argument("--systems", default="raw,pipeline", help="raw, pipeline, or both (default)")
     p.add_argument("--repairs", type=int, default=2, help="repair rounds in the pipeline")
+    p.add_argument("--samples", type=int, default=None,
+                   help="pipeline candidates per problem, voted on (default 1)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per graded run")
     p.add_argument("--out", type=Path, default=None,
                    help="report path (default benchmarks/results/eval-<time>.json)")
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     config = {
         "data_dir": str(data_dir), "sample_per_category": sample, "seed": args.seed,
         "split": "full dev split" if sample is None else f"fixed random sample {sample}",
-        "systems": systems, "repairs": args.repairs, "model": args.model,
+        "systems": systems, "repairs": args.repairs, "samples": args.samples, "model": args.model,
         "backend": args.backend, "weights": args.weights, "threads": args.threads,
         "machine": platform.machine(), "cpus": os.cpu_count(),
         "load_avg_start": os.getloadavg()[0],
@@ -115,10 +117,12 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine.load(args.model, backend=args.backend, weights=args.weights,
                          threads=args.threads)
     copilot = Copilot(engine, model=args.model)
+    out.with_suffix(".answers.jsonl").unlink(missing_ok=True)
     report = evaluate(data_dir, cats, sample, args.seed, systems, engine, copilot,
                       repairs=args.repairs, timeout_s=args.timeout,
                       log=lambda m: print(m, file=sys.stderr, flush=True),
                       reference_cache=home() / "eval-reference-ok.json",
+                      details=out.with_suffix(".answers.jsonl"), samples=args.samples,
                       on_progress=lambda r: _write(out, dict(r, config=dict(
                           config, seconds=round(time.time() - started, 1), partial=True))))
     config["seconds"] = round(time.time() - started, 1)
@@ -129,5 +133,5 @@ def run(args: argparse.Namespace) -> int:
             e = entry[s]
             line.append(f"{s} {e['passed']}/{e['total']} ({100 * (e['pass_rate'] or 0):.0f}%)")
         print("  ".join(line))
-    print(f"report: {out}")
+    print(f"report: {out} (every answer: {out.with_suffix('.answers.jsonl')})")
     return 0

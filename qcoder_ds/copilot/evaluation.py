@@ -215,9 +215,10 @@ def raw_answer(engine: Any, problem: Problem, data_dir: Path, max_new_tokens: in
     return code, time.perf_counter() - t
 
 
-def pipeline_answer(copilot: Any, problem: Problem, data_dir: Path, repairs: int
-                    ) -> tuple[str, float, int, bool]:
-    """(code or SQL, seconds, repairs used, pipeline's own checks passed)."""
+def pipeline_answer(copilot: Any, problem: Problem, data_dir: Path, repairs: int,
+                    samples: int | None = None) -> tuple[str, float, int, bool]:
+    """(code or SQL, seconds, repairs used, pipeline's own checks passed); ``samples`` None
+    is the pipeline's default."""
     from qcoder_ds.copilot.pipeline import Options
     from qcoder_ds.copilot.tasks import Task
 
@@ -227,7 +228,7 @@ def pipeline_answer(copilot: Any, problem: Problem, data_dir: Path, repairs: int
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
         try:
             ans = copilot.ask(problem.prompt, {"conn": conn},
-                              Options(task=Task.SQL, repairs=repairs))
+                              Options(task=Task.SQL, repairs=repairs, samples=samples or 1))
         finally:
             conn.close()
         return ans.sql or "", time.perf_counter() - t, ans.repairs, ans.ok
@@ -242,7 +243,8 @@ def pipeline_answer(copilot: Any, problem: Problem, data_dir: Path, repairs: int
     plt.close("all")
     task = Task.PLOT if problem.category == "matplotlib" else Task.PANDAS
     ans = copilot.ask(ds1000_request(problem), namespace,
-                      Options(task=task, repairs=repairs, result_name=result_variable(problem)))
+                      Options(task=task, repairs=repairs, samples=samples or 1,
+                              result_name=result_variable(problem)))
     return ans.cell, time.perf_counter() - t, ans.repairs, ans.ok
 
 
@@ -282,8 +284,11 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
              systems: list[str], engine: Any, copilot: Any, repairs: int = 2,
              timeout_s: float = 60.0, log: Callable[[str], None] = print,
              reference_cache: Path | None = None,
-             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run ``systems`` ("raw", "pipeline") on ``n`` problems a category; return the report."""
+             on_progress: Callable[[dict[str, Any]], None] | None = None,
+             details: Path | None = None, samples: int | None = None) -> dict[str, Any]:
+    """Run ``systems`` ("raw", "pipeline") on ``n`` problems a category; return the report.
+    With ``details``, every answer (code, verdict, error, seconds) is appended there as a JSON
+    line: what to read when asking why a system fails."""
     cache: dict[str, bool] = {}
     if reference_cache and reference_cache.is_file():
         cache = json.loads(reference_cache.read_text())
@@ -321,7 +326,8 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
                         code, secs = raw_answer(engine, p, data_dir)
                         nrep = 0
                     else:
-                        code, secs, nrep, _ = pipeline_answer(copilot, p, data_dir, repairs)
+                        code, secs, nrep, _ = pipeline_answer(copilot, p, data_dir, repairs,
+                                                                   samples)
                 except CopilotError as e:
                     code, secs, nrep = "", 0.0, 0
                     log(f"  {p.id} {s}: {e}")
@@ -339,6 +345,11 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
                 sc.repaired_passed += (nrep > 0) and ok
                 if not ok:
                     sc.failing.append(p.id)
+                if details:
+                    with details.open("a") as f:
+                        f.write(json.dumps({"id": p.id, "system": s, "passed": ok,
+                                            "executed": executed, "seconds": round(secs, 2),
+                                            "repairs": nrep, "error": why, "code": code}) + "\n")
                 log(f"[{cat} {i + 1}/{len(chosen)}] {p.id} {s}: {'pass' if ok else 'FAIL'} "
                     f"({secs:.1f}s, repairs {nrep}) {why[:120]}")
             if on_progress:  # a partial report after every problem: a long run loses nothing

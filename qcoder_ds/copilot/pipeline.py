@@ -50,8 +50,8 @@ class Options:
     check: bool = True  # run the candidate in the sandbox
     safe: bool = False  # block (not just warn about) unsafe code
     repairs: int = 2  # at most this many repair rounds
-    samples: int = 1  # k candidates; >1 samples with temperature and votes
-    temperature: float = 0.7  # only when samples > 1
+    samples: int = 1  # k candidates; >1 samples with temperature and votes on the results
+    temperature: float = 0.7  # for samples after the first, and for repairs
     context_tokens: int = 1500
     max_new_tokens: int = 384
     seed: int = 0
@@ -118,13 +118,15 @@ class Copilot:
 
     # ---------------------------------------------------------------- generation
 
-    def _params(self, opts: Options, sample: int) -> Any:
+    def _params(self, opts: Options, sample: int, round_: int = 0) -> Any:
+        """Greedy for the first answer; sampled for the other candidates and for repairs
+        (greedy, the 0.5B model mostly repeats the answer it was told is wrong)."""
         from qcoder_ds.runtime.sampler import SamplingParams
 
-        if opts.samples > 1 and sample > 0:
+        if sample > 0 or round_ > 0:
             return SamplingParams(max_new_tokens=opts.max_new_tokens,
                                   temperature=opts.temperature, top_p=0.95,
-                                  seed=opts.seed + sample)
+                                  seed=opts.seed + 1000 * sample + round_)
         return SamplingParams(max_new_tokens=opts.max_new_tokens, temperature=0.0)
 
     def _generate(self, messages: list[dict[str, str]], params: Any,
@@ -211,15 +213,20 @@ class Copilot:
             answer.total_s = time.perf_counter() - started
             return answer
 
-        candidates: list[Attempt] = []
-        for k in range(max(1, opts.samples)):
-            chain = self._solve(prompt, namespace, ctx, opts, k, on_token, cancel, answer,
-                                started)
-            candidates.append(chain[-1])
-            if k == 0:
-                answer.attempts = chain
-        best = majority(candidates) if opts.samples > 1 else None
-        final = best or answer.attempts[-1]
+        samples = opts.samples
+        first = self._attempt(prompt.messages, prompt, namespace, ctx, opts, 0, 0, on_token,
+                              cancel, answer, started)
+        answer.attempts = [first]
+        candidates = [first]
+        if samples > 1 and on_token:
+            on_token(f"\n# checking {samples - 1} more candidate(s) and voting on the results\n")
+        for k in range(1, samples):  # not streamed: only the one chosen is shown
+            candidates.append(self._attempt(prompt.messages, prompt, namespace, ctx, opts, k,
+                                            0, None, cancel, answer, started))
+        final = majority(candidates) if any(c.passed for c in candidates) else None
+        if final is None:
+            self._repair(prompt, namespace, ctx, opts, on_token, cancel, answer, started)
+            final = answer.attempts[-1]
         answer.ok = final.passed
         answer.cell = final.code
         answer.checks = self._checks(final, opts, task)
@@ -235,23 +242,29 @@ class Copilot:
         answer.total_s = time.perf_counter() - started
         return answer
 
-    def _solve(self, prompt: Prompt, namespace: Mapping[str, Any], ctx: ctxmod.KernelContext,
-               opts: Options, sample: int, on_token, cancel, answer: Answer,
-               started: float) -> list[Attempt]:
-        """Generate, check, and repair up to ``opts.repairs`` times; every attempt is kept."""
-        chain: list[Attempt] = []
-        messages = prompt.messages
-        for round_ in range(opts.repairs + 1):
-            if round_ and on_token:
-                on_token(f"\n\n# repair {round_}: {problems(chain[-1])[0][:200]}\n")
-            text = self._generate(messages, self._params(opts, sample), on_token, cancel,
-                                  answer, started, self._prefix(prompt.task))
-            attempt = self._check(text, prompt, namespace, ctx, opts)
-            chain.append(attempt)
-            if attempt.passed or not problems(attempt):
-                break
-            messages = repair_messages(prompt, text, problems(attempt))
-        return chain
+    def _attempt(self, messages: list[dict[str, str]], prompt: Prompt,
+                 namespace: Mapping[str, Any], ctx: ctxmod.KernelContext, opts: Options,
+                 sample: int, round_: int, on_token, cancel, answer: Answer,
+                 started: float) -> Attempt:
+        """Generate one answer and check it."""
+        text = self._generate(messages, self._params(opts, sample, round_), on_token, cancel,
+                              answer, started, self._prefix(prompt.task))
+        return self._check(text, prompt, namespace, ctx, opts)
+
+    def _repair(self, prompt: Prompt, namespace: Mapping[str, Any], ctx: ctxmod.KernelContext,
+                opts: Options, on_token, cancel, answer: Answer, started: float) -> None:
+        """Up to ``opts.repairs`` rounds, each told what was wrong with the last attempt;
+        every attempt is kept on ``answer.attempts``."""
+        chain = answer.attempts
+        for round_ in range(1, opts.repairs + 1):
+            found = problems(chain[-1])
+            if chain[-1].passed or not found:
+                return
+            if on_token:
+                on_token(f"\n\n# repair {round_}: {found[0][:200]}\n")
+            messages = repair_messages(prompt, chain[-1].answer, found)
+            chain.append(self._attempt(messages, prompt, namespace, ctx, opts, 0, round_,
+                                       on_token, cancel, answer, started))
 
     # ---------------------------------------------------------------- checking
 

@@ -84,10 +84,11 @@ def _install_guard(workdir, allowed, blocked):
 
 
 def _fingerprint(value):
-    """A stable hash of a result, so candidates can vote on the majority output."""
+    """A stable hash of a result, so candidates can vote on the majority output. Column
+    labels are left out: ``SUM(amount)`` and ``SUM(amount) AS total`` agree."""
     try:
         if isinstance(value, pd.DataFrame):
-            text = value.round(6).to_csv()
+            text = value.round(6).to_csv(header=False)
         elif isinstance(value, pd.Series):
             text = value.round(6).to_csv() if value.dtype.kind in "fc" else value.to_csv()
         elif isinstance(value, np.ndarray):

@@ -17,6 +17,7 @@ from sqlglot.errors import OptimizeError, ParseError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
 
 from qcoder_ds.copilot.context import ConnectionInfo
+from qcoder_ds.copilot.fix_sql import fix_sql
 from qcoder_ds.copilot.validate import Issue
 
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Drop, exp.Create, exp.Alter, exp.Merge,
@@ -100,15 +101,29 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None) -> Sql
                                    f"the tables are {sorted(info.tables)}"))
     if unknown_tables:
         return SqlCheck(out_sql, issues)
+    problem = _schema_issue(tree, info)
+    if problem is not None and problem.severity == "error":
+        fixed, notes = fix_sql(tree, info)
+        if notes and _schema_issue(fixed, info) is None:
+            out_sql = fixed.sql(dialect=info.dialect, pretty=True)
+            problem = Issue("sql-fixed", "fixed from the schema: " + "; ".join(notes),
+                            severity="warning")
+    if problem is not None:
+        issues.append(problem)
+    return SqlCheck(out_sql, issues)
+
+
+def _schema_issue(tree: exp.Expression, info: ConnectionInfo) -> Issue | None:
+    """None when every column of ``tree`` resolves against the schema."""
     try:
         qualify(tree.copy(), schema=_schema_for(info), dialect=info.dialect,
                 validate_qualify_columns=True, quote_identifiers=False)
     except OptimizeError as e:
-        issues.append(_column_issue(str(e), tree, info))
+        return _column_issue(str(e), tree, info)
     except SqlglotError as e:  # qualify can fail on exotic syntax: report, do not crash
-        issues.append(Issue("sql", f"could not check the query against the schema: {e}",
-                            severity="warning"))
-    return SqlCheck(out_sql, issues)
+        return Issue("sql", f"could not check the query against the schema: {e}",
+                     severity="warning")
+    return None
 
 
 def _sqlite_quoted_strings(tree: exp.Expression, info: ConnectionInfo) -> exp.Expression:

@@ -99,6 +99,31 @@ def test_samples_vote_for_the_majority_output(box, sales):
     assert ans.cell == "sales['revenue'].sum()"
 
 
+def test_sql_samples_candidates_and_keeps_the_most_common_result(box, shop_db):
+    conn, _ = shop_db
+    total = fence("SELECT SUM(amount) FROM orders", "sql")
+    eng = ScriptedEngine([fence("SELECT MAX(amount) FROM orders", "sql"), total,
+                          fence("SELECT SUM(amount) AS s FROM orders", "sql"),
+                          fence("SELECT nonsense FROM orders", "sql")])
+    streamed: list[str] = []
+    ans = Copilot(eng, box).ask("total of all orders", {"conn": conn},
+                                Options(task=Task.SQL, samples=4), on_token=streamed.append)
+    assert len(eng.calls) == 4  # greedy and three samples
+    assert ans.ok and "SUM(amount)" in ans.sql and ans.repairs == 0
+    text = "".join(streamed)
+    assert "MAX(amount)" in text and "SUM(amount)" not in text  # only the first is streamed
+
+
+def test_repairs_start_when_no_candidate_passes(box, shop_db):
+    conn, _ = shop_db
+    bad = fence("SELECT total FROM orders", "sql")
+    eng = ScriptedEngine([bad, bad, fence("SELECT amount FROM orders", "sql")])
+    ans = Copilot(eng, box).ask("order amounts", {"conn": conn},
+                                Options(task=Task.SQL, samples=2, repairs=1))
+    assert ans.ok and ans.repairs == 1 and len(eng.calls) == 3
+    assert "no column 'total'" in eng.calls[2][-1]["content"]
+
+
 @pytest.mark.parametrize("request_,ns,msg", [
     ("   ", {"df": pd.DataFrame({"a": [1]})}, "request is empty"),
     ("x" * 100_000, {"df": pd.DataFrame({"a": [1]})}, "100,000 characters"),

@@ -154,9 +154,32 @@ def test_sql_cell_runs_on_sqlite(shop_db, shop):
     assert ns["result"]["n"].tolist() == [4]
 
 
-def test_sql_column_taken_from_the_wrong_table_names_its_owner(shop):
-    r = validate_sql("SELECT o.name FROM customers c JOIN orders o "
-                     "ON c.customer_id = o.customer_id", shop)
-    assert not r.ok
-    assert "column 'name' is not in the table it is taken from; it is a column of customers" \
-        in r.issues[0].message
+@pytest.mark.parametrize("sql,expect,note", [
+    # a real column through the wrong alias: the one table in the query that has it
+    ("SELECT o.name FROM customers c JOIN orders o ON c.customer_id = o.customer_id",
+     "c.name", "o.name -> c.name"),
+    # qualified with a table that is not in FROM
+    ("SELECT orders.country FROM customers", "customers.country",
+     "orders.country -> customers.country"),
+    # a one-table query whose columns all live in exactly one other table
+    ("SELECT name, country FROM orders WHERE country = 'UK'", "FROM customers",
+     "FROM orders -> FROM customers"),
+])
+def test_sql_unambiguous_slips_are_fixed_from_the_schema(shop, sql, expect, note):
+    r = validate_sql(sql, shop)
+    assert r.ok and expect in r.sql
+    assert [i.kind for i in r.issues] == ["sql-fixed"] and note in r.issues[0].message
+    assert validate_sql(r.sql, shop).issues == []  # the fixed query checks clean
+
+
+@pytest.mark.parametrize("sql,message", [
+    # the owner is not in the query: joining it is the model's job
+    ("SELECT o.country, o.amount FROM orders o",
+     "column 'country' is not in the table it is taken from; it is a column of customers"),
+    # two tables could own it: no guess
+    ("SELECT x.customer_id FROM orders o JOIN customers c ON o.customer_id = c.customer_id "
+     "JOIN orders x2 ON 1", "customer_id"),
+])
+def test_sql_ambiguous_or_unjoined_columns_are_left_to_the_model(shop, sql, message):
+    r = validate_sql(sql, shop)
+    assert not r.ok and message in r.issues[0].message

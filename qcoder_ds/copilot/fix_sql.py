@@ -1,0 +1,79 @@
+"""Fixes for the small model's usual SQL slips, decided by the live schema alone.
+
+Most of the embedded model's failing queries name a real column through the wrong alias
+(``T2.Hometown`` where ``Hometown`` belongs to ``teacher AS T1``), or take every column from a
+table that has none of them while another table has all of them. Asked to repair, the 0.5B
+model mostly repeats itself; the schema says which fix is right, so the fix is made here and
+reported. Only an unambiguous fix is made: one owner among the query's own tables, or one
+table holding every column of a single-table query. Anything else is left to the model.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.optimizer.scope import Scope, traverse_scope
+
+from qcoder_ds.copilot.context import ConnectionInfo
+
+
+def _columns(info: ConnectionInfo) -> dict[str, set[str]]:
+    return {t.lower(): {c.lower() for c in cols} for t, cols in info.tables.items()}
+
+
+def _table_sources(scope: Scope) -> dict[str, str]:
+    """alias (or name) -> real table name, lower case, for the tables this scope reads."""
+    return {alias.lower(): src.name.lower() for alias, src in scope.sources.items()
+            if isinstance(src, exp.Table) and src.name}
+
+
+def _requalify(scope: Scope, cols: dict[str, set[str]], notes: list[str]) -> None:
+    """``A.x`` where A's table has no ``x`` but exactly one other table here does: use it."""
+    sources = _table_sources(scope)
+    for column in scope.columns:
+        qual = column.table.lower()
+        name = column.name.lower()
+        if not qual or not name or name == "*":
+            continue
+        table = sources.get(qual)
+        if table is None and qual in cols and qual not in sources.values():
+            table = qual  # qualified with a table that is not in FROM at all
+        if table is None or name in cols.get(table, set()):
+            continue
+        owners = [a for a, t in sources.items() if name in cols.get(t, set())]
+        if len(owners) == 1:
+            alias = next(a for a in scope.sources if a.lower() == owners[0])
+            notes.append(f"{column.table}.{column.name} -> {alias}.{column.name}")
+            column.set("table", exp.to_identifier(alias))
+
+
+def _swap_table(scope: Scope, info: ConnectionInfo, cols: dict[str, set[str]],
+                notes: list[str]) -> None:
+    """A one-table query whose table lacks some of its columns, when exactly one other table
+    has them all (``SELECT description FROM templates`` -> ``FROM ref_template_types``)."""
+    tables = [s for s in scope.sources.values() if isinstance(s, exp.Table)]
+    if len(scope.sources) != 1 or len(tables) != 1:
+        return
+    table = tables[0]
+    used = {c.name.lower() for c in scope.columns if c.name and c.name != "*"}
+    if not used or used <= cols.get(table.name.lower(), set()):
+        return
+    fits = [t for t in info.tables if used <= cols[t.lower()]]
+    if len(fits) == 1:
+        notes.append(f"FROM {table.name} -> FROM {fits[0]}")
+        table.set("this", exp.to_identifier(fits[0]))
+
+
+def fix_sql(tree: exp.Expression, info: ConnectionInfo) -> tuple[exp.Expression, list[str]]:
+    """A copy of ``tree`` with the unambiguous column/table slips fixed, and what was changed
+    (``[]`` when nothing was)."""
+    fixed = tree.copy()
+    cols = _columns(info)
+    notes: list[str] = []
+    try:
+        for scope in traverse_scope(fixed):
+            _requalify(scope, cols, notes)
+            _swap_table(scope, info, cols, notes)
+    except SqlglotError:
+        return tree, []
+    return (fixed, list(dict.fromkeys(notes))) if notes else (tree, [])
