@@ -281,7 +281,7 @@ class Copilot:
         if not code.strip():
             attempt.issues.append(Issue("syntax", "the answer contains no code"))
             return attempt
-        attempt.issues = validate_python(code, namespace)
+        attempt.issues = validate_python(code, namespace, opts.result_name)
         attempt.issues += check_safety(code)
         blocking = attempt.errors or (opts.safe and any(i.kind == "unsafe"
                                                         for i in attempt.issues))

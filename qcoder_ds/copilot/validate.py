@@ -40,7 +40,8 @@ _MAKERS = {"DataFrame", "Series", "array", "asarray", "read_csv", "read_excel", 
 class Issue:
     """One problem found in an answer. ``severity`` is "error" or "warning"."""
 
-    kind: str  # "syntax", "undefined-name", "unknown-column", "rebinds-data", "unsafe", "sql"
+    kind: str  # "syntax", "undefined-name", "unknown-column", "rebinds-data", "no-result",
+    # "unsafe", "sql", "sql-fixed"
     message: str
     line: int | None = None
     severity: str = "error"
@@ -332,10 +333,28 @@ def drop_rebinding(code: str, namespace: Mapping[str, Any]) -> tuple[str, list[s
     return kept.strip("\n"), notes
 
 
-def validate_python(code: str, namespace: Mapping[str, Any]) -> list[Issue]:
-    """Syntax, names, columns and rebinding (safety is separate: it may only warn)."""
+def check_assigns(tree: ast.Module, name: str) -> list[Issue]:
+    """The request said where the answer goes (``result = ...``): the code must put it there.
+    A cell that prints the answer, or leaves it in a function it never calls, answers nothing
+    the next cell can use."""
+    todo: list[ast.AST] = [tree]
+    while todo:  # the cell's own scope: not the bodies of functions or classes it defines
+        node = todo.pop()
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id == name:
+            return []
+        todo.extend(c for c in ast.iter_child_nodes(node) if not isinstance(
+            c, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)))
+    return [Issue("no-result", f"the request asks for the answer in the variable `{name}`, "
+                               f"but the code never assigns it: end with `{name} = ...`")]
+
+
+def validate_python(code: str, namespace: Mapping[str, Any],
+                    result_name: str | None = None) -> list[Issue]:
+    """Syntax, names, columns, rebinding and, when the request names one, the result variable
+    (safety is separate: it may only warn)."""
     tree, issues = check_syntax(code)
     if tree is None:
         return issues
-    return (check_names(tree, namespace) + check_columns(tree, namespace)
-            + check_rebinding(tree, namespace))
+    issues = (check_names(tree, namespace) + check_columns(tree, namespace)
+              + check_rebinding(tree, namespace))
+    return issues + (check_assigns(tree, result_name) if result_name else [])

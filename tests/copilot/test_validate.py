@@ -97,6 +97,22 @@ def test_safety_passes_ordinary_code():
                         "open('notes.txt').read()\nimport matplotlib.pyplot as plt") == []
 
 
+@pytest.mark.parametrize("code,ok", [
+    ("result = sales['revenue'].sum()", True),
+    ("result, other = 1, 2", True),
+    ("for result in [1]:\n    pass", True),
+    ("print(sales['revenue'].sum())", False),
+    ("def f(df):\n    result = df.sum()\n    return result", False),  # never called
+    ("def f(df):\n    return df.sum()\nresult = f(sales)", True),
+    ("answer = sales['revenue'].sum()", False),
+])
+def test_the_named_result_variable_must_be_assigned(ns, code, ok):
+    issues = validate_python(code, ns, result_name="result")
+    assert (not any(i.kind == "no-result" for i in issues)) is ok
+    if not ok:
+        assert "`result = ...`" in next(i for i in issues if i.kind == "no-result").message
+
+
 @pytest.fixture
 def shop():
     return ConnectionInfo("conn", "sqlite", "sqlite", tables={
