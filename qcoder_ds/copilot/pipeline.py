@@ -262,7 +262,7 @@ class Copilot:
                 return
             if on_token:
                 on_token(f"\n\n# repair {round_}: {found[0][:200]}\n")
-            messages = repair_messages(prompt, chain[-1].answer, found)
+            messages = repair_messages(prompt, found)
             chain.append(self._attempt(messages, prompt, namespace, ctx, opts, 0, round_,
                                        on_token, cancel, answer, started))
 

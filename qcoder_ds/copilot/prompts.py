@@ -111,13 +111,15 @@ def _dialect_label(dialect: str) -> str:
             "mysql": "MySQL", "tsql": "T-SQL"}.get(dialect, dialect)
 
 
-def repair_messages(prompt: Prompt, answer: str, problems: list[str]) -> list[Message]:
-    """The conversation so far plus the problems found, asking for a corrected answer."""
-    lang = "sql" if prompt.task is Task.SQL else "python"
+def repair_messages(prompt: Prompt, problems: list[str]) -> list[Message]:
+    """The original request again, now saying what went wrong with the last answer.
+
+    The failed answer itself is left out on purpose: shown it (as a chat turn or quoted), the
+    0.5B model copies it back token for token, even when sampling, because copying is the
+    most likely continuation. Told only the error, it writes a new answer."""
     listing = "\n".join(f"- {p}" for p in problems)
-    return prompt.messages + [
-        {"role": "assistant", "content": answer},
-        {"role": "user", "content": (
-            f"That answer has problems:\n{listing}\n"
-            f"Write the corrected version. Answer with one ```{lang} block.")},
-    ]
+    messages = [dict(m) for m in prompt.messages]
+    messages[-1]["content"] += (
+        f"\n\nAn earlier answer to this failed:\n{listing}\n"
+        "Write a different answer that avoids this mistake.")
+    return messages

@@ -41,6 +41,8 @@ def test_runtime_error_goes_back_to_the_model_and_repairs_are_bounded(box, sales
     assert not ans.ok and len(ans.attempts) == 3 and ans.checks["ran on sample"] == "failed"
     assert "running it on a sample of the data failed" in eng.calls[1][-1]["content"]
     assert "TypeError" in eng.calls[1][-1]["content"]
+    # the failed code is not shown again: the small model would copy it back
+    assert "/ 'x'" not in eng.calls[1][-1]["content"] and len(eng.calls[1]) == 2
 
 
 def test_recreated_data_is_dropped_before_checking(box, sales):
