@@ -13,6 +13,7 @@ copilot pipeline (live context from the problem's own setup code, validation, ch
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import os
@@ -22,6 +23,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -113,12 +115,64 @@ def grade_ds1000(problem: Problem, solution: str, timeout_s: float = 60.0) -> tu
     return False, tail[-1][:300] if tail else f"exit {r.returncode}"
 
 
+_FUNCTION_STUB = re.compile(r"^def (\w+)\((.*)\):\s*$", re.M)
+
+
+def function_stub(problem: Problem) -> tuple[str, list[str]] | None:
+    """(name, parameters) when the problem grades the body of a function its stub opens
+    (``def f(df=example_df):`` ... ``### BEGIN SOLUTION``), else None."""
+    stub = problem.prompt.split("<code>")[-1]
+    m = _FUNCTION_STUB.search(stub)
+    if not m or "BEGIN SOLUTION" not in stub[m.end():]:
+        return None
+    try:
+        args = ast.parse(m.group(0) + " pass").body[0].args  # type: ignore[attr-defined]
+    except SyntaxError:
+        return None
+    return m.group(1), [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+
+
 def ds1000_setup(problem: Problem) -> str:
     """The problem's own setup code (what a user's kernel would already hold)."""
     if problem.category == "matplotlib":
         return problem.prompt.split("# SOLUTION START")[0]
+    if function_stub(problem):  # the example data defined above the function
+        stub = problem.prompt.split("<code>")[-1]
+        return stub[:_FUNCTION_STUB.search(stub).start()]
     blocks = re.findall(r"<code>\n?(.*?)</code>", problem.prompt, re.S)
     return blocks[0] if blocks else ""
+
+
+def as_graded(problem: Problem, code: str) -> str:
+    """The answer in the form the grader inserts: unchanged, or for a function-stub problem
+    the function's body. A notebook cell is top-level code, so both systems' answers are put
+    in that form the same way: the body of the answer's own ``def``, or the cell itself
+    returning ``result`` (or its last expression), with ``example_df`` read as ``df``."""
+    stub = function_stub(problem)
+    if stub is None or not code.strip():
+        return code
+    name, params = stub
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    lines = code.splitlines()
+    own = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    if own is not None:
+        body = textwrap.dedent("\n".join(lines[own.body[0].lineno - 1:own.end_lineno]))
+    else:
+        body_lines = list(lines)
+        last = tree.body[-1] if tree.body else None
+        if isinstance(last, ast.Expr):
+            body_lines[last.lineno - 1] = "return " + body_lines[last.lineno - 1].lstrip()
+            body_lines = body_lines[:last.end_lineno]
+        elif "result" in {t.id for n in tree.body if isinstance(n, ast.Assign)
+                          for t in n.targets if isinstance(t, ast.Name)}:
+            body_lines.append("return result")
+        body = "\n".join(body_lines)
+        for param in params:
+            body = re.sub(rf"\bexample_{param}\b", param, body)
+    return textwrap.indent(body, "    ")
 
 
 def ds1000_request(problem: Problem) -> str:
@@ -337,7 +391,8 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
                     executed, ok, why = spider_match(db, p.reference, code) if code else (
                         False, False, "no SQL")
                 else:
-                    ok, why = grade_ds1000(p, code, timeout_s) if code else (False, "no code")
+                    ok, why = grade_ds1000(p, as_graded(p, code), timeout_s) if code else (
+                        False, "no code")
                     executed = ok or why.startswith("AssertionError")
                 sc.passed += ok
                 sc.executed += executed

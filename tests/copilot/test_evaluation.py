@@ -77,6 +77,30 @@ def test_prompt_parsing(data_dir):
     assert "BEGIN SOLUTION" not in ev.ds1000_request(p)
 
 
+FUNCTION_CONTEXT = CONTEXT.replace("df = test_input\n[insert]", """def f(df):
+[insert]
+result = f(test_input)""")
+FUNCTION_PROMPT = ("Sum v per g.\nA:\n<code>\nimport pandas as pd\n"
+                   "example_df = pd.DataFrame({'g': ['a', 'b', 'a'], 'v': [1, 2, 3]})\n"
+                   "def f(df=example_df):\n    # return the solution in this function\n"
+                   "    ### BEGIN SOLUTION\n")
+
+
+@pytest.mark.parametrize("answer", [
+    "import pandas as pd\ndef f(df=example_df):\n    out = df.groupby('g')['v'].sum()\n"
+    "    return out",  # the whole function, as the raw model writes it
+    "result = example_df.groupby('g')['v'].sum()",  # a cell on the live example data
+    "example_df.groupby('g')['v'].sum()",  # a cell ending in an expression
+])
+def test_function_stub_problems_grade_the_answer_as_the_body(answer):
+    p = ev.Problem("pandas/1", "pandas", FUNCTION_PROMPT, "",
+                   {"code_context": FUNCTION_CONTEXT})
+    assert ev.function_stub(p) == ("f", ["df"])
+    assert "example_df = pd.DataFrame" in ev.ds1000_setup(p)
+    assert ev.grade_ds1000(p, ev.as_graded(p, answer)) == (True, "")
+    assert not ev.grade_ds1000(p, answer)[0]  # as written, it is not a function body
+
+
 def test_spider_execution_accuracy(data_dir):
     db = ev.spider_db(data_dir, "zoo")
     assert ev.spider_match(db, "SELECT count(*) FROM animal", "SELECT 3") == (True, True, "")
