@@ -88,28 +88,6 @@ def test_fp32_chunked_prefill(exports, arch):
     assert np.abs(again - ref[len(PROMPT) - 1]).max() <= 1e-3
 
 
-def test_fp32_prefix_reuse_matches_a_fresh_prefill(exports):
-    """A prompt that starts like the cached tokens prefills only its new part, exactly."""
-    from tiny_models import reference_logits
-
-    hf, out = exports("qwen2")
-    s = load_onnx(out)
-    first, second = PROMPT + [9, 400, 33], PROMPT + [77, 128]
-    s.forward(np.array(first))
-    assert s.cached_ids == first
-    kept = s.reuse_prefix(np.array(second))
-    assert kept == len(PROMPT) and s.position == len(PROMPT)
-    got = s.forward(np.array(second[kept:]))
-    ref = reference_logits(hf, second)
-    assert np.abs(got - ref[-1]).max() <= 1e-3
-    # the same prompt again: all but its last token are kept, and that one is run again
-    assert s.reuse_prefix(np.array(second)) == len(second) - 1
-    assert np.abs(s.forward(np.array(second[-1:])) - ref[-1]).max() <= 1e-3
-    # a different first token: nothing is kept
-    assert s.reuse_prefix(np.array([1] + PROMPT)) == 0 and s.position == 0
-    assert np.abs(s.forward(np.array(PROMPT)) - reference_logits(hf, PROMPT)[-1]).max() <= 1e-3
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fp32_greedy_matches_transformers_for_32_steps(exports, arch):
     from tiny_models import reference_greedy
