@@ -42,10 +42,9 @@ def inserted(shell):
 
 @pytest.mark.parametrize("flags,request_", [
     ("--pandas", "total revenue per region"),
-    pytest.param("--plot", "revenue per region as a bar chart", marks=pytest.mark.xfail(
-        reason="measured 2026-11-29: the 0.5B model adds a date filter written as "
-               "`a >= x & a <= y` (operator precedence); the sandbox catches it and two repairs "
-               "do not fix it. Remove this mark when the plot pipeline passes.", strict=False)),
+    # the 0.5B model's first answer filters dates as `a >= x & a <= y` (operator precedence);
+    # the sandbox catches it and a repair fixes it (greedy first answer, seeded repairs)
+    ("--plot", "revenue per region as a bar chart"),
     ("--sql", "number of orders per sales_rep"),
 ])
 def test_inserted_cell_parses_names_real_columns_and_runs(shell, flags, request_):
