@@ -17,8 +17,9 @@ class DecoderSession(ABC):
     """One loaded decoder with its own KV cache, batch size 1.
 
     The session remembers which token ids its cache holds, so a prompt that starts like the
-    previous one (the same schema or notebook context, a repair round that extends the
-    conversation, k samples of one prompt) only prefills what is new: :meth:`reuse_prefix`.
+    previous one (the same system prompt and schema or notebook context, a repair round that
+    repeats the request, k samples of one prompt) only prefills what is new:
+    :meth:`reuse_prefix`.
     """
 
     #: the longest context (prompt + generated tokens) this session accepts
