@@ -10,8 +10,11 @@ table holding every column of a single-table query. Anything else is left to the
 
 from __future__ import annotations
 
+import re
+
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
+from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from qcoder_ds.copilot.context import ConnectionInfo
@@ -77,3 +80,67 @@ def fix_sql(tree: exp.Expression, info: ConnectionInfo) -> tuple[exp.Expression,
     except SqlglotError:
         return tree, []
     return (fixed, list(dict.fromkeys(notes))) if notes else (tree, [])
+
+
+# --------------------------------------------------------------------------- needless joins
+
+_STOP = {"a", "an", "the", "of", "in", "on", "and", "or", "to", "for", "by", "with", "is",
+         "are", "has", "have", "id", "ids", "info", "details", "list", "all", "each"}
+
+
+def _words(text: str) -> set[str]:
+    """Lower-case words of ``text`` (``Has_Pet``, ``hasPet`` and ``has pet`` alike), each also
+    in a crude singular, so ``visitors`` matches ``visitor`` but not ``visit``."""
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", text)
+    out = set()
+    for w in re.findall(r"[a-z0-9]+", spaced.lower()):
+        out.add(w)
+        for suffix in ("ies", "es", "s"):
+            if w.endswith(suffix) and len(w) > len(suffix) + 2:
+                out.add(w[: -len(suffix)] + ("y" if suffix == "ies" else ""))
+    return out
+
+
+def _mentioned(table: str, request_words: set[str]) -> bool:
+    """Whether the request names ``table`` by any of its significant words."""
+    return bool((_words(table) - _STOP) & request_words)
+
+
+def drop_unused_joins(tree: exp.Expression, info: ConnectionInfo, request: str
+                      ) -> tuple[exp.Expression, list[str]]:
+    """A copy of ``tree`` without the joined tables that nothing but their own join condition
+    uses and that ``request`` does not mention, and the tables dropped.
+
+    The small model joins a neighbouring table "to be safe" (``visitor JOIN visit`` for a
+    filter on visitors); the join repeats or loses rows and the answer is wrong while it runs.
+    A table the request names is kept: there the join is the point ("players who have won")."""
+    asked = _words(request)
+    schema = {t: dict(cols) for t, cols in info.tables.items()}
+    try:
+        qualified = qualify(tree.copy(), schema=schema, dialect=info.dialect,
+                            validate_qualify_columns=False, quote_identifiers=False)
+        plain = tree.copy()
+        pairs = list(zip(traverse_scope(qualified), traverse_scope(plain), strict=True))
+    except (SqlglotError, ValueError):
+        return tree, []
+    dropped: list[str] = []
+    for q_scope, p_scope in pairs:
+        q_joins = q_scope.expression.args.get("joins") or []
+        p_joins = p_scope.expression.args.get("joins") or []
+        if len(q_joins) != len(p_joins) or not q_joins or \
+                any(isinstance(s, exp.Star) for s in q_scope.expression.expressions):
+            continue
+        for q_join, p_join in reversed(list(zip(q_joins, p_joins, strict=True))):
+            table = q_join.this
+            if not isinstance(table, exp.Table) or q_join.args.get("using") or \
+                    _mentioned(table.name, asked):
+                continue
+            alias = table.alias_or_name
+            on = q_join.args.get("on")
+            in_on = {id(c) for c in on.find_all(exp.Column)} if on else set()
+            used = [c for c in q_scope.columns if c.table == alias and id(c) not in in_on]
+            if used or on is None or not any(c.table == alias for c in on.find_all(exp.Column)):
+                continue
+            p_join.pop()
+            dropped.append(table.name)
+    return (plain, dropped) if dropped else (tree, [])

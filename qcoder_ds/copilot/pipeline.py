@@ -23,6 +23,7 @@ from qcoder_ds.copilot.prompts import Prompt, build_prompt, repair_messages
 from qcoder_ds.copilot.repair import Attempt, majority, problems
 from qcoder_ds.copilot.safety import check_safety
 from qcoder_ds.copilot.sandbox import Limits, Sandbox
+from qcoder_ds.copilot.sql_values import check_values
 from qcoder_ds.copilot.tasks import Task, infer_task
 from qcoder_ds.copilot.validate import Issue, drop_rebinding, validate_python
 from qcoder_ds.copilot.validate_sql import sql_cell, validate_sql
@@ -298,10 +299,14 @@ class Copilot:
         info = prompt.connection
         assert info is not None
         sql = extract_sql(text)
-        result = validate_sql(sql, info)
+        result = validate_sql(sql, info, request=prompt.request)
+        if result.ok and opts.check:
+            result.sql, found = check_values(result.sql, info, namespace.get(info.name))
+            result.issues += found
         cell = sql_cell(result.sql, info)
         attempt = Attempt(answer=text, code=cell, issues=list(result.issues), sql=result.sql)
-        if opts.check and result.ok and not (opts.safe and result.issues):
+        if opts.check and result.ok and not (opts.safe and any(i.kind == "unsafe"
+                                                             for i in result.issues)):
             attempt.run = self._sandbox(opts.limits).run(cell, namespace, ctx.connections)
             if attempt.run.unavailable:
                 attempt.run = None  # e.g. a server database: validated, not executed
@@ -313,6 +318,7 @@ class Copilot:
         checks = {"parse": "failed" if "syntax" in kinds else "passed"}
         if task is Task.SQL:
             checks["schema"] = "failed" if "sql" in kinds else "passed"
+            checks["values"] = "failed" if "sql-value" in kinds else "passed"
         else:
             checks["names"] = "failed" if "undefined-name" in kinds else "passed"
             checks["columns"] = "failed" if "unknown-column" in kinds else "passed"

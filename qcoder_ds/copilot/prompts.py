@@ -65,6 +65,7 @@ class Prompt:
     messages: list[Message]
     context_text: str
     connection: ConnectionInfo | None = None
+    request: str = ""
 
     def render(self) -> str:
         """The prompt as text, for ``--show-prompt``."""
@@ -89,7 +90,7 @@ def build_prompt(task: Task, request: str, ctx: KernelContext, *, budget: int = 
         system = _SQL_SYSTEM.format(dialect=_dialect_label(connection.dialect))
         user = f"Schema:\n{schema}\n\nQuestion: {request}"
         return Prompt(task, [{"role": "system", "content": system},
-                             {"role": "user", "content": user}], schema, connection)
+                             {"role": "user", "content": user}], schema, connection, request)
     mentioned = set(re.findall(r"[A-Za-z_]\w*", request))
     wants_sql = any(n in mentioned for n in ctx.connections)
     kinds = None if wants_sql else ("dataframe", "series", "ndarray", "value")
@@ -103,7 +104,7 @@ def build_prompt(task: Task, request: str, ctx: KernelContext, *, budget: int = 
         data = context if context.strip() else "(no DataFrame, Series or array is defined yet)"
         user = f"Data in the kernel:\n{data}\n\nRequest: {request}"
     return Prompt(task, [{"role": "system", "content": SYSTEM[task]},
-                         {"role": "user", "content": user}], context)
+                         {"role": "user", "content": user}], context, request=request)
 
 
 def _dialect_label(dialect: str) -> str:

@@ -17,7 +17,7 @@ from sqlglot.errors import OptimizeError, ParseError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
 
 from qcoder_ds.copilot.context import ConnectionInfo
-from qcoder_ds.copilot.fix_sql import fix_sql
+from qcoder_ds.copilot.fix_sql import drop_unused_joins, fix_sql
 from qcoder_ds.copilot.validate import Issue
 
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Drop, exp.Create, exp.Alter, exp.Merge,
@@ -60,9 +60,12 @@ def _close(word: str, options: list[str]) -> str:
     return f" (did you mean {', '.join(repr(low[h]) for h in hits)}?)" if hits else ""
 
 
-def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None) -> SqlCheck:
+def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
+                 request: str | None = None) -> SqlCheck:
     """Parse ``sql`` (in dialect ``read``, default the connection's), check every table and
-    column against ``info``, and return it transpiled to the connection's dialect."""
+    column against ``info``, and return it transpiled to the connection's dialect. With the
+    ``request`` it answers, joined tables that neither the query nor the request uses are
+    dropped (reported as a fix)."""
     read = read or info.dialect
     if not sql.strip():
         return SqlCheck(sql, [Issue("sql", "the answer contains no SQL query")])
@@ -105,11 +108,19 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None) -> Sql
     if problem is not None and problem.severity == "error":
         fixed, notes = fix_sql(tree, info)
         if notes and _schema_issue(fixed, info) is None:
+            tree = fixed
             out_sql = fixed.sql(dialect=info.dialect, pretty=True)
             problem = Issue("sql-fixed", "fixed from the schema: " + "; ".join(notes),
                             severity="warning")
     if problem is not None:
         issues.append(problem)
+    if request and (problem is None or problem.severity == "warning"):
+        trimmed, dropped = drop_unused_joins(tree, info, request)
+        if dropped and _schema_issue(trimmed, info) is None:
+            out_sql = trimmed.sql(dialect=info.dialect, pretty=True)
+            issues.append(Issue("sql-fixed", "dropped joined table(s) that nothing uses and the "
+                                "request does not mention: " + ", ".join(dropped),
+                                severity="warning"))
     return SqlCheck(out_sql, issues)
 
 

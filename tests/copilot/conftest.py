@@ -4,6 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from qcoder_ds.copilot.context import ConnectionInfo
+
 
 @pytest.fixture
 def sales() -> pd.DataFrame:
@@ -16,6 +18,14 @@ def sales() -> pd.DataFrame:
         "units": rng.integers(1, 20, n),
         "revenue": rng.uniform(10, 500, n).round(2),
     })
+
+
+@pytest.fixture
+def shop() -> ConnectionInfo:
+    """The schema of ``shop_db``, as the context would describe it (without a live link)."""
+    return ConnectionInfo("conn", "sqlite", "sqlite", tables={
+        "customers": {"customer_id": "INTEGER", "name": "TEXT", "country": "TEXT"},
+        "orders": {"order_id": "INTEGER", "customer_id": "INTEGER", "amount": "REAL"}})
 
 
 @pytest.fixture

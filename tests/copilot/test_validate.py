@@ -113,13 +113,6 @@ def test_the_named_result_variable_must_be_assigned(ns, code, ok):
         assert "`result = ...`" in next(i for i in issues if i.kind == "no-result").message
 
 
-@pytest.fixture
-def shop():
-    return ConnectionInfo("conn", "sqlite", "sqlite", tables={
-        "customers": {"customer_id": "INTEGER", "name": "TEXT", "country": "TEXT"},
-        "orders": {"order_id": "INTEGER", "customer_id": "INTEGER", "amount": "REAL"}})
-
-
 def test_sql_ok_and_qualified(shop):
     r = validate_sql("select c.name, sum(o.amount) from customers c join orders o "
                      "on c.customer_id = o.customer_id group by c.name", shop)
