@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from qcoder_ds.copilot import context as ctxmod
 from qcoder_ds.copilot.errors import CopilotError, UnsafeCodeError
+from qcoder_ds.copilot.examples import confirmed, shows_table
 from qcoder_ds.copilot.extract import extract_code, extract_sql
 from qcoder_ds.copilot.prompts import Prompt, build_prompt, repair_messages
 from qcoder_ds.copilot.repair import Attempt, majority, problems
@@ -52,6 +53,7 @@ class Options:
     safe: bool = False  # block (not just warn about) unsafe code
     repairs: int = 2  # at most this many repair rounds
     samples: int = 1  # k candidates; >1 samples with temperature and votes on the results
+    example_samples: int = 3  # more candidates when the request shows a result none gives
     temperature: float = 0.7  # for samples after the first, and for repairs
     context_tokens: int = 1500
     max_new_tokens: int = 384
@@ -69,7 +71,9 @@ class Answer:
     cell: str = ""  # the code to insert (empty for explain)
     text: str = ""  # the explanation, or the raw model text
     prompt: Prompt | None = None
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)  # the chosen one and its repairs
+    candidates: list[Attempt] = field(default_factory=list)  # every first-round answer
+    example_matched: bool = False  # the result is one the request shows
     checks: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     ok: bool = False
@@ -214,23 +218,41 @@ class Copilot:
             answer.total_s = time.perf_counter() - started
             return answer
 
-        samples = opts.samples
         first = self._attempt(prompt.messages, prompt, namespace, ctx, opts, 0, 0, on_token,
                               cancel, answer, started)
         answer.attempts = [first]
-        candidates = [first]
-        if samples > 1 and on_token:
-            on_token(f"\n# checking {samples - 1} more candidate(s) and voting on the results\n")
-        for k in range(1, samples):  # not streamed: only the one chosen is shown
-            candidates.append(self._attempt(prompt.messages, prompt, namespace, ctx, opts, k,
-                                            0, None, cancel, answer, started))
-        final = majority(candidates) if any(c.passed for c in candidates) else None
+        answer.candidates = [first]
+        if opts.samples > 1 and on_token:
+            on_token(f"\n# checking {opts.samples - 1} more candidate(s) and voting on the "
+                     "results\n")
+        for k in range(1, opts.samples):  # not streamed: only the one chosen is shown
+            answer.candidates.append(self._attempt(prompt.messages, prompt, namespace, ctx,
+                                                   opts, k, 0, None, cancel, answer, started))
+        if self._wants_example(prompt, opts) and \
+                not any(self._matches_example(c, request) for c in answer.candidates):
+            if on_token:
+                on_token("\n# the request shows an example result; looking for an answer "
+                         "that gives it\n")
+            for k in range(opts.samples, opts.samples + opts.example_samples):
+                extra = self._attempt(prompt.messages, prompt, namespace, ctx, opts, k, 0,
+                                      None, cancel, answer, started)
+                answer.candidates.append(extra)
+                if self._matches_example(extra, request):
+                    break
+        matching = [c for c in answer.candidates if self._matches_example(c, request)]
+        answer.example_matched = bool(matching)
+        final = majority(matching or answer.candidates)
         if final is None:
             self._repair(prompt, namespace, ctx, opts, on_token, cancel, answer, started)
             final = answer.attempts[-1]
+        elif final is not first:
+            answer.attempts = [final]
         answer.ok = final.passed
         answer.cell = final.code
         answer.checks = self._checks(final, opts, task)
+        if self._wants_example(prompt, opts):
+            answer.checks["gives the request's example"] = \
+                "passed" if final.passed and answer.example_matched else "not found"
         answer.warnings = [str(i) for i in final.issues if i.severity == "warning"] + final.notes
         if final.run is not None and final.run.unavailable:
             answer.warnings.append("not copied into the check (not picklable): "
@@ -242,6 +264,17 @@ class Copilot:
                 str(i) for i in final.issues if i.kind == "unsafe"))
         answer.total_s = time.perf_counter() - started
         return answer
+
+    @staticmethod
+    def _wants_example(prompt: Prompt, opts: Options) -> bool:
+        """Extra candidates are drawn only for a pandas request that shows a printed table."""
+        return prompt.task is Task.PANDAS and opts.check and opts.example_samples > 0 and \
+            shows_table(prompt.request)
+
+    @staticmethod
+    def _matches_example(attempt: Attempt, request: str) -> bool:
+        return attempt.passed and attempt.run is not None and \
+            confirmed(request, attempt.run.value)
 
     def _attempt(self, messages: list[dict[str, str]], prompt: Prompt,
                  namespace: Mapping[str, Any], ctx: ctxmod.KernelContext, opts: Options,

@@ -103,7 +103,26 @@ def _fingerprint(value):
     return hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()[:16]
 
 
-def _describe(value):
+def _printed(value, limit=4000):
+    """The ways a user would print ``value`` in a question ("desired output:"), to compare with
+    the request: with and without the index, and as a plain list of values."""
+    try:
+        if isinstance(value, pd.DataFrame):
+            forms = [value.to_string(), value.to_string(index=False)]
+        elif isinstance(value, pd.Series):
+            forms = [value.to_string(), repr(value.tolist())]
+        elif isinstance(value, np.ndarray):
+            forms = [str(value), repr(value.tolist())]
+        elif isinstance(value, (list, tuple, dict)):
+            forms = [repr(value)]
+        else:
+            return []
+    except Exception:  # noqa: BLE001
+        return []
+    return [f for f in forms if len(f) <= limit]
+
+
+def _describe(value, inputs=frozenset()):
     if value is None:
         return None
     text = repr(value)
@@ -112,6 +131,8 @@ def _describe(value):
         out["shape"] = list(value.shape)
     if isinstance(value, pd.DataFrame):
         out["columns"] = [str(c) for c in value.columns][:100]
+    out["printed"] = _printed(value)
+    out["is_input"] = _fingerprint(value) in inputs  # the data, returned unchanged
     return out
 
 
@@ -180,6 +201,8 @@ def run_job(job_dir):
     for name, module in job.get("modules", {}).items():
         ns[name] = __import__(module, fromlist=["_"]) if "." in module else __import__(module)
     ns.update(job["data"])
+    inputs = {_fingerprint(v) for v in job["data"].values()
+              if isinstance(v, (pd.DataFrame, pd.Series, np.ndarray))}
     for name, spec in job.get("connections", {}).items():
         ns[name] = _connect(spec)
     if "seaborn" in job["code"] or "sns." in job["code"]:
@@ -208,7 +231,8 @@ def run_job(job_dir):
             figs = _figures(workdir)
         named = ns.get(job.get("result_name") or "", None)
         shown = named if named is not None else value
-        result.update(value=_describe(shown), fingerprint=_fingerprint(shown), figures=figs)
+        result.update(value=_describe(shown, inputs), fingerprint=_fingerprint(shown),
+                      figures=figs)
     except BaseException as e:  # noqa: BLE001 - everything is reported, nothing escapes
         tb = traceback.extract_tb(e.__traceback__)
         cell = [fr for fr in tb if fr.filename == "<cell>"]

@@ -173,3 +173,48 @@ def test_task_inference(sales, shop_db):
     assert infer_task("which customers ordered in 2023", collect({"conn": conn})) is Task.SQL
     assert infer_task("explain this", both) is Task.EXPLAIN
     assert infer_task("fix the KeyError", both) is Task.FIX
+
+
+_EXAMPLE_REQUEST = """Add a column c = a + b.
+df:
+   a  b
+0  1  2
+1  3  4
+desired output:
+   a  b  c
+0  1  2  3
+1  3  4  7
+"""
+
+
+def test_a_result_the_request_shows_is_preferred_and_found_by_sampling(box):
+    df = pd.DataFrame({"a": [1, 3], "b": [2, 4]})
+    wrong = fence("result = df.assign(c=df['a'] * df['b'])")
+    unchanged = fence("result = df")
+    right = fence("result = df.assign(c=df['a'] + df['b'])")
+    eng = ScriptedEngine([wrong, unchanged, right])
+    ans = Copilot(eng, box).ask(_EXAMPLE_REQUEST, {"df": df},
+                                Options(task=Task.PANDAS, example_samples=3,
+                                        result_name="result"))
+    assert len(eng.calls) == 3  # stopped at the first answer that gives the example
+    assert ans.ok and ans.example_matched and "+" in ans.cell
+    assert ans.checks["gives the request's example"] == "passed"
+    assert len(ans.candidates) == 3 and ans.attempts[0].code == ans.cell
+
+
+def test_without_a_match_the_first_passing_answer_stays(box):
+    df = pd.DataFrame({"a": [1, 3], "b": [2, 4]})
+    wrong = fence("result = df.assign(c=df['a'] * df['b'])")
+    eng = ScriptedEngine([wrong, wrong, fence("result = df.assign(c=0)")])
+    ans = Copilot(eng, box).ask(_EXAMPLE_REQUEST, {"df": df},
+                                Options(task=Task.PANDAS, example_samples=2,
+                                        result_name="result"))
+    assert len(eng.calls) == 3 and ans.ok and not ans.example_matched
+    assert "*" in ans.cell  # the majority of the passing candidates
+    assert ans.checks["gives the request's example"] == "not found"
+
+
+def test_a_request_without_an_example_draws_no_extra_candidates(box, sales):
+    eng = ScriptedEngine([fence("sales['revenue'].sum()")])
+    ans = Copilot(eng, box).ask("total revenue", {"sales": sales}, Options(task=Task.PANDAS))
+    assert ans.ok and len(eng.calls) == 1 and "gives the request's example" not in ans.checks

@@ -1,0 +1,70 @@
+"""The example result a request shows, used to confirm an answer.
+
+Data-science questions often show the table they want ("desired output:", as in most of
+DS-1000, which is made of such questions). When the checked cell's result, printed the way
+pandas prints it, appears in the request, the answer does what the example asks; the copilot
+then prefers it over candidates whose result the request does not show. Numbers are compared
+to a relative 1e-3 (examples are typed with fewer digits than pandas prints). A result equal to
+the input data is never a confirmation: the input table is usually shown too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+#: a result printed in fewer tokens than this would match by accident ("0", "True")
+MIN_TOKENS = 4
+
+
+def tokens(text: str) -> list[str | float]:
+    """Whitespace-separated tokens, numbers as floats; brackets and commas split tokens."""
+    out: list[str | float] = []
+    for t in re.sub(r"[\[\](),]", " ", text).split():
+        try:
+            out.append(float(t))
+        except ValueError:
+            out.append(t.strip("'\""))
+    return [t for t in out if t != ""]
+
+
+def _same(a: str | float, b: str | float) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return abs(a - b) <= 1e-3 * max(1.0, abs(a), abs(b))
+    return a == b
+
+
+def appears_in(needle: list[str | float], hay: list[str | float]) -> bool:
+    """Whether ``needle`` is a contiguous run of ``hay``."""
+    n = len(needle)
+    return any(all(_same(hay[i + j], needle[j]) for j in range(n))
+               for i in range(len(hay) - n + 1))
+
+
+def shows_table(request: str) -> bool:
+    """Whether the request has a printed table or list in it: two or more consecutive lines of
+    several tokens each, or a bracketed list of several items. Only then is it worth drawing
+    extra candidates to find one that matches."""
+    run = 0
+    for line in request.splitlines():
+        run = run + 1 if len(line.split()) >= 2 and not line.rstrip().endswith((".", ":", "?"))\
+            else 0
+        if run >= 3:
+            return True
+    return bool(re.search(r"\[[^\[\]\n]*,[^\[\]\n]*,[^\[\]\n]*\]", request))
+
+
+def confirmed(request: str, value: dict[str, Any] | None) -> bool:
+    """Whether the request shows the result described by ``value`` (the sandbox's description
+    of the cell's result: its printed forms, and whether it is just the input data)."""
+    if not value or value.get("is_input"):
+        return False
+    hay = tokens(request)
+    for form in value.get("printed") or []:
+        needle = tokens(form)
+        if len(needle) >= MIN_TOKENS and appears_in(needle, hay):
+            return True
+    return False
