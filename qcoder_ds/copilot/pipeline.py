@@ -26,7 +26,12 @@ from qcoder_ds.copilot.safety import check_safety
 from qcoder_ds.copilot.sandbox import Limits, Sandbox
 from qcoder_ds.copilot.sql_values import check_values
 from qcoder_ds.copilot.tasks import Task, infer_task
-from qcoder_ds.copilot.validate import Issue, drop_rebinding, validate_python
+from qcoder_ds.copilot.validate import (
+    Issue,
+    drop_rebinding,
+    fix_series_logic,
+    validate_python,
+)
 from qcoder_ds.copilot.validate_sql import sql_cell, validate_sql
 
 #: a request longer than this many characters is refused before anything is tokenized
@@ -308,10 +313,14 @@ class Copilot:
             return self._check_sql(text, prompt, namespace, ctx, opts)
         code = extract_code(text, "python")
         code, dropped = drop_rebinding(code, namespace)
+        code, rewritten = fix_series_logic(code, namespace)
         attempt = Attempt(answer=text, code=code)
         if dropped:
             attempt.notes.append("removed lines that re-created existing data: "
                                  + "; ".join(dropped))
+        if rewritten:
+            attempt.notes.append("combined Series conditions with & and |: "
+                                 + "; ".join(rewritten))
         if not code.strip():
             attempt.issues.append(Issue("syntax", "the answer contains no code"))
             return attempt

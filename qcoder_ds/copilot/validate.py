@@ -333,6 +333,85 @@ def drop_rebinding(code: str, namespace: Mapping[str, Any]) -> tuple[str, list[s
     return kept.strip("\n"), notes
 
 
+# --------------------------------------------------------------------------- Series logic
+
+
+def _is_column(node: ast.AST, namespace: Mapping[str, Any]) -> bool:
+    """``df['x']`` or ``df.x`` on a live DataFrame (or a live Series itself): a Series."""
+    if isinstance(node, ast.Name):
+        obj = namespace.get(node.id)
+        return type(obj).__name__ == "Series" and \
+            (type(obj).__module__ or "").startswith("pandas")
+    if isinstance(node, (ast.Subscript, ast.Attribute)) and isinstance(node.value, ast.Name):
+        return _is_frame(namespace.get(node.value.id))
+    return False
+
+
+def _series_test(node: ast.AST, namespace: Mapping[str, Any]) -> bool:
+    return isinstance(node, ast.Compare) and len(node.ops) == 1 and \
+        (_is_column(node.left, namespace) or _is_column(node.comparators[0], namespace))
+
+
+_CMP = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+
+
+def fix_series_logic(code: str, namespace: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """Rewrite the two Python habits that raise "the truth value of a Series is ambiguous":
+    ``a <= df['x'] <= b`` becomes ``(a <= df['x']) & (df['x'] <= b)``, and ``and``/``or``
+    between Series comparisons becomes ``&``/``|``. Both have one meaning, so the fix is made
+    here (and reported) instead of spending a repair on it."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code, []
+    edits: list[tuple[ast.AST, str]] = []
+
+    def seg(node: ast.AST) -> str:
+        return ast.get_source_segment(code, node) or ""
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.Compare) and len(node.ops) == 2 and \
+                _is_column(node.comparators[0], namespace):
+            left, mid, right = node.left, node.comparators[0], node.comparators[1]
+            op1, op2 = (_CMP.get(type(o)) for o in node.ops)
+            if op1 is None or op2 is None:
+                return
+            edits.append((node, f"({seg(left)} {op1} {seg(mid)}) & ({seg(mid)} {op2} "
+                                f"{seg(right)})"))
+            return
+        if isinstance(node, ast.BoolOp) and all(_series_test(v, namespace)
+                                                for v in node.values):
+            op = " & " if isinstance(node.op, ast.And) else " | "
+            edits.append((node, op.join(f"({seg(v)})" for v in node.values)))
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    if not edits:
+        return code, []
+    starts = [0]
+    for line in code.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+
+    def offset(line: int, col: int) -> int:  # ast columns are UTF-8 byte offsets
+        text = code[starts[line - 1]:starts[line] if line < len(starts) else None]
+        return starts[line - 1] + len(text.encode()[:col].decode(errors="ignore"))
+
+    out = code
+    notes = []
+    for node, text in sorted(edits, key=lambda e: (e[0].lineno, e[0].col_offset), reverse=True):
+        a = offset(node.lineno, node.col_offset)
+        b = offset(node.end_lineno or node.lineno, node.end_col_offset or 0)
+        notes.append(f"{out[a:b]} -> {text}")
+        out = out[:a] + text + out[b:]
+    try:
+        ast.parse(out)
+    except SyntaxError:
+        return code, []
+    return out, notes[::-1]
+
+
 def check_assigns(tree: ast.Module, name: str) -> list[Issue]:
     """The request said where the answer goes (``result = ...``): the code must put it there.
     A cell that prints the answer, or leaves it in a function it never calls, answers nothing

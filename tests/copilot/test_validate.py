@@ -3,7 +3,7 @@ import pytest
 
 from qcoder_ds.copilot.context import ConnectionInfo
 from qcoder_ds.copilot.safety import check_safety
-from qcoder_ds.copilot.validate import drop_rebinding, validate_python
+from qcoder_ds.copilot.validate import drop_rebinding, fix_series_logic, validate_python
 from qcoder_ds.copilot.validate_sql import sql_cell, validate_sql
 
 
@@ -192,3 +192,24 @@ def test_sql_unambiguous_slips_are_fixed_from_the_schema(shop, sql, expect, note
 def test_sql_ambiguous_or_unjoined_columns_are_left_to_the_model(shop, sql, message):
     r = validate_sql(sql, shop)
     assert not r.ok and message in r.issues[0].message
+
+
+@pytest.mark.parametrize("code,fixed", [
+    ("result = sales[99 <= sales['units'] <= 101]",
+     "result = sales[(99 <= sales['units']) & (sales['units'] <= 101)]"),
+    ("r = sales[sales.units > 1 and sales['revenue'] < 5]",
+     "r = sales[(sales.units > 1) & (sales['revenue'] < 5)]"),
+    ("r = sales[(sales.units == 2) or (sales.units == 3)]",
+     "r = sales[(sales.units == 2) | (sales.units == 3)]"),
+    # plain Python logic and already-correct pandas are left alone
+    ("x = 1 if 2 > 1 and 3 > 2 else 0", None),
+    ("r = sales[sales.units.between(1, 2)]", None),
+    ("n = 0 < len(sales) < 10", None),
+])
+def test_series_logic_is_rewritten_with_bitwise_operators(ns, code, fixed):
+    out, notes = fix_series_logic(code, ns)
+    if fixed is None:
+        assert (out, notes) == (code, [])
+    else:
+        assert out == fixed and len(notes) == 1
+        exec(out, dict(ns))  # the rewritten code runs on the real frame
