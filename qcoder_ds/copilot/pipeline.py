@@ -205,7 +205,9 @@ class Copilot:
         if task is Task.SQL:
             connection = ctxmod.require_sql(ctx)
         elif task in (Task.PANDAS, Task.PLOT) and not ctx.items:
-            if not any(w in request.lower() for w in _MAKE_DATA):
+            # a plot of values the request gives ("vertical lines at 0.2 and 0.5") needs none
+            literal_plot = task is Task.PLOT and any(ch.isdigit() for ch in request)
+            if not literal_plot and not any(w in request.lower() for w in _MAKE_DATA):
                 raise CopilotError(
                     "no DataFrame, Series or array is in scope, so there is no data to work "
                     "on: load it first (e.g. `df = pd.read_csv('sales.csv')`), or use "

@@ -218,3 +218,13 @@ def test_a_request_without_an_example_draws_no_extra_candidates(box, sales):
     eng = ScriptedEngine([fence("sales['revenue'].sum()")])
     ans = Copilot(eng, box).ask("total revenue", {"sales": sales}, Options(task=Task.PANDAS))
     assert ans.ok and len(eng.calls) == 1 and "gives the request's example" not in ans.checks
+
+
+def test_a_plot_of_values_the_request_gives_needs_no_data_in_scope(box):
+    eng = ScriptedEngine([fence("import matplotlib.pyplot as plt\nplt.plot([0, 1], [0, 2])")])
+    ans = Copilot(eng, box).ask("draw a line segment from (0,0) to (1,2)", {},
+                                Options(task=Task.PLOT))
+    assert ans.ok and ans.checks["ran on sample"] == "passed"
+    with pytest.raises(CopilotError, match="no DataFrame"):  # no values given: no data
+        Copilot(ScriptedEngine([]), box).ask("revenue per region as a bar chart", {},
+                                             Options(task=Task.PLOT))
