@@ -44,17 +44,31 @@ def appears_in(needle: list[str | float], hay: list[str | float]) -> bool:
                for i in range(len(hay) - n + 1))
 
 
+_LIST = re.compile(r"\[[^\[\]\n]*,[^\[\]\n]*,[^\[\]\n]*\]")
+_CODE = re.compile(r"=|#|\bimport\b|^\s*(def|for|if|print|return)\b|\w\(")
+
+
 def shows_table(request: str) -> bool:
-    """Whether the request has a printed table or list in it: two or more consecutive lines of
-    several tokens each, or a bracketed list of several items. Only then is it worth drawing
-    extra candidates to find one that matches."""
-    run = 0
+    """Whether the request prints a table or list that is not code: three or more consecutive
+    lines of several tokens, two with numbers in them (a DataFrame as pandas prints it), or a
+    bracketed list of three or more items. Only then is it worth drawing extra candidates to
+    find one that matches. Code in the request (``df = pd.DataFrame({'a': [1, 2, 3]})``) is
+    not an example of the result."""
+    run, numeric = 0, 0
     for line in request.splitlines():
-        run = run + 1 if len(line.split()) >= 2 and not line.rstrip().endswith((".", ":", "?"))\
-            else 0
-        if run >= 3:
+        if _CODE.search(line):
+            run, numeric = 0, 0
+            continue
+        if _LIST.search(line):
             return True
-    return bool(re.search(r"\[[^\[\]\n]*,[^\[\]\n]*,[^\[\]\n]*\]", request))
+        if len(line.split()) < 2 or line.rstrip().endswith((".", ":", "?")):
+            run, numeric = 0, 0
+            continue
+        run += 1
+        numeric += any(t.replace(".", "", 1).lstrip("-").isdigit() for t in line.split())
+        if run >= 3 and numeric >= 2:
+            return True
+    return False
 
 
 def confirmed(request: str, value: dict[str, Any] | None) -> bool:

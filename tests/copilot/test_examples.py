@@ -38,6 +38,9 @@ def test_nothing_to_confirm_without_a_value():
     ("total revenue per region as a bar chart, largest first", False),
     ("I want [0.5, 0.25, 0.125] from the column", True),
     ("Step one: load.\nStep two: clean the data.\nStep three: plot it.", False),
+    # code in the request is not an example of the result
+    ("import pandas as pd\ndf = pd.DataFrame({'g': ['a', 'b', 'a'], 'v': [1, 2, 3]})\n"
+     "result = ... # put solution in this variable", False),
 ])
 def test_shows_table(request_, shows):
     assert shows_table(request_) is shows
