@@ -54,8 +54,21 @@ class ConnectionInfo:
     error: str | None = None
 
     def schema(self) -> dict[str, dict[str, str]]:
-        """The mapping sqlglot's ``qualify`` takes."""
-        return self.tables
+        """The mapping sqlglot's ``qualify`` takes. A declared type sqlglot cannot read becomes
+        TEXT: only the names matter to the checks, and an odd type must not stop them."""
+        from sqlglot import exp
+        from sqlglot.errors import SqlglotError
+
+        out: dict[str, dict[str, str]] = {}
+        for table, cols in self.tables.items():
+            out[table] = {}
+            for col, typ in cols.items():
+                try:
+                    exp.DataType.build(typ or "TEXT", dialect=self.dialect)
+                    out[table][col] = typ or "TEXT"
+                except (SqlglotError, ValueError):
+                    out[table][col] = "TEXT"
+        return out
 
 
 def _sqlalchemy_dialect(name: str) -> str:

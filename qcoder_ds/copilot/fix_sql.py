@@ -115,9 +115,8 @@ def drop_unused_joins(tree: exp.Expression, info: ConnectionInfo, request: str
     filter on visitors); the join repeats or loses rows and the answer is wrong while it runs.
     A table the request names is kept: there the join is the point ("players who have won")."""
     asked = _words(request)
-    schema = {t: dict(cols) for t, cols in info.tables.items()}
     try:
-        qualified = qualify(tree.copy(), schema=schema, dialect=info.dialect,
+        qualified = qualify(tree.copy(), schema=info.schema(), dialect=info.dialect,
                             validate_qualify_columns=False, quote_identifiers=False)
         plain = tree.copy()
         pairs = list(zip(traverse_scope(qualified), traverse_scope(plain), strict=True))

@@ -40,20 +40,6 @@ class SqlCheck:
         return not any(i.severity == "error" for i in self.issues)
 
 
-def _schema_for(info: ConnectionInfo) -> dict[str, dict[str, str]]:
-    """Types sqlglot can read; a type it does not know becomes TEXT (only names matter here)."""
-    out: dict[str, dict[str, str]] = {}
-    for table, cols in info.tables.items():
-        out[table] = {}
-        for col, typ in cols.items():
-            try:
-                exp.DataType.build(typ or "TEXT", dialect=info.dialect)
-                out[table][col] = typ or "TEXT"
-            except (SqlglotError, ValueError):
-                out[table][col] = "TEXT"
-    return out
-
-
 def _close(word: str, options: list[str]) -> str:
     low = {o.lower(): o for o in options}
     hits = difflib.get_close_matches(word.lower(), list(low), n=3, cutoff=0.5)
@@ -127,7 +113,7 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
 def _schema_issue(tree: exp.Expression, info: ConnectionInfo) -> Issue | None:
     """None when every column of ``tree`` resolves against the schema."""
     try:
-        qualify(tree.copy(), schema=_schema_for(info), dialect=info.dialect,
+        qualify(tree.copy(), schema=info.schema(), dialect=info.dialect,
                 validate_qualify_columns=True, quote_identifiers=False)
     except OptimizeError as e:
         return _column_issue(str(e), tree, info)
