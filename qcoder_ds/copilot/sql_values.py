@@ -7,8 +7,11 @@ return nothing, so execution alone does not catch them. Each ``column = 'text'``
 ``column IN ('text', ...)``) is looked up with a parameterized, read-only ``SELECT ... LIMIT``:
 
 - the value is in the column: nothing to say;
-- it is there once the case and surrounding spaces are ignored, in one spelling: the literal is
-  rewritten to that spelling and the fix reported (a warning);
+- it is there once the case (and surrounding spaces) are ignored, in one spelling: the literal
+  is rewritten to that spelling and the fix reported (a warning);
+- it is there only with surrounding spaces the query lacks: a warning, the query unchanged. The
+  stray spaces are a fault of the data the user should see, not a slip of the model, and the
+  query as written is what they asked (Spider's gold answers, too, compare exactly);
 - it is in other columns of the database: an error naming them, for the repair prompt;
 - it is nowhere: nothing to say (an empty answer may be the right one).
 
@@ -137,6 +140,12 @@ def check_values(sql: str, info: ConnectionInfo, conn: Any, budget_s: float = 2.
         if f.value in fixes or look.has(f.table, f.column, f.value) is not False:
             continue
         same = look.spellings(f.table, f.column, f.value)
+        if same and len(same) == 1 and same[0].strip() == f.value.strip():
+            issues.append(Issue("sql-value", f"{f.table}.{f.column} stores {same[0]!r} with "
+                                f"surrounding spaces, so = {f.value!r} matches no row; "
+                                f"TRIM({f.column}) = {f.value.strip()!r} would",
+                                severity="warning"))
+            continue
         if same and len(same) == 1:
             fixes[f.value] = same[0]
             issues.append(Issue("sql-fixed", f"value spelled as stored: {f.table}.{f.column} "

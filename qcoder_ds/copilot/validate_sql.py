@@ -17,7 +17,7 @@ from sqlglot.errors import OptimizeError, ParseError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
 
 from qcoder_ds.copilot.context import ConnectionInfo
-from qcoder_ds.copilot.fix_sql import drop_unused_joins, fix_sql
+from qcoder_ds.copilot.fix_sql import drop_ranking_column, drop_unused_joins, fix_sql
 from qcoder_ds.copilot.validate import Issue
 
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Drop, exp.Create, exp.Alter, exp.Merge,
@@ -50,8 +50,8 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
                  request: str | None = None) -> SqlCheck:
     """Parse ``sql`` (in dialect ``read``, default the connection's), check every table and
     column against ``info``, and return it transpiled to the connection's dialect. With the
-    ``request`` it answers, joined tables that neither the query nor the request uses are
-    dropped (reported as a fix)."""
+    ``request`` it answers, joined tables that neither the query nor the request uses, and an
+    aggregate selected only to rank by, are dropped (reported as fixes)."""
     read = read or info.dialect
     if not sql.strip():
         return SqlCheck(sql, [Issue("sql", "the answer contains no SQL query")])
@@ -103,9 +103,16 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
     if request and (problem is None or problem.severity == "warning"):
         trimmed, dropped = drop_unused_joins(tree, info, request)
         if dropped and _schema_issue(trimmed, info) is None:
+            tree = trimmed
             out_sql = trimmed.sql(dialect=info.dialect, pretty=True)
             issues.append(Issue("sql-fixed", "dropped joined table(s) that nothing uses and the "
                                 "request does not mention: " + ", ".join(dropped),
+                                severity="warning"))
+        trimmed, column = drop_ranking_column(tree, request)
+        if column and _schema_issue(trimmed, info) is None:
+            out_sql = trimmed.sql(dialect=info.dialect, pretty=True)
+            issues.append(Issue("sql-fixed", f"dropped {column} from the result: it only ranks "
+                                "the rows, and the request asks which, not how many",
                                 severity="warning"))
     return SqlCheck(out_sql, issues)
 

@@ -28,6 +28,14 @@ from qcoder_ds.copilot.validate_sql import validate_sql
     # SELECT * reads every table
     ("SELECT * FROM customers c JOIN orders o ON c.customer_id = o.customer_id",
      "everything", None),
+    # the FROM table is the one only the join uses: the joined table takes its place
+    ("SELECT c.name FROM orders o JOIN customers c ON o.customer_id = c.customer_id",
+     "every customer name", "orders"),
+    ("SELECT c.name FROM orders o JOIN customers c ON o.customer_id = c.customer_id",
+     "names of customers with orders", None),
+    # an outer join's FROM table decides which rows there are: kept
+    ("SELECT c.name FROM orders o LEFT JOIN customers c ON o.customer_id = c.customer_id",
+     "every customer name", None),
 ])
 def test_unused_joins_are_dropped_unless_used_or_asked_for(shop, sql, request_text, dropped):
     r = validate_sql(sql, shop, request=request_text)
@@ -37,6 +45,48 @@ def test_unused_joins_are_dropped_unless_used_or_asked_for(shop, sql, request_te
     else:
         assert "JOIN" not in r.sql and dropped not in r.sql.split("FROM", 1)[1]
         assert [i.kind for i in r.issues] == ["sql-fixed"] and dropped in r.issues[0].message
+
+
+def test_a_table_is_named_by_the_words_its_neighbours_lack():
+    # "transcripts" names Transcripts, not Transcript_Contents, which shares the word
+    info = ctxmod.ConnectionInfo("conn", "sqlite", "sqlite", tables={
+        "Transcripts": {"transcript_id": "INTEGER", "transcript_date": "TEXT"},
+        "Transcript_Contents": {"transcript_id": "INTEGER", "course_id": "INTEGER"}})
+    sql = ("SELECT AVG(T2.transcript_date) FROM Transcript_Contents AS T1 "
+           "JOIN Transcripts AS T2 ON T1.transcript_id = T2.transcript_id")
+    r = validate_sql(sql, info, request="On average, when were the transcripts printed?")
+    assert "Transcript_Contents" not in r.sql and "FROM Transcripts AS T2" in r.sql
+    r = validate_sql(sql, info, request="average date over transcript contents")
+    assert "Transcript_Contents" in r.sql
+
+
+@pytest.mark.parametrize("sql,request_text,kept", [
+    # "which ... the most": the count only ranks the rows
+    ("SELECT country, COUNT(*) AS n FROM customers GROUP BY country ORDER BY n DESC LIMIT 1",
+     "Which country has the most customers?", "SELECT country FROM customers GROUP BY country "
+     "ORDER BY COUNT(*) DESC LIMIT 1"),
+    ("SELECT country, COUNT(*) FROM customers GROUP BY country ORDER BY COUNT(*) LIMIT 1",
+     "the country with the fewest number of customers", "SELECT country FROM customers "
+     "GROUP BY country ORDER BY COUNT(*) LIMIT 1"),
+    # the request asks for the number: kept
+    ("SELECT country, COUNT(*) AS n FROM customers GROUP BY country ORDER BY n DESC LIMIT 1",
+     "Which country has the most customers, and how many?", None),
+    # no LIMIT: every group is listed with its count
+    ("SELECT country, COUNT(*) AS n FROM customers GROUP BY country ORDER BY n DESC",
+     "countries by most customers", None),
+    # the only column
+    ("SELECT COUNT(*) AS n FROM customers GROUP BY country ORDER BY n DESC LIMIT 1",
+     "the most customers in a country", None),
+])
+def test_an_aggregate_selected_only_to_rank_by_is_dropped(shop_db, sql, request_text, kept):
+    conn, _ = shop_db
+    info = ctxmod.collect({"conn": conn}, "").connections["conn"]
+    r = validate_sql(sql, info, request=request_text)
+    if kept is None:
+        assert r.issues == [] and " ".join(r.sql.split()) == sql
+    else:
+        assert " ".join(r.sql.split()) == kept and [i.kind for i in r.issues] == ["sql-fixed"]
+        assert conn.execute(r.sql).fetchall() in ([("UK",)], [("FI",)], [("US",)])
 
 
 def test_without_the_request_no_join_is_dropped(shop):
@@ -63,7 +113,7 @@ def test_filters_find_each_compared_text_with_its_table(shop_live):
 @pytest.mark.parametrize("sql,fixed_sql,kinds,message", [
     # present as written: nothing to say
     ("SELECT name FROM customers WHERE country = 'UK'", None, [], None),
-    # another case or stray spaces: respelled as stored
+    # another case (and stray spaces): respelled as stored
     ("SELECT name FROM customers WHERE country = ' uk'", "country = 'UK'", ["sql-fixed"],
      "' uk' -> 'UK'"),
     # a name compared with an id column: the column that holds it is named
@@ -82,6 +132,22 @@ def test_filter_values_are_looked_up(shop_live, sql, fixed_sql, kinds, message):
         assert out == sql
     if message:
         assert message in issues[0].message
+
+
+def test_values_stored_with_stray_spaces_are_reported_not_rewritten():
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE flights (code TEXT, dest TEXT)")
+    conn.executemany("INSERT INTO flights VALUES (?, ?)", [("F1", " ATO"), ("F2", " AHD"),
+                                                           ("F3", "Aberdeen")])
+    info = ctxmod.collect({"conn": conn}, "").connections["conn"]
+    sql = "SELECT COUNT(*) FROM flights WHERE dest = 'ATO'"
+    out, issues = check_values(sql, info, conn)
+    assert out == sql and conn.execute(out).fetchone() == (0,)  # the query as asked
+    assert [(i.kind, i.severity) for i in issues] == [("sql-value", "warning")]
+    assert "' ATO'" in issues[0].message and "TRIM(dest) = 'ATO'" in issues[0].message
+    # a difference of case as well is still respelled to the stored value
+    out, issues = check_values("SELECT code FROM flights WHERE dest = 'ahd'", info, conn)
+    assert [i.kind for i in issues] == ["sql-fixed"] and conn.execute(out).fetchall() == [("F2",)]
 
 
 def test_value_lookup_on_duckdb():
