@@ -285,16 +285,33 @@ def _maker_name(node: ast.AST) -> str | None:
     return None
 
 
+_LIVE_LITERALS = (list, dict, tuple, set, str)
+
+
+def _literal_copy(node: ast.AST) -> bool:
+    """A literal list/dict/tuple/set/string: a made-up copy of a live value of that kind."""
+    try:
+        return ast.literal_eval(node) not in ("", [], {}, ())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+
+
 def rebinding_statements(tree: ast.Module, namespace: Mapping[str, Any]) -> list[ast.stmt]:
-    """Top-level statements that replace a live data variable with literal or loaded data."""
+    """Top-level statements that replace a live data variable with literal or loaded data:
+    a DataFrame, Series or array re-created or loaded, or a live list, dict, tuple, set or
+    string replaced by a literal (``products = [1069104, 1069105]`` where ``products`` holds
+    the user's ids). Numbers are left alone: rebinding one is how a parameter is changed."""
     from qcoder_ds.copilot.context import _is_data
 
     out = []
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign):
-            names = [t.id for t in stmt.targets if isinstance(t, ast.Name)]
-            if any(n in namespace and _is_data(namespace[n]) in ("dataframe", "series", "ndarray")
+            names = [t.id for t in stmt.targets if isinstance(t, ast.Name) and t.id in namespace]
+            if any(_is_data(namespace[n]) in ("dataframe", "series", "ndarray")
                    for n in names) and _maker_name(stmt.value):
+                out.append(stmt)
+            elif any(isinstance(namespace[n], _LIVE_LITERALS) for n in names) and \
+                    _literal_copy(stmt.value):
                 out.append(stmt)
     return out
 
@@ -306,7 +323,8 @@ def check_rebinding(tree: ast.Module, namespace: Mapping[str, Any]) -> list[Issu
         issues.append(Issue(
             "rebinds-data",
             f"`{name}` already holds the user's data; this line replaces it with "
-            f"{_maker_name(stmt.value)}. Use the existing `{name}` instead", stmt.lineno))
+            f"{_maker_name(stmt.value) or 'a literal'}. Use the existing `{name}` instead",
+            stmt.lineno))
     return issues
 
 

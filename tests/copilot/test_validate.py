@@ -75,6 +75,22 @@ def test_rebinding_live_data_is_an_error_and_can_be_dropped(ns):
     assert validate_python("sales = sales.dropna()", ns) == []
 
 
+def test_a_live_list_or_string_replaced_by_a_literal_is_dropped(ns):
+    ns = dict(ns, products=[1069104, 1069105], pattern="spike")
+    code = ("products = [1066490, 1077784]\n"
+            "pattern = 'spike'\n"
+            "limit = 5\n"
+            "result = sales[sales['revenue'] > limit].head(len(products))")
+    kept, notes = drop_rebinding(code, ns)
+    # the list and the string are the user's data; a number is a parameter and stays
+    assert kept == "limit = 5\nresult = sales[sales['revenue'] > limit].head(len(products))"
+    assert [n.split(" =")[0] for n in notes] == ["products", "pattern"]
+    assert "`products` already holds the user's data" in \
+        validate_python("products = [1, 2]", ns)[0].message
+    # built from the live value, or a new name: fine
+    assert validate_python("products = products + [3]\nextra = [1, 2]", ns) == []
+
+
 @pytest.mark.parametrize("code,what", [
     ("import subprocess\nsubprocess.run(['ls'])", "starts other processes"),
     ("import os\nos.system('rm -rf ~')", "shell command"),
