@@ -77,3 +77,34 @@ def _sql_in_python(code: str) -> str | None:
     if re.match(r"\s*(WITH|SELECT)\b", code, re.I):
         return code.strip().rstrip(";")
     return None
+
+
+def drop_context_echo(code: str, context: str) -> tuple[str, int]:
+    """``code`` without the lines it copied from the prompt's data description, and how many.
+
+    Only for code that does not parse: the 0.5B model sometimes continues its answer with the
+    context block it was shown (``columns (name: dtype, nulls, stats):``, a CSV row), which is
+    never Python. A line that parses on its own, or that is not a line of the description, is
+    kept, so working code is never touched."""
+    try:
+        ast.parse(code)
+        return code, 0
+    except SyntaxError:
+        pass
+    described = {line.strip() for line in context.splitlines() if line.strip()}
+    kept, dropped = [], 0
+    for line in code.splitlines():
+        if line.strip() in described and not line.lstrip().startswith("#") and \
+                not _parses(line.strip()):
+            dropped += 1
+            continue
+        kept.append(line)
+    return ("\n".join(kept), dropped) if dropped else (code, 0)
+
+
+def _parses(line: str) -> bool:
+    try:
+        ast.parse(line)
+    except SyntaxError:
+        return False
+    return True

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from qcoder_ds.copilot import context as ctxmod
 from qcoder_ds.copilot.errors import CopilotError, UnsafeCodeError
 from qcoder_ds.copilot.examples import confirmed, shows_table
-from qcoder_ds.copilot.extract import extract_code, extract_sql
+from qcoder_ds.copilot.extract import drop_context_echo, extract_code, extract_sql
 from qcoder_ds.copilot.prompts import Prompt, build_prompt, repair_messages
 from qcoder_ds.copilot.repair import Attempt, majority, problems
 from qcoder_ds.copilot.safety import check_safety
@@ -313,10 +313,12 @@ class Copilot:
                ctx: ctxmod.KernelContext, opts: Options) -> Attempt:
         if prompt.task is Task.SQL:
             return self._check_sql(text, prompt, namespace, ctx, opts)
-        code = extract_code(text, "python")
+        code, echoed = drop_context_echo(extract_code(text, "python"), prompt.context_text)
         code, dropped = drop_rebinding(code, namespace)
         code, rewritten = fix_series_logic(code, namespace)
         attempt = Attempt(answer=text, code=code)
+        if echoed:
+            attempt.notes.append(f"removed {echoed} line(s) copied from the data description")
         if dropped:
             attempt.notes.append("removed lines that re-created existing data: "
                                  + "; ".join(dropped))

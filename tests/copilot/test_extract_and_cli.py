@@ -4,8 +4,9 @@ import pytest
 
 from qcoder_ds.commands.eval import _sample_sizes
 from qcoder_ds.copilot.cli_ask import namespace_for, open_database
+from qcoder_ds.copilot.context import describe_dataframe
 from qcoder_ds.copilot.errors import CopilotError
-from qcoder_ds.copilot.extract import code_blocks, extract_code, extract_sql
+from qcoder_ds.copilot.extract import code_blocks, drop_context_echo, extract_code, extract_sql
 
 
 def test_blocks_and_language_preference():
@@ -14,6 +15,21 @@ def test_blocks_and_language_preference():
     assert [lang for lang, _ in code_blocks(text)] == ["python", "python", "sql"]
     assert extract_code(text) == "import pandas as pd\n\ndf.head()"
     assert extract_sql(text) == "SELECT 1"
+
+
+def test_lines_copied_from_the_data_description_are_dropped(sales):
+    context = describe_dataframe("sales", sales)
+    header, first_col = context.splitlines()[1], context.splitlines()[2]
+    code = ("import pandas as pd\n# DataFrame `sales`\n" + header + "\n" + first_col +
+            "\nresult = sales['revenue'].sum()")
+    fixed, n = drop_context_echo(code, context)
+    assert n == 2 and fixed == "import pandas as pd\n# DataFrame `sales`\n" \
+        "result = sales['revenue'].sum()"
+    # code that parses is never touched, even where a line matches the description
+    assert drop_context_echo("x = 1\nresult = x", "x = 1") == ("x = 1\nresult = x", 0)
+    # a syntax error of the model's own stays for the repair
+    broken = "result = sales['revenue'].sum("
+    assert drop_context_echo(broken, context) == (broken, 0)
 
 
 def test_unterminated_and_bare_answers():

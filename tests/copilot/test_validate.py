@@ -129,6 +129,23 @@ def test_the_named_result_variable_must_be_assigned(ns, code, ok):
         assert "`result = ...`" in next(i for i in issues if i.kind == "no-result").message
 
 
+@pytest.mark.parametrize("code,ok", [
+    # the answer goes in the data itself: changing it in place puts it there
+    ("sales['margin'] = sales['revenue'] * 0.1", True),
+    ("sales.loc[sales['units'] > 2, 'region'] = 'big'", True),
+    ("sales.dropna(inplace=True)", True),
+    ("del sales['units']", True),
+    ("sales = sales.sort_values('revenue')", True),
+    # read, printed or copied: not there
+    ("print(sales.sort_values('revenue'))", False),
+    ("out = sales.copy()\nout['margin'] = 1", False),
+    ("sales.dropna(inplace=False)", False),
+])
+def test_an_answer_in_the_data_may_change_it_in_place(ns, code, ok):
+    issues = validate_python(code, ns, result_name="sales")
+    assert (not any(i.kind == "no-result" for i in issues)) is ok
+
+
 def test_sql_ok_and_qualified(shop):
     r = validate_sql("select c.name, sum(o.amount) from customers c join orders o "
                      "on c.customer_id = o.customer_id group by c.name", shop)
