@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from qcoder_ds.copilot.validate_sql import sql_cell, validate_sql
 MAX_REQUEST_CHARS = 20_000
 _MAKE_DATA = ("create", "generate", "make", "build", "random", "simulate", "synthetic", "load",
               "read")
+#: a request for a function gets its data as an argument, so it needs none in scope
+_ASKS_FUNCTION = re.compile(r"\bdef \w+\(|\bfunction\b", re.I)
 
 
 class EngineLike(Protocol):
@@ -207,7 +210,8 @@ class Copilot:
         elif task in (Task.PANDAS, Task.PLOT) and not ctx.items:
             # a plot of values the request gives ("vertical lines at 0.2 and 0.5") needs none
             literal_plot = task is Task.PLOT and any(ch.isdigit() for ch in request)
-            if not literal_plot and not any(w in request.lower() for w in _MAKE_DATA):
+            if not literal_plot and not _ASKS_FUNCTION.search(request) and \
+                    not any(w in request.lower() for w in _MAKE_DATA):
                 raise CopilotError(
                     "no DataFrame, Series or array is in scope, so there is no data to work "
                     "on: load it first (e.g. `df = pd.read_csv('sales.csv')`), or use "

@@ -228,3 +228,10 @@ def test_a_plot_of_values_the_request_gives_needs_no_data_in_scope(box):
     with pytest.raises(CopilotError, match="no DataFrame"):  # no values given: no data
         Copilot(ScriptedEngine([]), box).ask("revenue per region as a bar chart", {},
                                              Options(task=Task.PLOT))
+
+
+def test_a_function_takes_its_data_as_an_argument_and_needs_none_in_scope(box):
+    eng = ScriptedEngine([fence("def col_means(df):\n    return df.mean()")])
+    ans = Copilot(eng, box).ask("write a function that returns the mean of each column of a "
+                                "DataFrame", {}, Options(task=Task.PANDAS))
+    assert ans.ok and "def col_means(df)" in ans.cell and len(eng.calls) == 1
