@@ -86,25 +86,23 @@ def drop_context_echo(code: str, context: str) -> tuple[str, int]:
     context block it was shown (``columns (name: dtype, nulls, stats):``, a CSV row), which is
     never Python. A line that parses on its own, or that is not a line of the description, is
     kept, so working code is never touched."""
-    try:
-        ast.parse(code)
+    if parses(code):
         return code, 0
-    except SyntaxError:
-        pass
     described = {line.strip() for line in context.splitlines() if line.strip()}
     kept, dropped = [], 0
     for line in code.splitlines():
         if line.strip() in described and not line.lstrip().startswith("#") and \
-                not _parses(line.strip()):
+                not parses(line.strip()):
             dropped += 1
             continue
         kept.append(line)
     return ("\n".join(kept), dropped) if dropped else (code, 0)
 
 
-def _parses(line: str) -> bool:
+def parses(code: str) -> bool:
+    """Whether ``code`` is valid Python."""
     try:
-        ast.parse(line)
+        ast.parse(code)
     except SyntaxError:
         return False
     return True

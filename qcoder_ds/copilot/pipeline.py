@@ -7,7 +7,6 @@ pieces, ``count_tokens`` and ``max_context`` (``qcoder_ds.engine.Engine``).
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import functools
 import inspect
@@ -393,11 +392,3 @@ def _has_param(cls: type, name: str) -> bool:
         return name in inspect.signature(cls.chat).parameters
     except (TypeError, ValueError, AttributeError):
         return False
-
-
-def parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-    except SyntaxError:
-        return False
-    return True
