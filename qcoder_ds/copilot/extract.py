@@ -42,11 +42,8 @@ def _longest_parsing_prefix(body: str) -> str:
     lines = body.splitlines()
     for end in range(len(lines), 0, -1):
         chunk = "\n".join(lines[:end])
-        try:
-            ast.parse(chunk)
-        except SyntaxError:
-            continue
-        return chunk.strip()
+        if parses(chunk):
+            return chunk.strip()
     return body
 
 
