@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,6 +60,43 @@ def _sample_sizes(text: str | None, cats: list[str]) -> int | dict[str, int] | N
     return sizes
 
 
+#: what must agree between an interrupted run and its continuation
+_SAME_RUN = ("data_dir", "sample_per_category", "seed", "systems", "repairs", "samples", "model",
+             "backend", "weights")
+
+
+def _commit() -> str | None:
+    """The checkout's commit, so a report says which code it measured (None outside git)."""
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                           text=True, timeout=10, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def _earlier_commits(out: Path) -> list[str]:
+    try:
+        return list(json.loads(out.read_text()).get("config", {}).get("commits", []))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return []
+
+
+def _check_same_run(out: Path, config: dict) -> None:
+    """Refuse to continue a report made with other settings: its answers would not add up."""
+    if not out.is_file():
+        return
+    try:
+        before = json.loads(out.read_text()).get("config", {})
+    except (json.JSONDecodeError, AttributeError):
+        raise CopilotError(f"{out}: not a report this command wrote; cannot --resume it") from None
+    differ = [k for k in _SAME_RUN if k in before and before[k] != config[k]]
+    if differ:
+        raise CopilotError(f"{out} was made with other settings ("
+                           + ", ".join(f"{k}: {before[k]!r} then, {config[k]!r} now"
+                                       for k in differ) + "); --resume needs the same ones")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="measure raw model vs copilot on DS-1000 and Spider",
                               description=__doc__.splitlines()[0])
@@ -79,6 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="report path (default benchmarks/results/eval-<time>.json)")
     from qcoder_ds.engine import DEFAULT_MODEL
 
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run written to --out: problems already in "
+                        "its answers file are counted as recorded, not asked again")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--backend", default="onnx")
     p.add_argument("--weights", default="int4", choices=("int4", "int8", "fp32"))
@@ -87,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qcoder_ds.copilot.evaluation import evaluate
+    from qcoder_ds.copilot.evaluation import evaluate, load_answers
     from qcoder_ds.copilot.pipeline import Copilot
     from qcoder_ds.engine import Engine
     from qcoder_ds.paths import home
@@ -113,16 +154,28 @@ def run(args: argparse.Namespace) -> int:
         "machine": platform.machine(), "cpus": os.cpu_count(),
         "load_avg_start": os.getloadavg()[0],
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commits": [c for c in [_commit()] if c],
     }
+    answers = out.with_suffix(".answers.jsonl")
+    done = {}
+    if args.resume:
+        if args.out is None:
+            raise CopilotError("--resume continues a named report: give its --out")
+        _check_same_run(out, config)
+        done = load_answers(answers)
+        config["resumed_answers"] = len(done)
+        config["commits"] = _earlier_commits(out) + [c for c in config["commits"]
+                                                     if c not in _earlier_commits(out)]
+    else:
+        answers.unlink(missing_ok=True)
     engine = Engine.load(args.model, backend=args.backend, weights=args.weights,
                          threads=args.threads)
     copilot = Copilot(engine, model=args.model)
-    out.with_suffix(".answers.jsonl").unlink(missing_ok=True)
     report = evaluate(data_dir, cats, sample, args.seed, systems, engine, copilot,
                       repairs=args.repairs, timeout_s=args.timeout,
                       log=lambda m: print(m, file=sys.stderr, flush=True),
                       reference_cache=home() / "eval-reference-ok.json",
-                      details=out.with_suffix(".answers.jsonl"), samples=args.samples,
+                      details=answers, samples=args.samples, done=done,
                       on_progress=lambda r: _write(out, dict(r, config=dict(
                           config, seconds=round(time.time() - started, 1), partial=True))))
     config["seconds"] = round(time.time() - started, 1)

@@ -339,10 +339,16 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
              timeout_s: float = 60.0, log: Callable[[str], None] = print,
              reference_cache: Path | None = None,
              on_progress: Callable[[dict[str, Any]], None] | None = None,
-             details: Path | None = None, samples: int | None = None) -> dict[str, Any]:
+             details: Path | None = None, samples: int | None = None,
+             done: dict[tuple[str, str], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run ``systems`` ("raw", "pipeline") on ``n`` problems a category; return the report.
     With ``details``, every answer (code, verdict, error, seconds) is appended there as a JSON
-    line: what to read when asking why a system fails."""
+    line: what to read when asking why a system fails. ``done`` holds such lines from an
+    interrupted run of the same configuration (:func:`load_answers`); their problems are
+    counted as recorded, not asked again, so the full split can be measured in parts."""
+    if details and details.is_file() and not details.read_bytes().endswith(b"\n"):
+        with details.open("a") as f:  # end the line an interruption cut short
+            f.write("\n")
     cache: dict[str, bool] = {}
     if reference_cache and reference_cache.is_file():
         cache = json.loads(reference_cache.read_text())
@@ -373,40 +379,25 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
         scores = {s: SystemScore() for s in systems}
         for i, p in enumerate(chosen):
             for s in systems:
+                row = (done or {}).get((p.id, s))
+                if row is None:
+                    row = _answer_and_grade(p, s, data_dir, engine, copilot, repairs, samples,
+                                            timeout_s, log)
+                    if details:
+                        with details.open("a") as f:
+                            f.write(json.dumps(row) + "\n")
                 sc = scores[s]
                 sc.total += 1
-                try:
-                    if s == "raw":
-                        code, secs = raw_answer(engine, p, data_dir)
-                        nrep = 0
-                    else:
-                        code, secs, nrep, _ = pipeline_answer(copilot, p, data_dir, repairs,
-                                                                   samples)
-                except CopilotError as e:
-                    code, secs, nrep = "", 0.0, 0
-                    log(f"  {p.id} {s}: {e}")
-                sc.seconds.append(secs)
-                if cat == "spider":
-                    db = spider_db(data_dir, p.extra["db_id"])
-                    executed, ok, why = spider_match(db, p.reference, code) if code else (
-                        False, False, "no SQL")
-                else:
-                    ok, why = grade_ds1000(p, as_graded(p, code), timeout_s) if code else (
-                        False, "no code")
-                    executed = ok or why.startswith("AssertionError")
-                sc.passed += ok
-                sc.executed += executed
-                sc.repaired += nrep > 0
-                sc.repaired_passed += (nrep > 0) and ok
-                if not ok:
+                sc.seconds.append(row["seconds"])
+                sc.passed += row["passed"]
+                sc.executed += row["executed"]
+                sc.repaired += row["repairs"] > 0
+                sc.repaired_passed += row["repairs"] > 0 and row["passed"]
+                if not row["passed"]:
                     sc.failing.append(p.id)
-                if details:
-                    with details.open("a") as f:
-                        f.write(json.dumps({"id": p.id, "system": s, "passed": ok,
-                                            "executed": executed, "seconds": round(secs, 2),
-                                            "repairs": nrep, "error": why, "code": code}) + "\n")
-                log(f"[{cat} {i + 1}/{len(chosen)}] {p.id} {s}: {'pass' if ok else 'FAIL'} "
-                    f"({secs:.1f}s, repairs {nrep}) {why[:120]}")
+                log(f"[{cat} {i + 1}/{len(chosen)}] {p.id} {s}: "
+                    f"{'pass' if row['passed'] else 'FAIL'} ({row['seconds']:.1f}s, repairs "
+                    f"{row['repairs']}) {row['error'][:120]}")
             if on_progress:  # a partial report after every problem: a long run loses nothing
                 report["categories"][cat] = _entry([q.id for q in chosen[:i + 1]], excluded,
                                                    empty_gold, scores, systems, cat,
@@ -415,6 +406,45 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
         report["categories"][cat] = _entry([q.id for q in chosen], excluded, empty_gold,
                                            scores, systems, cat)
     return report
+
+
+def _answer_and_grade(p: Problem, system: str, data_dir: Path, engine: Any, copilot: Any,
+                      repairs: int, samples: int | None, timeout_s: float,
+                      log: Callable[[str], None]) -> dict[str, Any]:
+    """One system's answer to one problem, graded: the line written to the answers file."""
+    try:
+        if system == "raw":
+            code, secs = raw_answer(engine, p, data_dir)
+            nrep = 0
+        else:
+            code, secs, nrep, _ = pipeline_answer(copilot, p, data_dir, repairs, samples)
+    except CopilotError as e:
+        code, secs, nrep = "", 0.0, 0
+        log(f"  {p.id} {system}: {e}")
+    if p.category == "spider":
+        db = spider_db(data_dir, p.extra["db_id"])
+        executed, ok, why = spider_match(db, p.reference, code) if code else (
+            False, False, "no SQL")
+    else:
+        ok, why = grade_ds1000(p, as_graded(p, code), timeout_s) if code else (False, "no code")
+        executed = ok or why.startswith("AssertionError")
+    return {"id": p.id, "system": system, "passed": ok, "executed": executed,
+            "seconds": round(secs, 2), "repairs": nrep, "error": why, "code": code}
+
+
+def load_answers(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The answers an earlier run wrote, by (problem id, system); a line cut short by an
+    interruption is skipped, so its problem is asked again."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            out[(row["id"], row["system"])] = row
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return out
 
 
 def _entry(done: list[str], excluded: list[str], empty_gold: list[str],

@@ -166,3 +166,41 @@ def test_evaluate_reports_both_systems_and_excludes_failing_references(data_dir,
         "no table named 'animals'" in c[-1]["content"] for c in piped.calls)
     assert json.loads((tmp_path / "ref.json").read_text()) == {"pandas/7": True,
                                                                "pandas/8": False}
+
+
+def test_an_interrupted_run_is_continued_from_its_answers(data_dir, tmp_path):
+    """Problems already in the answers file are counted as recorded and not asked again; a
+    line cut short by the interruption is asked again."""
+    answers = tmp_path / "run.answers.jsonl"
+    answers.write_text(json.dumps({"id": "spider/0", "system": "raw", "passed": True,
+                                   "executed": True, "seconds": 1.5, "repairs": 0,
+                                   "error": "", "code": "SELECT 3"}) + "\n"
+                       + '{"id": "spider/1", "system": "raw", "pass')
+    done = ev.load_answers(answers)
+    assert list(done) == [("spider/0", "raw")]
+    raw = KeyedEngine({"Names by": ["```sql\nSELECT name FROM animal ORDER BY name\n```"],
+                       "9 legs": ["```sql\nSELECT name FROM animal WHERE legs = 9\n```"]})
+    report = ev.evaluate(data_dir, ["spider"], None, 0, ["raw"], raw, None, log=lambda m: None,
+                         details=answers, done=done)
+    spider = report["categories"]["spider"]["raw"]
+    assert len(raw.calls) == 2  # "How many animals?" was not asked again
+    assert spider["total"] == 3 and spider["passed"] == 2  # the recorded pass counts
+    rows = ev.load_answers(answers)
+    assert set(rows) == {("spider/0", "raw"), ("spider/1", "raw"), ("spider/2", "raw")}
+    assert not rows[("spider/1", "raw")]["passed"]
+
+
+def test_resume_refuses_a_report_made_with_other_settings(tmp_path):
+    from qcoder_ds.commands.eval import _check_same_run
+    from qcoder_ds.copilot.errors import CopilotError
+
+    out = tmp_path / "r.json"
+    config = {"data_dir": "d", "sample_per_category": None, "seed": 0, "systems": ["raw"],
+              "repairs": 2, "samples": None, "model": "m", "backend": "onnx", "weights": "int4"}
+    out.write_text(json.dumps({"categories": {}, "config": config}))
+    _check_same_run(out, dict(config))  # the same settings: fine
+    with pytest.raises(CopilotError, match="seed: 0 then, 1 now"):
+        _check_same_run(out, dict(config, seed=1))
+    out.write_text("{not json")
+    with pytest.raises(CopilotError, match="cannot --resume"):
+        _check_same_run(out, config)
