@@ -60,8 +60,9 @@ def _sample_sizes(text: str | None, cats: list[str]) -> int | dict[str, int] | N
     return sizes
 
 
-#: what must agree between an interrupted run and its continuation
-_SAME_RUN = ("data_dir", "sample_per_category", "seed", "systems", "repairs", "samples", "model",
+#: what must agree between an interrupted run and its continuation (a continuation may add a
+#: system: `--systems raw` first, then `--systems raw,pipeline --resume`)
+_SAME_RUN = ("data_dir", "sample_per_category", "seed", "repairs", "samples", "model",
              "backend", "weights")
 
 

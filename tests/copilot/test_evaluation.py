@@ -195,7 +195,7 @@ def test_resume_refuses_a_report_made_with_other_settings(tmp_path):
     from qcoder_ds.copilot.errors import CopilotError
 
     out = tmp_path / "r.json"
-    config = {"data_dir": "d", "sample_per_category": None, "seed": 0, "systems": ["raw"],
+    config = {"data_dir": "d", "sample_per_category": None, "seed": 0,
               "repairs": 2, "samples": None, "model": "m", "backend": "onnx", "weights": "int4"}
     out.write_text(json.dumps({"categories": {}, "config": config}))
     _check_same_run(out, dict(config))  # the same settings: fine
