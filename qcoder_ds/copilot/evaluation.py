@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import itertools
 import json
 import os
 import random
@@ -211,8 +212,39 @@ def _norm(row: tuple) -> tuple:
     return tuple(round(v, 6) if isinstance(v, float) else v for v in row)
 
 
+#: the verdict's note when the rows agree only once the answer's columns are reordered
+REORDERED = "columns in another order"
+
+
+def same_rows(gold: list[tuple], pred: list[tuple], ordered: bool) -> str | None:
+    """How ``pred`` matches ``gold``: "" when equal, :data:`REORDERED` when equal once its
+    columns are permuted, None when different. Spider's own execution evaluator
+    (test-suite-sql-eval, ``result_eq``) accepts a column permutation: "the average and the
+    largest age for each type" answered as (type, avg, max) is the same result. Rows are
+    compared as multisets, or as lists when ``ordered``."""
+    def equal(rows: list[tuple]) -> bool:
+        return rows == gold if ordered else Counter(rows) == Counter(gold)
+
+    if not gold or not pred:
+        return "" if not gold and not pred else None
+    width = len(gold[0])
+    if len(pred) != len(gold) or len(pred[0]) != width:
+        return None
+    if equal(pred):
+        return ""
+    # a gold column can only come from an answer column holding the same multiset of values
+    columns = [Counter(r[j] for r in pred) for j in range(width)]
+    options = [[j for j in range(width) if columns[j] == Counter(r[i] for r in gold)]
+               for i in range(width)]
+    for perm in itertools.islice(itertools.product(*options), 5000):
+        if len(set(perm)) == width and equal([tuple(r[j] for j in perm) for r in pred]):
+            return REORDERED
+    return None
+
+
 def spider_match(db: Path, gold: str, predicted: str) -> tuple[bool, bool, str]:
-    """(executed, correct, error) with the README's rule for comparing results."""
+    """(executed, correct, note) with the README's rule for comparing results; the note is
+    the error of an answer that fails to run, or :data:`REORDERED`."""
     gold_rows = [_norm(r) for r in run_readonly(db, gold)]
     try:
         pred_rows = [_norm(r) for r in run_readonly(db, predicted)]
@@ -220,11 +252,8 @@ def spider_match(db: Path, gold: str, predicted: str) -> tuple[bool, bool, str]:
         return False, False, str(e)[:200]
     except Exception as e:  # noqa: BLE001 - e.g. a ValueError from the driver
         return False, False, f"{type(e).__name__}: {e}"[:200]
-    if not gold_rows:
-        return True, not pred_rows, ""
-    if re.search(r"\border\s+by\b", gold, re.I):
-        return True, pred_rows == gold_rows, ""
-    return True, Counter(pred_rows) == Counter(gold_rows), ""
+    how = same_rows(gold_rows, pred_rows, bool(re.search(r"\border\s+by\b", gold, re.I)))
+    return True, how is not None, how or ""
 
 
 def sqlite_schema(db: Path) -> str:
@@ -314,6 +343,7 @@ class SystemScore:
     seconds: list[float] = field(default_factory=list)
     repaired: int = 0  # answers that needed at least one repair round
     repaired_passed: int = 0
+    reordered: int = 0  # Spider answers right only with their columns in another order
 
     def as_dict(self) -> dict[str, Any]:
         secs = sorted(self.seconds)
@@ -323,6 +353,8 @@ class SystemScore:
              "exec_rate": round(self.executed / self.total, 4) if self.total else None,
              "failing": self.failing,
              "median_s": round(secs[len(secs) // 2], 2) if secs else None}
+        if self.reordered:
+            d["passed_with_columns_reordered"] = self.reordered
         if self.repaired or self.repaired_passed:
             d.update(needed_repair=self.repaired, repaired_and_passed=self.repaired_passed)
         return d
@@ -393,6 +425,7 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
                 sc.executed += row["executed"]
                 sc.repaired += row["repairs"] > 0
                 sc.repaired_passed += row["repairs"] > 0 and row["passed"]
+                sc.reordered += row["passed"] and row["error"] == REORDERED
                 if not row["passed"]:
                     sc.failing.append(p.id)
                 log(f"[{cat} {i + 1}/{len(chosen)}] {p.id} {s}: "

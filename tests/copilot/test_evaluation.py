@@ -114,6 +114,30 @@ def test_spider_execution_accuracy(data_dir):
     # read-only: a write is refused
     assert not ev.spider_match(db, "SELECT 1", "DELETE FROM animal")[1]
     assert ev.run_readonly(db, "SELECT count(*) FROM animal") == [(3,)]
+    # the same columns in another order are the same result, as Spider's own evaluator has it
+    assert ev.spider_match(db, "SELECT name, legs FROM animal",
+                           "SELECT legs, name FROM animal") == (True, True, ev.REORDERED)
+    assert ev.spider_match(db, "SELECT name, legs FROM animal ORDER BY legs",
+                           "SELECT legs, name FROM animal ORDER BY legs")[1]
+    assert not ev.spider_match(db, "SELECT name, legs FROM animal ORDER BY legs",
+                               "SELECT legs, name FROM animal ORDER BY name")[1]
+    assert not ev.spider_match(db, "SELECT name, legs FROM animal",
+                               "SELECT legs, legs + 1 FROM animal")[1]
+
+
+@pytest.mark.parametrize("gold, pred, ordered, how", [
+    ([(1, "a"), (2, "b")], [(2, "b"), (1, "a")], False, ""),  # rows in another order
+    ([(1, "a"), (2, "b")], [(2, "b"), (1, "a")], True, None),  # ... where order matters
+    ([(1, "a"), (2, "b")], [("a", 1), ("b", 2)], True, ev.REORDERED),
+    ([(1, "a"), (2, "b")], [("a", 2), ("b", 1)], False, None),  # columns pair rows up wrongly
+    ([(1, 1), (1, 2)], [(1, 1), (2, 1)], False, ev.REORDERED),  # a column whose values repeat
+    ([(1, "a")], [(1, "a", "x")], False, None),  # an extra column
+    ([(1, "a")], [(1, "a"), (1, "a")], False, None),  # a repeated row
+    ([], [], False, ""),
+    ([], [(1,)], False, None),
+])
+def test_results_match_up_to_row_and_column_order(gold, pred, ordered, how):
+    assert ev.same_rows(gold, pred, ordered) == how
 
 
 def test_sample_is_fixed_by_seed(data_dir):
