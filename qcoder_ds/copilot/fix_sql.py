@@ -222,3 +222,89 @@ def drop_ranking_column(tree: exp.Expression, request: str) -> tuple[exp.Express
             ordered.set("this", inner.copy())
     out.set("expressions", [e for i, e in enumerate(out.expressions) if i != ranking[0]])
     return out, gone.sql()
+
+
+# --------------------------------------------------------------------------- join keys
+
+
+def _links(fks: list[tuple[str, str, str, str]], a: str, b: str) -> list[tuple[str, str]]:
+    """The (column of a, column of b) pairs that a foreign key between tables a and b (lower
+    case) joins, spelled as the schema does."""
+    out = [(c, rc) for t, c, rt, rc in fks if t.lower() == a and rt.lower() == b]
+    out += [(rc, c) for t, c, rt, rc in fks if t.lower() == b and rt.lower() == a]
+    seen: dict[tuple[str, str], tuple[str, str]] = {}
+    for pair in out:
+        seen.setdefault((pair[0].lower(), pair[1].lower()), pair)
+    return list(seen.values())
+
+
+def fix_join_keys(tree: exp.Expression, info: ConnectionInfo) -> tuple[exp.Expression, list[str]]:
+    """A copy of ``tree`` whose join conditions that cannot be meant are replaced by the
+    foreign key between the two tables, and what was changed (``[]`` when nothing was).
+
+    Two slips of the small model, both running without error and returning wrong rows:
+    a condition that never names the joined table or compares a column with itself
+    (``JOIN stadium AS T3 ON T2.Singer_ID = T2.Singer_ID``: every row pairs with every
+    stadium), and keys of different names that no foreign key links while one does
+    (``Documents.Document_ID = Templates.Template_ID`` where ``Documents.Template_ID``
+    references ``Templates``). Only when exactly one foreign key links the tables; a join on
+    columns of the same name is left alone, since shared keys are often not declared."""
+    fks = info.foreign_keys
+    if not fks:
+        return tree, []
+    fixed = tree.copy()
+    notes: list[str] = []
+    try:
+        scopes = list(traverse_scope(fixed))
+    except SqlglotError:
+        return tree, []
+    for scope in scopes:
+        select = scope.expression
+        sources = _table_sources(scope)
+        from_ = select.args.get("from_")
+        joins = select.args.get("joins") or []
+        if from_ is None or not isinstance(from_.this, exp.Table) or not joins:
+            continue
+        seen = [from_.this.alias_or_name]
+        for join in joins:
+            table, on = join.this, join.args.get("on")
+            if not isinstance(table, exp.Table):
+                break
+            alias = table.alias_or_name
+            if isinstance(on, exp.EQ):
+                note = _fix_one_join(on, alias, seen, sources, fks)
+                if note:
+                    notes.append(note)
+            seen.append(alias)
+    return (fixed, notes) if notes else (tree, [])
+
+
+def _fix_one_join(on: exp.EQ, alias: str, earlier: list[str], sources: dict[str, str],
+                  fks: list[tuple[str, str, str, str]]) -> str | None:
+    left, right = on.this, on.expression
+    if not isinstance(left, exp.Column) or not isinstance(right, exp.Column) or \
+            not left.table or not right.table:
+        return None
+    quals = {left.table.lower(), right.table.lower()}
+    if not quals <= set(sources):
+        return None
+    joined = alias.lower()
+    if joined not in quals or len(quals) == 1:  # never names the joined table, or itself
+        others = [a for a in earlier if a.lower() != joined]
+    else:
+        other = (quals - {joined}).pop()
+        this_col, other_col = (left, right) if left.table.lower() == joined else (right, left)
+        linked = {(m.lower(), t.lower()) for m, t in _links(fks, sources[joined], sources[other])}
+        if this_col.name.lower() == other_col.name.lower() or \
+                (this_col.name.lower(), other_col.name.lower()) in linked:
+            return None
+        others = [a for a in earlier if a.lower() == other]
+    found = [(a, pair) for a in others for pair in _links(fks, sources[joined], sources[a.lower()])]
+    tables = [sources[a.lower()] for a in others]
+    if len(found) != 1 or tables.count(sources[found[0][0].lower()]) != 1:
+        return None
+    other_alias, (mine, theirs) = found[0]
+    before = on.sql()
+    on.set("this", exp.column(mine, table=alias))
+    on.set("expression", exp.column(theirs, table=other_alias))
+    return f"ON {before} -> ON {on.sql()}"

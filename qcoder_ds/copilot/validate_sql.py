@@ -17,7 +17,12 @@ from sqlglot.errors import OptimizeError, ParseError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
 
 from qcoder_ds.copilot.context import ConnectionInfo
-from qcoder_ds.copilot.fix_sql import drop_ranking_column, drop_unused_joins, fix_sql
+from qcoder_ds.copilot.fix_sql import (
+    drop_ranking_column,
+    drop_unused_joins,
+    fix_join_keys,
+    fix_sql,
+)
 from qcoder_ds.copilot.validate import Issue
 
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Drop, exp.Create, exp.Alter, exp.Merge,
@@ -100,6 +105,17 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
                             severity="warning")
     if problem is not None:
         issues.append(problem)
+    if problem is None or problem.severity == "warning":
+        rejoined, changed = fix_join_keys(tree, info)
+        if changed and _schema_issue(rejoined, info) is None:
+            tree = rejoined
+            out_sql = rejoined.sql(dialect=info.dialect, pretty=True)
+            issues.append(Issue("sql-fixed", "joined on the foreign key: " + "; ".join(changed),
+                                severity="warning"))
+    if problem is None or problem.severity == "warning":
+        never = contradiction(tree)
+        if never:
+            issues.append(never)
     if request and (problem is None or problem.severity == "warning"):
         trimmed, dropped = drop_unused_joins(tree, info, request)
         if dropped and _schema_issue(trimmed, info) is None:
@@ -115,6 +131,56 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
                                 "the rows, and the request asks which, not how many",
                                 severity="warning"))
     return SqlCheck(out_sql, issues)
+
+
+def _conjuncts(cond: exp.Expression) -> list[exp.Expression]:
+    cond = cond.unnest()
+    if isinstance(cond, exp.And):
+        return _conjuncts(cond.this) + _conjuncts(cond.expression)
+    return [cond]
+
+
+def contradiction(tree: exp.Expression) -> Issue | None:
+    """An error when a WHERE clause can never hold: one column equal to two different values
+    (``Year = 2014 AND Year = 2015``), or a range that is empty (``Age > 40 AND Age < 30``).
+    The small model writes this for "in both 2014 and 2015", which a row cannot be; the query
+    runs and returns nothing, so the execution check alone would pass it."""
+    for where in tree.find_all(exp.Where):
+        equal: dict[str, set[str]] = {}
+        low: dict[str, tuple[float, bool]] = {}  # the tightest bound, and whether it is strict
+        high: dict[str, tuple[float, bool]] = {}
+        shown: dict[str, list[str]] = {}
+        for c in _conjuncts(where.this):
+            if not isinstance(c, (exp.EQ, exp.GT, exp.GTE, exp.LT, exp.LTE)):
+                continue
+            col, lit, flip = c.this, c.expression, False
+            if isinstance(col, exp.Literal) and isinstance(lit, exp.Column):
+                col, lit, flip = lit, col, True
+            if not isinstance(col, exp.Column) or not isinstance(lit, exp.Literal):
+                continue
+            key = col.sql().lower()
+            shown.setdefault(key, []).append(c.sql())
+            if isinstance(c, exp.EQ):
+                equal.setdefault(key, set()).add(lit.name)
+                continue
+            try:
+                bound = (float(lit.name), isinstance(c, (exp.GT, exp.LT)))
+            except ValueError:
+                continue
+            if isinstance(c, (exp.GT, exp.GTE)) != flip:
+                low[key] = max(low.get(key, bound), bound)
+            else:
+                high[key] = min(high.get(key, bound), bound, key=lambda b: (b[0], not b[1]))
+        for key in shown:
+            empty_range = key in low and key in high and (
+                low[key][0] > high[key][0] or
+                (low[key][0] == high[key][0] and (low[key][1] or high[key][1])))
+            if len(equal.get(key, ())) > 1 or empty_range:
+                return Issue("sql", "the WHERE clause can never be true: "
+                             + " AND ".join(shown[key]) + " (a row holds one value). For rows "
+                             "matching either, use OR or IN; for what has both, INTERSECT two "
+                             "queries")
+    return None
 
 
 def _schema_issue(tree: exp.Expression, info: ConnectionInfo) -> Issue | None:

@@ -89,6 +89,59 @@ def test_an_aggregate_selected_only_to_rank_by_is_dropped(shop_db, sql, request_
         assert conn.execute(r.sql).fetchall() in ([("UK",)], [("FI",)], [("US",)])
 
 
+@pytest.mark.parametrize("sql,fixed", [
+    # keys of different names that no foreign key links, while orders.customer_id does
+    ("SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON o.order_id = c.customer_id",
+     "o.customer_id = c.customer_id"),
+    # a condition that compares a column with itself pairs every row with every row
+    ("SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON c.customer_id = "
+     "c.customer_id", "o.customer_id = c.customer_id"),
+    # the foreign key itself, and a join on same-named columns: left alone
+    ("SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON c.customer_id = "
+     "o.customer_id", None),
+    # a self-join: no foreign key links customers with customers
+    ("SELECT a.name, b.name FROM customers AS a JOIN customers AS b ON a.country = b.country",
+     None),
+])
+def test_join_conditions_that_cannot_be_meant_use_the_foreign_key(shop_db, sql, fixed):
+    conn, _ = shop_db
+    info = ctxmod.collect({"conn": conn}, "").connections["conn"]
+    r = validate_sql(sql, info, request="each customer's name and order amounts")
+    assert r.ok
+    if fixed is None:
+        assert r.issues == [] and " ".join(r.sql.split()) == sql
+        return
+    assert f"ON {fixed}" in " ".join(r.sql.split())
+    assert [i.kind for i in r.issues] == ["sql-fixed"] and "foreign key" in r.issues[0].message
+    assert sorted(conn.execute(r.sql).fetchall()) == sorted(conn.execute(
+        "SELECT c.name, o.amount FROM customers c JOIN orders o USING (customer_id)").fetchall())
+
+
+@pytest.mark.parametrize("sql,contradicts", [
+    ("SELECT name FROM customers WHERE country = 'UK' AND country = 'US'", True),
+    ("SELECT c.name FROM customers c JOIN orders o ON c.customer_id = o.customer_id "
+     "WHERE o.amount > 50 AND o.amount < 10", True),
+    ("SELECT name FROM customers WHERE customer_id > 2 AND customer_id <= 2", True),
+    ("SELECT name FROM customers WHERE country = 'UK' OR country = 'US'", False),
+    ("SELECT name FROM customers WHERE customer_id >= 2 AND customer_id <= 2", False),
+    ("SELECT name FROM customers WHERE 1 < customer_id AND customer_id < 3", False),
+    ("SELECT name FROM customers WHERE country = 'UK' INTERSECT "
+     "SELECT name FROM customers WHERE country = 'US'", False),
+])
+def test_a_where_clause_that_can_never_hold_is_an_error(shop_db, sql, contradicts):
+    """It runs and returns nothing, so only this check finds it; the repair is told about
+    INTERSECT, since "in both X and Y" is how the small model comes to write it."""
+    conn, _ = shop_db
+    info = ctxmod.collect({"conn": conn}, "").connections["conn"]
+    r = validate_sql(sql, info)
+    if contradicts:
+        assert not r.ok and "can never be true" in r.issues[0].message
+        assert "INTERSECT" in r.issues[0].message
+        assert conn.execute(sql).fetchall() == []
+    else:
+        assert r.ok and not r.issues
+
+
 def test_without_the_request_no_join_is_dropped(shop):
     sql = "SELECT c.name FROM customers c JOIN orders o ON c.customer_id = o.customer_id"
     assert "JOIN" in validate_sql(sql, shop).sql
