@@ -28,6 +28,7 @@ from qcoder_ds.copilot.sql_values import check_values
 from qcoder_ds.copilot.tasks import Task, infer_task
 from qcoder_ds.copilot.validate import (
     Issue,
+    check_uses_data,
     drop_rebinding,
     fix_series_logic,
     validate_python,
@@ -332,6 +333,11 @@ class Copilot:
             attempt.issues.append(Issue("syntax", "the answer contains no code"))
             return attempt
         attempt.issues = validate_python(code, namespace, opts.result_name)
+        if prompt.task is Task.PANDAS and not attempt.errors and \
+                not _makes_data(prompt.request, namespace):
+            import ast
+
+            attempt.issues += check_uses_data(ast.parse(code), namespace)
         attempt.issues += check_safety(code)
         blocking = attempt.errors or (opts.safe and any(i.kind == "unsafe"
                                                         for i in attempt.issues))
@@ -372,6 +378,8 @@ class Copilot:
             checks["names"] = "failed" if "undefined-name" in kinds else "passed"
             checks["columns"] = "failed" if "unknown-column" in kinds else "passed"
             checks["keeps data"] = "failed" if "rebinds-data" in kinds else "passed"
+            if task is Task.PANDAS:
+                checks["reads the data"] = "failed" if "ignores-data" in kinds else "passed"
         checks["safety"] = "warning" if any(i.kind == "unsafe" for i in final.issues) \
             else "passed"
         if final.run is None:
@@ -380,6 +388,16 @@ class Copilot:
         else:
             checks["ran on sample"] = "passed" if final.run.ok else "failed"
         return checks
+
+
+def _makes_data(request: str, namespace: Mapping[str, Any]) -> bool:
+    """Whether the request asks for data to be made (then typing values in is the point): it
+    says create/make/generate/... and names none of the live data ("create a sample table",
+    not "create a column in `df`")."""
+    words = re.findall(r"\w+", request)
+    if not {w.lower() for w in words} & set(_MAKE_DATA):
+        return False
+    return not any(ctxmod._is_data(namespace.get(w)) for w in set(words) if w in namespace)
 
 
 def _takes_prefix(engine: Any) -> bool:

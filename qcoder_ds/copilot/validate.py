@@ -41,7 +41,7 @@ class Issue:
     """One problem found in an answer. ``severity`` is "error" or "warning"."""
 
     kind: str  # "syntax", "undefined-name", "unknown-column", "rebinds-data", "no-result",
-    # "unsafe", "sql", "sql-fixed"
+    # "ignores-data", "unsafe", "sql", "sql-fixed"
     message: str
     line: int | None = None
     severity: str = "error"
@@ -465,6 +465,39 @@ def check_assigns(tree: ast.Module, name: str) -> list[Issue]:
             c, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)))
     return [Issue("no-result", f"the request asks for the answer in the variable `{name}`, "
                                f"but the code never assigns it: end with `{name} = ...`")]
+
+
+_TYPED = {"DataFrame", "Series", "array"}
+
+
+def check_uses_data(tree: ast.Module, namespace: Mapping[str, Any]) -> list[Issue]:
+    """An error when the kernel holds data but the code reads none of it and types a table or
+    array in by hand instead (``result = pd.DataFrame({"A": [1, 2], "sigmoid_A": [...]})``):
+    the small model copies the example it was shown, and the cell is then right only for
+    that example, never for the user's data. For requests that ask for data to be made, the
+    caller does not run this check."""
+    from qcoder_ds.copilot.context import _is_data
+
+    live = sorted(n for n, v in namespace.items() if not n.startswith("_") and
+                  _is_data(v) in ("dataframe", "series", "ndarray"))
+    if not live:
+        return []
+    reads = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and
+             isinstance(n.ctx, ast.Load) and n.id in namespace and
+             not isinstance(namespace[n.id], type) and not callable(namespace[n.id]) and
+             type(namespace[n.id]).__name__ != "module"}
+    if reads:
+        return []
+    typed = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and
+             (n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", None))
+             in _TYPED and any(isinstance(a, (ast.List, ast.Dict, ast.Tuple)) for a in
+                               [*n.args, *(k.value for k in n.keywords)])]
+    if not typed:
+        return []
+    names = ", ".join(f"`{n}`" for n in live[:3])
+    return [Issue("ignores-data", f"the code never reads the data in the kernel ({names}) and "
+                                  "types values in by hand instead; compute the answer from "
+                                  f"{names}", typed[0].lineno)]
 
 
 def validate_python(code: str, namespace: Mapping[str, Any],

@@ -235,3 +235,34 @@ def test_a_function_takes_its_data_as_an_argument_and_needs_none_in_scope(box):
     ans = Copilot(eng, box).ask("write a function that returns the mean of each column of a "
                                 "DataFrame", {}, Options(task=Task.PANDAS))
     assert ans.ok and "def col_means(df)" in ans.cell and len(eng.calls) == 1
+
+
+def test_a_result_typed_in_by_hand_goes_back_to_the_model(box, sales):
+    """The cell must compute from the user's data: one that types the answer in is right only
+    for the example it copied."""
+    typed = fence("import pandas as pd\nresult = pd.DataFrame({'region': ['North', 'South'], "
+                  "'revenue': [10.0, 20.0]})")
+    computed = fence("result = sales.groupby('region', as_index=False)['revenue'].sum()")
+    eng = ScriptedEngine([typed, computed])
+    ans = Copilot(eng, box).ask("total revenue per region", {"sales": sales},
+                                Options(result_name="result"))
+    assert ans.ok and ans.repairs == 1 and "sales.groupby" in ans.cell
+    assert ans.checks["reads the data"] == "passed"
+    assert "never reads the data in the kernel (`sales`)" in eng.calls[1][-1]["content"]
+
+
+@pytest.mark.parametrize("request_text,code", [
+    # a request to make data: typing it in is the point
+    ("create a small example DataFrame of three cities", "import pandas as pd\n"
+     "pd.DataFrame({'city': ['Oslo', 'Rome', 'Lima']})"),
+    # code that reads the data may also type a small table (a lookup to merge with)
+    ("add each region's manager", "import pandas as pd\nsales.merge(pd.DataFrame({'region': "
+     "['North'], 'manager': ['Ann']}), on='region', how='left')"),
+    # nothing typed in: a setting, not an answer about the data
+    ("show all columns when printing", "import pandas as pd\n"
+     "pd.set_option('display.max_columns', None)"),
+])
+def test_typed_values_are_fine_where_they_are_the_point(box, sales, request_text, code):
+    eng = ScriptedEngine([fence(code)])
+    ans = Copilot(eng, box).ask(request_text, {"sales": sales}, Options(task=Task.PANDAS))
+    assert ans.ok and len(eng.calls) == 1 and ans.checks["reads the data"] == "passed"
