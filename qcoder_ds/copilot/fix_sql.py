@@ -242,10 +242,11 @@ def fix_join_keys(tree: exp.Expression, info: ConnectionInfo) -> tuple[exp.Expre
     """A copy of ``tree`` whose join conditions that cannot be meant are replaced by the
     foreign key between the two tables, and what was changed (``[]`` when nothing was).
 
-    Two slips of the small model, both running without error and returning wrong rows:
-    a condition that never names the joined table or compares a column with itself
-    (``JOIN stadium AS T3 ON T2.Singer_ID = T2.Singer_ID``: every row pairs with every
-    stadium), and keys of different names that no foreign key links while one does
+    Three slips of the small model, each running without error and returning wrong rows:
+    a condition that compares a column with itself (``JOIN stadium AS T3 ON T2.Singer_ID =
+    T2.Singer_ID``: every row pairs with every stadium); one on two other tables, which
+    leaves the joined one unlinked (the foreign key is added to it); and keys of different
+    names that no foreign key links while one does
     (``Documents.Document_ID = Templates.Template_ID`` where ``Documents.Template_ID``
     references ``Templates``). Only when exactly one foreign key links the tables; a join on
     columns of the same name is left alone, since shared keys are often not declared."""
@@ -289,7 +290,8 @@ def _fix_one_join(on: exp.EQ, alias: str, earlier: list[str], sources: dict[str,
     if not quals <= set(sources):
         return None
     joined = alias.lower()
-    if joined not in quals or len(quals) == 1:  # never names the joined table, or itself
+    itself = len(quals) == 1 and left.name.lower() == right.name.lower()
+    if itself or joined not in quals:  # a column with itself, or never the joined table
         others = [a for a in earlier if a.lower() != joined]
     else:
         other = (quals - {joined}).pop()
@@ -304,7 +306,10 @@ def _fix_one_join(on: exp.EQ, alias: str, earlier: list[str], sources: dict[str,
     if len(found) != 1 or tables.count(sources[found[0][0].lower()]) != 1:
         return None
     other_alias, (mine, theirs) = found[0]
+    key = exp.EQ(this=exp.column(mine, table=alias),
+                 expression=exp.column(theirs, table=other_alias))
+    # a condition on two other tables is kept: only the joined table's link is missing
+    new = key if itself or joined in quals else exp.and_(on.copy(), key)
     before = on.sql()
-    on.set("this", exp.column(mine, table=alias))
-    on.set("expression", exp.column(theirs, table=other_alias))
-    return f"ON {before} -> ON {on.sql()}"
+    on.replace(new)
+    return f"ON {before} -> ON {new.sql()}"

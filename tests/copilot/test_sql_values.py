@@ -89,21 +89,30 @@ def test_an_aggregate_selected_only_to_rank_by_is_dropped(shop_db, sql, request_
         assert conn.execute(r.sql).fetchall() in ([("UK",)], [("FI",)], [("US",)])
 
 
-@pytest.mark.parametrize("sql,fixed", [
+SAME_ROWS = "SELECT c.name, o.amount FROM customers c JOIN orders o USING (customer_id)"
+
+
+@pytest.mark.parametrize("sql,fixed,rows", [
     # keys of different names that no foreign key links, while orders.customer_id does
     ("SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON o.order_id = c.customer_id",
-     "o.customer_id = c.customer_id"),
+     "o.customer_id = c.customer_id", SAME_ROWS),
     # a condition that compares a column with itself pairs every row with every row
     ("SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON c.customer_id = "
-     "c.customer_id", "o.customer_id = c.customer_id"),
+     "c.customer_id", "o.customer_id = c.customer_id", SAME_ROWS),
+    # a condition on two other tables leaves the joined one unlinked: the key is added
+    ("SELECT c.name, o.amount, x.amount FROM customers AS c JOIN orders AS o ON "
+     "c.customer_id = o.customer_id JOIN orders AS x ON o.order_id = c.customer_id",
+     "o.order_id = c.customer_id AND x.customer_id = c.customer_id", "SELECT c.name, o.amount, "
+     "x.amount FROM customers c JOIN orders o USING (customer_id) JOIN orders x USING "
+     "(customer_id) WHERE o.order_id = c.customer_id"),
     # the foreign key itself, and a join on same-named columns: left alone
     ("SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON c.customer_id = "
-     "o.customer_id", None),
+     "o.customer_id", None, None),
     # a self-join: no foreign key links customers with customers
     ("SELECT a.name, b.name FROM customers AS a JOIN customers AS b ON a.country = b.country",
-     None),
+     None, None),
 ])
-def test_join_conditions_that_cannot_be_meant_use_the_foreign_key(shop_db, sql, fixed):
+def test_join_conditions_that_cannot_be_meant_use_the_foreign_key(shop_db, sql, fixed, rows):
     conn, _ = shop_db
     info = ctxmod.collect({"conn": conn}, "").connections["conn"]
     r = validate_sql(sql, info, request="each customer's name and order amounts")
@@ -113,8 +122,7 @@ def test_join_conditions_that_cannot_be_meant_use_the_foreign_key(shop_db, sql, 
         return
     assert f"ON {fixed}" in " ".join(r.sql.split())
     assert [i.kind for i in r.issues] == ["sql-fixed"] and "foreign key" in r.issues[0].message
-    assert sorted(conn.execute(r.sql).fetchall()) == sorted(conn.execute(
-        "SELECT c.name, o.amount FROM customers c JOIN orders o USING (customer_id)").fetchall())
+    assert sorted(conn.execute(r.sql).fetchall()) == sorted(conn.execute(rows).fetchall())
 
 
 @pytest.mark.parametrize("sql,contradicts", [
