@@ -117,7 +117,9 @@ def drop_unused_joins(tree: exp.Expression, info: ConnectionInfo, request: str
 
     The small model joins a neighbouring table "to be safe" (``visitor JOIN visit`` for a
     filter on visitors); the join repeats or loses rows and the answer is wrong while it runs.
-    A table the request names is kept: there the join is the point ("players who have won")."""
+    A table the request names is kept: there the join is the point ("players who have won").
+    So is every join of a query that groups or aggregates: there the join decides what is
+    counted."""
     asked = _words(request)
     try:
         qualified = qualify(tree.copy(), schema=info.schema(), dialect=info.dialect,
@@ -128,6 +130,8 @@ def drop_unused_joins(tree: exp.Expression, info: ConnectionInfo, request: str
         return tree, []
     dropped: list[str] = []
     for q_scope, p_scope in pairs:
+        if _aggregates(q_scope.expression):
+            continue
         q_joins = q_scope.expression.args.get("joins") or []
         p_joins = p_scope.expression.args.get("joins") or []
         if len(q_joins) != len(p_joins) or not q_joins or \
@@ -151,6 +155,14 @@ def drop_unused_joins(tree: exp.Expression, info: ConnectionInfo, request: str
         if first:
             dropped.append(first)
     return (plain, dropped) if dropped else (tree, [])
+
+
+def _aggregates(select: exp.Expression) -> bool:
+    """Whether ``select`` groups or aggregates its own rows: then a join decides what is
+    counted ("the most frequent destination airport" counts flights), and stays."""
+    if select.args.get("group") or select.args.get("having"):
+        return True
+    return any(agg.find_ancestor(exp.Select) is select for agg in select.find_all(exp.AggFunc))
 
 
 def _drop_from_table(q_select: exp.Expression, p_select: exp.Expression, asked: set[str],

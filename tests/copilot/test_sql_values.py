@@ -25,6 +25,11 @@ from qcoder_ds.copilot.validate_sql import validate_sql
      "name and amount", None),
     ("SELECT c.name FROM customers c JOIN orders o ON c.customer_id = o.customer_id "
      "WHERE o.amount > 10", "who spent over 10", None),
+    # a query that aggregates counts the joined rows: "the country with the most orders"
+    ("SELECT c.country FROM customers c JOIN orders o ON c.customer_id = o.customer_id "
+     "GROUP BY c.country ORDER BY COUNT(*) DESC LIMIT 1", "the busiest country", None),
+    ("SELECT AVG(c.customer_id) FROM customers c JOIN orders o ON c.customer_id = "
+     "o.customer_id", "mean id of the buyers", None),
     # SELECT * reads every table
     ("SELECT * FROM customers c JOIN orders o ON c.customer_id = o.customer_id",
      "everything", None),
@@ -52,9 +57,9 @@ def test_a_table_is_named_by_the_words_its_neighbours_lack():
     info = ctxmod.ConnectionInfo("conn", "sqlite", "sqlite", tables={
         "Transcripts": {"transcript_id": "INTEGER", "transcript_date": "TEXT"},
         "Transcript_Contents": {"transcript_id": "INTEGER", "course_id": "INTEGER"}})
-    sql = ("SELECT AVG(T2.transcript_date) FROM Transcript_Contents AS T1 "
+    sql = ("SELECT T2.transcript_date FROM Transcript_Contents AS T1 "
            "JOIN Transcripts AS T2 ON T1.transcript_id = T2.transcript_id")
-    r = validate_sql(sql, info, request="On average, when were the transcripts printed?")
+    r = validate_sql(sql, info, request="When were the transcripts printed?")
     assert "Transcript_Contents" not in r.sql and "FROM Transcripts AS T2" in r.sql
     r = validate_sql(sql, info, request="average date over transcript contents")
     assert "Transcript_Contents" in r.sql
