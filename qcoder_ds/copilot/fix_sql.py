@@ -325,3 +325,56 @@ def _fix_one_join(on: exp.EQ, alias: str, earlier: list[str], sources: dict[str,
     before = on.sql()
     on.replace(new)
     return f"ON {before} -> ON {new.sql()}"
+
+
+def fix_in_keys(tree: exp.Expression, info: ConnectionInfo) -> tuple[exp.Expression, list[str]]:
+    """A copy of ``tree`` whose ``x IN (SELECT y FROM t ...)`` compares ``x`` with the column of
+    ``t`` that a foreign key links to it, when ``y`` is another key that nothing links to ``x``
+    (``Stadium_ID NOT IN (SELECT concert_ID FROM concert ...)`` where ``concert.Stadium_ID``
+    references ``stadium``): ids of different things never match, so the query runs and is
+    wrong. Only when exactly one such foreign key exists, and never for same-named columns."""
+    fks = info.foreign_keys
+    cols = _columns(info)
+    if not fks:
+        return tree, []
+    fixed = tree.copy()
+    notes: list[str] = []
+    for node in list(fixed.find_all(exp.In)):
+        outer, query = node.this, node.args.get("query")
+        inner = query.this if isinstance(query, exp.Subquery) else query
+        if not isinstance(outer, exp.Column) or not isinstance(inner, exp.Select) or \
+                len(inner.expressions) != 1 or inner.args.get("joins") or \
+                not isinstance(inner.expressions[0], exp.Column):
+            continue
+        picked = inner.expressions[0]
+        from_ = inner.args.get("from_")
+        select = node.find_ancestor(exp.Select)
+        if from_ is None or not isinstance(from_.this, exp.Table) or select is None:
+            continue
+        sub_table = from_.this.name.lower()
+        owner = _owner(outer, select, cols)
+        if owner is None or picked.name.lower() == outer.name.lower():
+            continue
+        links = [(mine, theirs) for mine, theirs in _links(fks, sub_table, owner)
+                 if theirs.lower() == outer.name.lower()]
+        linked = {(m.lower(), t.lower()) for m, t in _links(fks, sub_table, owner)}
+        if len(links) != 1 or (picked.name.lower(), outer.name.lower()) in linked:
+            continue
+        before = picked.sql()
+        picked.set("this", exp.to_identifier(links[0][0]))
+        notes.append(f"IN (SELECT {before} ...) -> IN (SELECT {picked.sql()} ...)")
+    return (fixed, notes) if notes else (tree, [])
+
+
+def _owner(column: exp.Column, select: exp.Select, cols: dict[str, set[str]]) -> str | None:
+    """The table (lower case) of ``select``'s own FROM and JOINs that ``column`` belongs to."""
+    tables = {}
+    from_ = select.args.get("from_")
+    for t in ([from_.this] if from_ is not None else []) + \
+            [j.this for j in select.args.get("joins") or []]:
+        if isinstance(t, exp.Table):
+            tables[t.alias_or_name.lower()] = t.name.lower()
+    if column.table:
+        return tables.get(column.table.lower())
+    owners = [t for t in tables.values() if column.name.lower() in cols.get(t, set())]
+    return owners[0] if len(owners) == 1 else None

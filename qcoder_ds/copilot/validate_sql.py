@@ -20,6 +20,7 @@ from qcoder_ds.copilot.context import ConnectionInfo
 from qcoder_ds.copilot.fix_sql import (
     drop_ranking_column,
     drop_unused_joins,
+    fix_in_keys,
     fix_join_keys,
     fix_sql,
 )
@@ -106,12 +107,13 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
     if problem is not None:
         issues.append(problem)
     if problem is None or problem.severity == "warning":
-        rejoined, changed = fix_join_keys(tree, info)
-        if changed and _schema_issue(rejoined, info) is None:
-            tree = rejoined
-            out_sql = rejoined.sql(dialect=info.dialect, pretty=True)
-            issues.append(Issue("sql-fixed", "joined on the foreign key: " + "; ".join(changed),
-                                severity="warning"))
+        for fix in (fix_join_keys, fix_in_keys):
+            rejoined, changed = fix(tree, info)
+            if changed and _schema_issue(rejoined, info) is None:
+                tree = rejoined
+                out_sql = rejoined.sql(dialect=info.dialect, pretty=True)
+                issues.append(Issue("sql-fixed", "matched keys by the foreign key: "
+                                    + "; ".join(changed), severity="warning"))
     if problem is None or problem.severity == "warning":
         never = contradiction(tree)
         if never:

@@ -130,6 +130,31 @@ def test_join_conditions_that_cannot_be_meant_use_the_foreign_key(shop_db, sql, 
     assert sorted(conn.execute(r.sql).fetchall()) == sorted(conn.execute(rows).fetchall())
 
 
+@pytest.mark.parametrize("sql,fixed", [
+    # ids of different things never match: the foreign key says which column is meant
+    ("SELECT name FROM customers WHERE customer_id NOT IN (SELECT order_id FROM orders "
+     "WHERE amount > 50)", "SELECT customer_id FROM orders"),
+    ("SELECT c.name FROM customers AS c WHERE c.customer_id IN (SELECT order_id FROM orders)",
+     "SELECT customer_id FROM orders"),
+    # the linked column, or one of the same name: left alone
+    ("SELECT name FROM customers WHERE customer_id IN (SELECT customer_id FROM orders)", None),
+    # no foreign key links customers with itself
+    ("SELECT name FROM customers WHERE customer_id IN (SELECT MAX(customer_id) FROM customers)",
+     None),
+])
+def test_in_subqueries_compare_the_keys_a_foreign_key_links(shop_db, sql, fixed):
+    conn, _ = shop_db
+    info = ctxmod.collect({"conn": conn}, "").connections["conn"]
+    r = validate_sql(sql, info)
+    assert r.ok
+    if fixed is None:
+        assert r.issues == []
+        return
+    assert fixed in " ".join(r.sql.split()) and [i.kind for i in r.issues] == ["sql-fixed"]
+    names = {n for (n,) in conn.execute(r.sql).fetchall()}
+    assert names == ({"Ada", "Linus"} if "NOT IN" in sql else {"Ada", "Linus", "Grace"})
+
+
 @pytest.mark.parametrize("sql,contradicts", [
     ("SELECT name FROM customers WHERE country = 'UK' AND country = 'US'", True),
     ("SELECT c.name FROM customers c JOIN orders o ON c.customer_id = o.customer_id "
