@@ -7,6 +7,7 @@ pieces, ``count_tokens`` and ``max_context`` (``qcoder_ds.engine.Engine``).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import inspect
@@ -335,8 +336,6 @@ class Copilot:
         attempt.issues = validate_python(code, namespace, opts.result_name)
         if prompt.task is Task.PANDAS and not attempt.errors and \
                 not _makes_data(prompt.request, namespace):
-            import ast
-
             attempt.issues += check_uses_data(ast.parse(code), namespace)
         attempt.issues += check_safety(code)
         blocking = attempt.errors or (opts.safe and any(i.kind == "unsafe"
