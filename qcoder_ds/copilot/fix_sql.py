@@ -4,8 +4,9 @@ Most of the embedded model's failing queries name a real column through the wron
 (``T2.Hometown`` where ``Hometown`` belongs to ``teacher AS T1``), or take every column from a
 table that has none of them while another table has all of them. Asked to repair, the 0.5B
 model mostly repeats itself; the schema says which fix is right, so the fix is made here and
-reported. Only an unambiguous fix is made: one owner among the query's own tables, or one
-table holding every column of a single-table query. Anything else is left to the model.
+reported. Only an unambiguous fix is made: one owner among the query's own tables, one
+table holding every column of a single-table query, or one table that a query table
+references by a foreign key (joined by that key). Anything else is left to the model.
 """
 
 from __future__ import annotations
@@ -67,6 +68,58 @@ def _swap_table(scope: Scope, info: ConnectionInfo, cols: dict[str, set[str]],
         table.set("this", exp.to_identifier(fits[0]))
 
 
+def _join_referenced(scope: Scope, info: ConnectionInfo, cols: dict[str, set[str]],
+                     notes: list[str]) -> None:
+    """A column that no table of the query has, but exactly one table that a query table
+    references by a foreign key does (``SELECT AVG(Earnings) FROM poker_player WHERE Height >
+    200``, where ``poker_player.People_ID`` references ``people``): that table is joined by
+    the key. Only along a reference, many rows to one, so no row of the query is repeated."""
+    select = scope.expression
+    from_ = select.args.get("from_") if isinstance(select, exp.Select) else None
+    if from_ is None or not isinstance(from_.this, exp.Table):
+        return
+    sources = _table_sources(scope)
+    if not sources or len(sources) != len(scope.sources):
+        return
+    missing = [c for c in scope.columns if c.name and c.name != "*"
+               and not any(c.name.lower() in cols.get(t, set()) for t in sources.values())]
+    if not missing:
+        return
+    added: dict[tuple[str, str], str] = {}  # (query alias, referenced table) -> new alias
+    used = {a.lower() for a in scope.sources} | set(sources.values())
+    for column in missing:
+        name, qual = column.name.lower(), column.table.lower()
+        if qual and qual not in sources:
+            continue
+        froms = [qual] if qual else list(sources)
+        links = [(a, rt, c, rc) for a in froms for t, c, rt, rc in info.foreign_keys
+                 if t.lower() == sources[a] and rt.lower() not in sources.values()
+                 and name in cols.get(rt.lower(), set())]
+        if len({(a, rt.lower()) for a, rt, _, _ in links}) != 1 or len(links) != 1:
+            continue
+        a, rt, c, rc = links[0]
+        key = (a, rt.lower())
+        if key not in added:
+            alias = next(f"T{i}" for i in range(1, 100) if f"t{i}" not in used)
+            used.add(alias.lower())
+            added[key] = alias
+            for other in scope.columns:  # the new table may share names: qualify the rest
+                if not other.table and other.name and other.name != "*":
+                    owners = [s for s, t in sources.items() if other.name.lower() in cols[t]]
+                    if len(owners) == 1:
+                        other.set("table", exp.to_identifier(_spelled(scope, owners[0])))
+            here = _spelled(scope, a)
+            select.append("joins", exp.Join(
+                this=exp.table_(rt, alias=alias),
+                on=exp.EQ(this=exp.column(c, table=here), expression=exp.column(rc, table=alias))))
+            notes.append(f"JOIN {rt} AS {alias} ON {here}.{c} = {alias}.{rc} (for {column.name})")
+        column.set("table", exp.to_identifier(added[key]))
+
+
+def _spelled(scope: Scope, alias_lower: str) -> str:
+    return next(a for a in scope.sources if a.lower() == alias_lower)
+
+
 def fix_sql(tree: exp.Expression, info: ConnectionInfo) -> tuple[exp.Expression, list[str]]:
     """A copy of ``tree`` with the unambiguous column/table slips fixed, and what was changed
     (``[]`` when nothing was)."""
@@ -77,6 +130,7 @@ def fix_sql(tree: exp.Expression, info: ConnectionInfo) -> tuple[exp.Expression,
         for scope in traverse_scope(fixed):
             _requalify(scope, cols, notes)
             _swap_table(scope, info, cols, notes)
+            _join_referenced(scope, info, cols, notes)
     except SqlglotError:
         return tree, []
     return (fixed, list(dict.fromkeys(notes))) if notes else (tree, [])

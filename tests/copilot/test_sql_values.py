@@ -155,6 +155,30 @@ def test_in_subqueries_compare_the_keys_a_foreign_key_links(shop_db, sql, fixed)
     assert names == ({"Ada", "Linus"} if "NOT IN" in sql else {"Ada", "Linus", "Grace"})
 
 
+@pytest.mark.parametrize("sql,joined,rows", [
+    # the column is in the table the query's table references: joined by that key
+    ("SELECT AVG(amount) FROM orders WHERE country = 'UK'", "JOIN customers AS T1 ON "
+     "orders.customer_id = T1.customer_id", [(15.25,)]),
+    ("SELECT o.amount, o.name FROM orders AS o WHERE o.amount > 50",
+     "JOIN customers AS T1 ON o.customer_id = T1.customer_id", [(99.0, "Grace")]),
+    # a name both tables have is qualified, so the added join leaves it unambiguous
+    ("SELECT customer_id, amount FROM orders WHERE country = 'FI'", "SELECT orders.customer_id",
+     [(2, 7.25)]),
+    # against a reference (one customer, many orders) rows would repeat: left an error
+    ("SELECT name FROM customers WHERE amount > 50", None, None),
+])
+def test_a_column_of_a_referenced_table_joins_it_by_the_key(shop_db, sql, joined, rows):
+    conn, _ = shop_db
+    info = ctxmod.collect({"conn": conn}, "").connections["conn"]
+    r = validate_sql(sql, info)
+    if joined is None:
+        assert not r.ok and "amount" in r.issues[0].message
+        return
+    assert r.ok and joined in " ".join(r.sql.split())
+    assert [i.kind for i in r.issues] == ["sql-fixed"]
+    assert conn.execute(r.sql).fetchall() == rows
+
+
 @pytest.mark.parametrize("sql,contradicts", [
     ("SELECT name FROM customers WHERE country = 'UK' AND country = 'US'", True),
     ("SELECT c.name FROM customers c JOIN orders o ON c.customer_id = o.customer_id "
