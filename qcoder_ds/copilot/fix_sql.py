@@ -51,6 +51,32 @@ def _requalify(scope: Scope, cols: dict[str, set[str]], notes: list[str]) -> Non
             column.set("table", exp.to_identifier(alias))
 
 
+def _squash(name: str) -> str:
+    return re.sub(r"[_\s]", "", name.lower())
+
+
+def _respell(scope: Scope, info: ConnectionInfo, cols: dict[str, set[str]],
+             notes: list[str]) -> None:
+    """A column that no table here has but exactly one has under another spelling of the
+    same letters (``pet_type`` for ``PetType``): that column is meant."""
+    sources = _table_sources(scope)
+    spelling = {t.lower(): list(c) for t, c in info.tables.items()}
+    for column in _own_columns(scope):
+        name = column.name
+        if not name or name == "*" or any(name.lower() in cols.get(t, set())
+                                          for t in sources.values()):
+            continue
+        found = {(a, c) for a, t in sources.items() for c in spelling.get(t, [])
+                 if _squash(c) == _squash(name)}
+        if len(found) != 1:
+            continue
+        alias, real = found.pop()
+        notes.append(f"{name} -> {real}")
+        column.set("this", exp.to_identifier(real))
+        if column.table:
+            column.set("table", exp.to_identifier(_spelled(scope, alias)))
+
+
 def _swap_table(scope: Scope, info: ConnectionInfo, cols: dict[str, set[str]],
                 notes: list[str]) -> None:
     """A one-table query whose table lacks some of its columns, when exactly one other table
@@ -81,7 +107,7 @@ def _join_referenced(scope: Scope, info: ConnectionInfo, cols: dict[str, set[str
     sources = _table_sources(scope)
     if not sources or len(sources) != len(scope.sources):
         return
-    missing = [c for c in scope.columns if c.name and c.name != "*"
+    missing = [c for c in _own_columns(scope) if c.name and c.name != "*"
                and not any(c.name.lower() in cols.get(t, set()) for t in sources.values())]
     if not missing:
         return
@@ -91,10 +117,9 @@ def _join_referenced(scope: Scope, info: ConnectionInfo, cols: dict[str, set[str
         name, qual = column.name.lower(), column.table.lower()
         if qual and qual not in sources:
             continue
-        froms = [qual] if qual else list(sources)
-        links = [(a, rt, c, rc) for a in froms for t, c, rt, rc in info.foreign_keys
-                 if t.lower() == sources[a] and rt.lower() not in sources.values()
-                 and name in cols.get(rt.lower(), set())]
+        # a wrong qualifier (``T2.fname`` on pets, where has_pet references student) is a slip
+        links = _references(info, sources, [qual], name, cols) if qual else []
+        links = links or _references(info, sources, list(sources), name, cols)
         if len({(a, rt.lower()) for a, rt, _, _ in links}) != 1 or len(links) != 1:
             continue
         a, rt, c, rc = links[0]
@@ -103,7 +128,7 @@ def _join_referenced(scope: Scope, info: ConnectionInfo, cols: dict[str, set[str
             alias = next(f"T{i}" for i in range(1, 100) if f"t{i}" not in used)
             used.add(alias.lower())
             added[key] = alias
-            for other in scope.columns:  # the new table may share names: qualify the rest
+            for other in _own_columns(scope):  # the new table may share names: qualify them
                 if not other.table and other.name and other.name != "*":
                     owners = [s for s, t in sources.items() if other.name.lower() in cols[t]]
                     if len(owners) == 1:
@@ -114,6 +139,21 @@ def _join_referenced(scope: Scope, info: ConnectionInfo, cols: dict[str, set[str
                 on=exp.EQ(this=exp.column(c, table=here), expression=exp.column(rc, table=alias))))
             notes.append(f"JOIN {rt} AS {alias} ON {here}.{c} = {alias}.{rc} (for {column.name})")
         column.set("table", exp.to_identifier(added[key]))
+
+
+def _references(info: ConnectionInfo, sources: dict[str, str], froms: list[str], name: str,
+                cols: dict[str, set[str]]) -> list[tuple[str, str, str, str]]:
+    """(alias, referenced table, key, referenced key) for each foreign key from a table of
+    ``froms`` to a table outside the query that has the column ``name``."""
+    return [(a, rt, c, rc) for a in froms for t, c, rt, rc in info.foreign_keys
+            if t.lower() == sources[a] and rt.lower() not in sources.values()
+            and name in cols.get(rt.lower(), set())]
+
+
+def _own_columns(scope: Scope) -> list[exp.Column]:
+    """The scope's columns without those of its subqueries (which sqlglot lists too, as
+    possible outer references)."""
+    return [c for c in scope.columns if c.find_ancestor(exp.Select) is scope.expression]
 
 
 def _spelled(scope: Scope, alias_lower: str) -> str:
@@ -128,6 +168,7 @@ def fix_sql(tree: exp.Expression, info: ConnectionInfo) -> tuple[exp.Expression,
     notes: list[str] = []
     try:
         for scope in traverse_scope(fixed):
+            _respell(scope, info, cols, notes)
             _requalify(scope, cols, notes)
             _swap_table(scope, info, cols, notes)
             _join_referenced(scope, info, cols, notes)

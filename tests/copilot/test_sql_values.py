@@ -179,6 +179,53 @@ def test_a_column_of_a_referenced_table_joins_it_by_the_key(shop_db, sql, joined
     assert conn.execute(r.sql).fetchall() == rows
 
 
+def test_a_column_named_on_the_wrong_table_joins_the_one_its_neighbour_references(tmp_path):
+    conn = sqlite3.connect(tmp_path / "pets.sqlite")
+    conn.executescript("""
+        CREATE TABLE people (person_id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE pets (pet_id INTEGER PRIMARY KEY, kind TEXT);
+        CREATE TABLE has_pet (person_id INTEGER REFERENCES people(person_id),
+                              pet_id INTEGER REFERENCES pets(pet_id));
+        INSERT INTO people VALUES (1, 'Ada'), (2, 'Linus');
+        INSERT INTO pets VALUES (10, 'cat'), (11, 'dog');
+        INSERT INTO has_pet VALUES (1, 10), (2, 11);
+    """)
+    info = ctxmod.collect({"conn": conn}, "").connections["conn"]
+    # `p.name` on pets, which references nothing; has_pet references people
+    r = validate_sql("SELECT p.name FROM has_pet AS h JOIN pets AS p ON h.pet_id = p.pet_id "
+                     "WHERE p.kind = 'cat'", info)
+    assert r.ok and "JOIN people AS T1 ON h.person_id = T1.person_id" in " ".join(r.sql.split())
+    assert conn.execute(r.sql).fetchall() == [("Ada",)]
+    # the subquery's own columns are its own: nothing of it is requalified
+    r = validate_sql("SELECT name FROM has_pet WHERE pet_id IN (SELECT pet_id FROM pets "
+                     "WHERE kind = 'dog')", info)
+    assert r.ok and "WHERE kind = 'dog'" in " ".join(r.sql.split())
+    assert conn.execute(r.sql).fetchall() == [("Linus",)]
+    conn.close()
+
+
+@pytest.mark.parametrize("sql,fixed,rows", [
+    # the same letters spelled another way: the one column they spell
+    ("SELECT orderedOn FROM orders WHERE order_id = 4", "SELECT ordered_on FROM orders",
+     [("2022-12-31",)]),
+    ("SELECT COUNT(DISTINCT o.customerid) FROM orders AS o", "COUNT(DISTINCT o.customer_id)",
+     [(3,)]),
+    # two tables spell it so: left as an error
+    ("SELECT c.name FROM customers AS c JOIN orders AS o ON c.customerid = o.customer_id",
+     None, None),
+])
+def test_a_column_spelled_another_way_is_the_one_with_the_same_letters(shop_db, sql, fixed,
+                                                                        rows):
+    conn, _ = shop_db
+    info = ctxmod.collect({"conn": conn}, "").connections["conn"]
+    r = validate_sql(sql, info)
+    if fixed is None:
+        assert not r.ok and "customerid" in r.issues[0].message
+        return
+    assert r.ok and fixed in " ".join(r.sql.split())
+    assert conn.execute(r.sql).fetchall() == rows
+
+
 @pytest.mark.parametrize("sql,contradicts", [
     ("SELECT name FROM customers WHERE country = 'UK' AND country = 'US'", True),
     ("SELECT c.name FROM customers c JOIN orders o ON c.customer_id = o.customer_id "
