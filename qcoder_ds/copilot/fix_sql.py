@@ -252,6 +252,53 @@ def drop_unused_joins(tree: exp.Expression, info: ConnectionInfo, request: str
     return (plain, dropped) if dropped else (tree, [])
 
 
+def drop_unlinked_joins(tree: exp.Expression) -> tuple[exp.Expression, list[str]]:
+    """A copy of ``tree`` without the inner-joined tables that their own join condition does
+    not mention and nothing else uses, and the tables dropped (``teacher AS T1 JOIN course
+    AS T2 ON T1.Teacher_ID = T1.Teacher_ID``): such a join pairs every row with every row of
+    the table, which is never meant. Its condition stays, in the WHERE clause, unless it
+    compares a column with itself."""
+    fixed = tree.copy()
+    dropped: list[str] = []
+    try:
+        scopes = list(traverse_scope(fixed))
+    except SqlglotError:
+        return tree, []
+    for scope in scopes:
+        select = scope.expression
+        if not isinstance(select, exp.Select):
+            continue
+        for join in list(select.args.get("joins") or []):
+            table, on = join.this, join.args.get("on")
+            if not isinstance(table, exp.Table) or on is None or join.side or \
+                    join.args.get("using") or join.kind.upper() not in ("", "INNER"):
+                continue
+            alias = table.alias_or_name.lower()
+            mentions = [c for c in scope.columns if c.table.lower() == alias]
+            if mentions or any(c.table.lower() == alias for c in on.find_all(exp.Column)) or \
+                    not all(c.table for c in _own_columns(scope)):
+                continue
+            kept = [c for c in conjuncts(on) if not _self_equal(c)]
+            join.pop()
+            dropped.append(table.name)
+            if kept:
+                select.where(exp.and_(*[c.copy() for c in kept]), copy=False)
+    return (fixed, dropped) if dropped else (tree, [])
+
+
+def conjuncts(cond: exp.Expression) -> list[exp.Expression]:
+    """The parts of ``a AND b AND ...``."""
+    cond = cond.unnest()
+    if isinstance(cond, exp.And):
+        return conjuncts(cond.this) + conjuncts(cond.expression)
+    return [cond]
+
+
+def _self_equal(cond: exp.Expression) -> bool:
+    return isinstance(cond, exp.EQ) and isinstance(cond.this, exp.Column) and \
+        cond.this == cond.expression
+
+
 def _aggregates(select: exp.Expression) -> bool:
     """Whether ``select`` groups or aggregates its own rows: then a join decides what is
     counted ("the most frequent destination airport" counts flights), and stays."""

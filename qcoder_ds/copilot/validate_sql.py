@@ -18,7 +18,9 @@ from sqlglot.optimizer.qualify import qualify
 
 from qcoder_ds.copilot.context import ConnectionInfo
 from qcoder_ds.copilot.fix_sql import (
+    conjuncts,
     drop_ranking_column,
+    drop_unlinked_joins,
     drop_unused_joins,
     fix_in_keys,
     fix_join_keys,
@@ -115,6 +117,14 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
                 issues.append(Issue("sql-fixed", "matched keys by the foreign key: "
                                     + "; ".join(changed), severity="warning"))
     if problem is None or problem.severity == "warning":
+        unlinked, dropped = drop_unlinked_joins(tree)
+        if dropped and _schema_issue(unlinked, info) is None:
+            tree = unlinked
+            out_sql = unlinked.sql(dialect=info.dialect, pretty=True)
+            issues.append(Issue("sql-fixed", "dropped joined table(s) that the join condition "
+                                "does not link, which paired every row with every row: "
+                                + ", ".join(dropped), severity="warning"))
+    if problem is None or problem.severity == "warning":
         never = contradiction(tree)
         if never:
             issues.append(never)
@@ -135,13 +145,6 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
     return SqlCheck(out_sql, issues)
 
 
-def _conjuncts(cond: exp.Expression) -> list[exp.Expression]:
-    cond = cond.unnest()
-    if isinstance(cond, exp.And):
-        return _conjuncts(cond.this) + _conjuncts(cond.expression)
-    return [cond]
-
-
 def contradiction(tree: exp.Expression) -> Issue | None:
     """An error when a WHERE clause can never hold: one column equal to two different values
     (``Year = 2014 AND Year = 2015``), or a range that is empty (``Age > 40 AND Age < 30``).
@@ -152,7 +155,7 @@ def contradiction(tree: exp.Expression) -> Issue | None:
         low: dict[str, tuple[float, bool]] = {}  # the tightest bound, and whether it is strict
         high: dict[str, tuple[float, bool]] = {}
         shown: dict[str, list[str]] = {}
-        for c in _conjuncts(where.this):
+        for c in conjuncts(where.this):
             if not isinstance(c, (exp.EQ, exp.GT, exp.GTE, exp.LT, exp.LTE)):
                 continue
             col, lit, flip = c.this, c.expression, False

@@ -226,6 +226,31 @@ def test_a_column_spelled_another_way_is_the_one_with_the_same_letters(shop_db, 
     assert conn.execute(r.sql).fetchall() == rows
 
 
+@pytest.mark.parametrize("sql,fixed,rows", [
+    # the join condition never mentions the joined table: every row paired with every row
+    ("SELECT COUNT(*) FROM customers AS a JOIN customers AS b ON a.customer_id = "
+     "a.customer_id", "SELECT COUNT(*) FROM customers AS a", [(3,)]),
+    # its condition is kept, as a filter
+    ("SELECT a.name FROM customers AS a JOIN customers AS b ON a.country = 'UK'",
+     "FROM customers AS a WHERE a.country = 'UK'", [("Ada",)]),
+    # a joined table that the condition links, or that the query uses: kept
+    ("SELECT a.name FROM customers AS a JOIN customers AS b ON a.country = b.country", None,
+     None),
+    ("SELECT a.name, b.name FROM customers AS a JOIN customers AS b ON a.country = 'UK'", None,
+     None),
+])
+def test_a_join_its_condition_does_not_link_is_dropped(shop_db, sql, fixed, rows):
+    conn, _ = shop_db
+    info = ctxmod.collect({"conn": conn}, "").connections["conn"]
+    r = validate_sql(sql, info)
+    assert r.ok
+    if fixed is None:
+        assert r.issues == [] and " ".join(r.sql.split()) == sql
+        return
+    assert " ".join(r.sql.split()).endswith(fixed) and "does not link" in r.issues[0].message
+    assert conn.execute(r.sql).fetchall() == rows
+
+
 @pytest.mark.parametrize("sql,contradicts", [
     ("SELECT name FROM customers WHERE country = 'UK' AND country = 'US'", True),
     ("SELECT c.name FROM customers c JOIN orders o ON c.customer_id = o.customer_id "
