@@ -12,6 +12,9 @@ return nothing, so execution alone does not catch them. Each ``column = 'text'``
 - it is there only with surrounding spaces the query lacks: a warning, the query unchanged. The
   stray spaces are a fault of the data the user should see, not a slip of the model, and the
   query as written is what they asked (Spider's gold answers, too, compare exactly);
+- it is in exactly one other column of the tables that the comparison's SELECT reads
+  (``T1.Name = 'Kabul'`` on ``country``, where ``city AS T2`` is joined and ``city.Name`` holds
+  it): the comparison is moved to that column and the fix reported;
 - it is in other columns of the database: an error naming them, for the repair prompt;
 - it is nowhere: nothing to say (an empty answer may be the right one).
 
@@ -151,12 +154,16 @@ def check_values(sql: str, info: ConnectionInfo, conn: Any, budget_s: float = 2.
             issues.append(Issue("sql-fixed", f"value spelled as stored: {f.table}.{f.column} "
                                 f"{f.value!r} -> {same[0]!r}", severity="warning"))
             continue
+        moved = _move_to_holder(tree, info, look, f)
+        if moved:
+            issues.append(Issue("sql-fixed", moved, severity="warning"))
+            continue
         elsewhere = _elsewhere(look, f)
         if elsewhere:
             issues.append(Issue(
                 "sql-value", f"no row of {f.table}.{f.column} is {f.value!r}; that value is in "
                 f"{', '.join(elsewhere)}: filter on that column (join its table if needed)"))
-    if not fixes:
+    if not fixes and not any(i.kind == "sql-fixed" for i in issues):
         return sql, issues
 
     def respell(node: exp.Expression) -> exp.Expression:
@@ -165,6 +172,63 @@ def check_values(sql: str, info: ConnectionInfo, conn: Any, budget_s: float = 2.
         return node
 
     return tree.transform(respell).sql(dialect=info.dialect, pretty=True), issues
+
+
+def _move_to_holder(tree: exp.Expression, info: ConnectionInfo, look: _Lookup, f: Filter
+                    ) -> str | None:
+    """``T1.Name = 'Kabul'`` on ``country``, where of the query's own tables only ``city.Name``
+    holds 'Kabul': the comparison is moved to that column (``T2.Name = 'Kabul'``), in ``tree``
+    itself, and the change described. Only for ``=``/``<>`` and one holding column among the
+    tables of the comparison's own SELECT, each read once; else None."""
+    for scope in traverse_scope(tree):
+        sources = {a.lower(): (a, s.name) for a, s in scope.sources.items()
+                   if isinstance(s, exp.Table) and s.name}
+        names = [t.lower() for _, t in sources.values()]
+        for column in scope.columns:
+            parent = column.parent
+            if column.find_ancestor(exp.Select) is not scope.expression or \
+                    not isinstance(parent, (exp.EQ, exp.NEQ)) or \
+                    f.value not in _compared_texts(column) or \
+                    column.name.lower() != f.column.lower():
+                continue
+            owner = sources.get(column.table.lower()) if column.table else None
+            if owner is None and not column.table:
+                found = [o for o in sources.values() if _has_column(info, o[1], f.column)]
+                owner = found[0] if len(found) == 1 else None
+            if owner is None or owner[1].lower() != f.table.lower():
+                continue
+            holders = []
+            for alias, table in sources.values():
+                real = next((t for t in info.tables if t.lower() == table.lower()), table)
+                for col, typ in info.tables.get(real, {}).items():
+                    if (real.lower(), col.lower()) == (f.table.lower(), f.column.lower()) or \
+                            not _is_text(typ):
+                        continue
+                    stored = look.spellings(real, col, f.value)
+                    if stored is None:
+                        return None  # out of time: say nothing rather than half a fix
+                    if stored:
+                        holders.append((alias, real, col, stored))
+            # a holder that has it only with stray spaces is left to the user, as above
+            if len(holders) != 1 or len(holders[0][3]) != 1 or \
+                    names.count(holders[0][1].lower()) != 1 or \
+                    holders[0][3][0] != holders[0][3][0].strip():
+                return None
+            alias, real, col, stored = holders[0]
+            before = column.sql()
+            column.set("this", exp.to_identifier(col))
+            if column.table or real.lower() != f.table.lower():
+                column.set("table", exp.to_identifier(alias))
+            literal = parent.expression if parent.this is column else parent.this
+            literal.replace(exp.Literal.string(stored[0]))
+            return (f"no row of {f.table}.{f.column} is {f.value!r}; compared "
+                    f"{real}.{col} instead, which holds it: {before} -> {column.sql()}")
+    return None
+
+
+def _has_column(info: ConnectionInfo, table: str, column: str) -> bool:
+    cols = next((c for t, c in info.tables.items() if t.lower() == table.lower()), {})
+    return any(c.lower() == column.lower() for c in cols)
 
 
 def _elsewhere(look: _Lookup, f: Filter, most: int = 3) -> list[str]:
