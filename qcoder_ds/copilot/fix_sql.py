@@ -470,32 +470,30 @@ def _fix_one_join(on: exp.EQ, alias: str, earlier: list[str], sources: dict[str,
 
 
 def fix_in_keys(tree: exp.Expression, info: ConnectionInfo) -> tuple[exp.Expression, list[str]]:
-    """A copy of ``tree`` whose ``x IN (SELECT y FROM t ...)`` compares ``x`` with the column of
-    ``t`` that a foreign key links to it, when ``y`` is another key that nothing links to ``x``
-    (``Stadium_ID NOT IN (SELECT concert_ID FROM concert ...)`` where ``concert.Stadium_ID``
-    references ``stadium``): ids of different things never match, so the query runs and is
-    wrong. Only when exactly one such foreign key exists, and never for same-named columns."""
+    """A copy of ``tree`` whose ``x IN (SELECT y FROM t ...)`` (or ``x = (SELECT y ...)``)
+    compares ``x`` with the column of ``t`` that a foreign key links to it, when ``y`` is
+    another key that nothing links to ``x`` (``Stadium_ID NOT IN (SELECT concert_ID FROM
+    concert ...)`` where ``concert.Stadium_ID`` references ``stadium``): ids of different
+    things never match, so the query runs and is wrong. The same when ``t`` has no ``y`` at
+    all (``CountryCode IN (SELECT CountryCode FROM country)``, where the key is ``Code``):
+    SQL then reads ``y`` from the outer row, and the test holds for every row. Only when
+    exactly one such foreign key exists; a same-named column of ``t`` is left alone."""
     fks = info.foreign_keys
     cols = _columns(info)
     if not fks:
         return tree, []
     fixed = tree.copy()
     notes: list[str] = []
-    for node in list(fixed.find_all(exp.In)):
-        outer, query = node.this, node.args.get("query")
-        inner = query.this if isinstance(query, exp.Subquery) else query
-        if not isinstance(outer, exp.Column) or not isinstance(inner, exp.Select) or \
-                len(inner.expressions) != 1 or inner.args.get("joins") or \
-                not isinstance(inner.expressions[0], exp.Column):
-            continue
+    for outer, inner in compared_subqueries(fixed):
         picked = inner.expressions[0]
         from_ = inner.args.get("from_")
-        select = node.find_ancestor(exp.Select)
+        select = outer.find_ancestor(exp.Select)
         if from_ is None or not isinstance(from_.this, exp.Table) or select is None:
             continue
         sub_table = from_.this.name.lower()
         owner = _owner(outer, select, cols)
-        if owner is None or picked.name.lower() == outer.name.lower():
+        absent = picked.name.lower() not in cols.get(sub_table, set())
+        if owner is None or (picked.name.lower() == outer.name.lower() and not absent):
             continue
         links = [(mine, theirs) for mine, theirs in _links(fks, sub_table, owner)
                  if theirs.lower() == outer.name.lower()]
@@ -504,8 +502,29 @@ def fix_in_keys(tree: exp.Expression, info: ConnectionInfo) -> tuple[exp.Express
             continue
         before = picked.sql()
         picked.set("this", exp.to_identifier(links[0][0]))
-        notes.append(f"IN (SELECT {before} ...) -> IN (SELECT {picked.sql()} ...)")
+        if picked.table and absent:
+            picked.set("table", None)
+        notes.append(f"(SELECT {before} ...) -> (SELECT {picked.sql()} ...)")
     return (fixed, notes) if notes else (tree, [])
+
+
+def compared_subqueries(tree: exp.Expression) -> list[tuple[exp.Column, exp.Select]]:
+    """(column, one-column one-table SELECT) for each ``column IN (SELECT ...)`` and
+    ``column = / <> (SELECT ...)`` in ``tree``."""
+    out = []
+    for node in tree.find_all(exp.In, exp.EQ, exp.NEQ):
+        if isinstance(node, exp.In):
+            outer, query = node.this, node.args.get("query")
+        else:
+            outer, query = node.this, node.expression
+            if isinstance(outer, exp.Subquery):
+                outer, query = query, outer
+        inner = query.this if isinstance(query, exp.Subquery) else query
+        if isinstance(outer, exp.Column) and isinstance(inner, exp.Select) and \
+                len(inner.expressions) == 1 and not inner.args.get("joins") and \
+                isinstance(inner.expressions[0], exp.Column):
+            out.append((outer, inner))
+    return out
 
 
 def _owner(column: exp.Column, select: exp.Select, cols: dict[str, set[str]]) -> str | None:

@@ -18,6 +18,7 @@ from sqlglot.optimizer.qualify import qualify
 
 from qcoder_ds.copilot.context import ConnectionInfo
 from qcoder_ds.copilot.fix_sql import (
+    compared_subqueries,
     conjuncts,
     drop_ranking_column,
     drop_unlinked_joins,
@@ -125,7 +126,7 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
                                 "does not link, which paired every row with every row: "
                                 + ", ".join(dropped), severity="warning"))
     if problem is None or problem.severity == "warning":
-        never = contradiction(tree)
+        never = contradiction(tree) or outer_pick(tree, info)
         if never:
             issues.append(never)
     if request and (problem is None or problem.severity == "warning"):
@@ -185,6 +186,27 @@ def contradiction(tree: exp.Expression) -> Issue | None:
                              + " AND ".join(shown[key]) + " (a row holds one value). For rows "
                              "matching either, use OR or IN; for what has both, INTERSECT two "
                              "queries")
+    return None
+
+
+def outer_pick(tree: exp.Expression, info: ConnectionInfo) -> Issue | None:
+    """An error when ``x IN (SELECT y FROM t)`` (or ``x = (SELECT y ...)``) picks a ``y`` that
+    ``t`` does not have: SQL then reads ``y`` from the outer query's row, so the subquery
+    returns that row's own value and the test holds for every row (or, with NOT, none). The
+    schema check passes it, since ``y`` is a column of the outer query."""
+    cols = {t.lower(): {c.lower() for c in cs} for t, cs in info.tables.items()}
+    for _, inner in compared_subqueries(tree):
+        picked = inner.expressions[0]
+        table = inner.args["from_"].this if inner.args.get("from_") else None
+        if not isinstance(table, exp.Table) or table.name.lower() not in cols or \
+                picked.name.lower() in cols[table.name.lower()] or \
+                (picked.table and picked.table.lower() != table.alias_or_name.lower()):
+            continue
+        real = next(t for t in info.tables if t.lower() == table.name.lower())
+        return Issue("sql", f"the subquery SELECT {picked.sql()} FROM {table.name} picks a "
+                     f"column {real} does not have, so SQL takes {picked.name} from the outer "
+                     f"row and the comparison holds for every row; {real}'s columns are "
+                     f"{sorted(info.tables[real])}")
     return None
 
 

@@ -251,6 +251,32 @@ def test_a_join_its_condition_does_not_link_is_dropped(shop_db, sql, fixed, rows
     assert conn.execute(r.sql).fetchall() == rows
 
 
+def test_a_subquery_picking_a_column_its_table_lacks_is_fixed_or_refused(tmp_path):
+    conn = sqlite3.connect(tmp_path / "world.sqlite")
+    conn.executescript("""
+        CREATE TABLE country (Code TEXT PRIMARY KEY, Name TEXT, Continent TEXT);
+        CREATE TABLE city (Name TEXT, CountryCode TEXT REFERENCES country(Code));
+        INSERT INTO country VALUES ('NOR', 'Norway', 'Europe'), ('JPN', 'Japan', 'Asia');
+        INSERT INTO city VALUES ('Oslo', 'NOR'), ('Bergen', 'NOR'), ('Kyoto', 'JPN');
+    """)
+    info = ctxmod.collect({"conn": conn}, "").connections["conn"]
+    # country has no CountryCode: SQL would read the outer row's, and every city would pass
+    sql = "SELECT Name FROM city WHERE CountryCode IN (SELECT CountryCode FROM country " \
+          "WHERE Continent = 'Europe')"
+    assert len(conn.execute(sql).fetchall()) == 3
+    r = validate_sql(sql, info)
+    assert r.ok and "( SELECT Code FROM country" in " ".join(r.sql.split())
+    assert sorted(conn.execute(r.sql).fetchall()) == [("Bergen",), ("Oslo",)]
+    r = validate_sql("SELECT Name FROM city WHERE CountryCode = (SELECT CountryCode FROM "
+                     "country WHERE Name = 'Japan')", info)
+    assert r.ok and conn.execute(r.sql).fetchall() == [("Kyoto",)]
+    # no foreign key says which column is meant: an error that explains the trap
+    r = validate_sql("SELECT Code FROM country WHERE Name IN (SELECT Continent FROM city)",
+                     info)
+    assert not r.ok and "from the outer row" in r.issues[0].message
+    conn.close()
+
+
 @pytest.mark.parametrize("sql,contradicts", [
     ("SELECT name FROM customers WHERE country = 'UK' AND country = 'US'", True),
     ("SELECT c.name FROM customers c JOIN orders o ON c.customer_id = o.customer_id "
