@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import builtins
 import difflib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -347,8 +348,12 @@ def drop_rebinding(code: str, namespace: Mapping[str, Any]) -> tuple[str, list[s
     for s in stmts:
         drop.update(range(s.lineno - 1, (s.end_lineno or s.lineno)))
         notes.append(lines[s.lineno - 1].strip()[:80])
+        above = s.lineno - 2  # its comment ("# Sample data") goes with it
+        while above >= 0 and lines[above].lstrip().startswith("#"):
+            drop.add(above)
+            above -= 1
     kept = "\n".join(line for i, line in enumerate(lines) if i not in drop)
-    return kept.strip("\n"), notes
+    return re.sub(r"\n{3,}", "\n\n", kept).strip("\n"), notes
 
 
 # --------------------------------------------------------------------------- Series logic

@@ -70,6 +70,10 @@ def test_rebinding_live_data_is_an_error_and_can_be_dropped(ns):
     kept, notes = drop_rebinding(code, ns)
     assert kept == "import pandas as pd\nsales.groupby('region')['revenue'].sum()"
     assert notes and notes[0].startswith("sales = pd.DataFrame")
+    # the comment that introduced it goes too, and the blank lines around it close up
+    kept, _ = drop_rebinding("import pandas as pd\n\n# Sample data\nsales = pd.DataFrame()\n\n\n"
+                             "# Total per region\nsales.groupby('region').sum()", ns)
+    assert kept == "import pandas as pd\n\n# Total per region\nsales.groupby('region').sum()"
     assert kinds(validate_python("sales = pd.read_csv('sales.csv')", ns)) == ["rebinds-data"]
     # transforming the live data is fine
     assert validate_python("sales = sales.dropna()", ns) == []
