@@ -31,6 +31,7 @@ from qcoder_ds.copilot.validate import (
     Issue,
     check_uses_data,
     drop_rebinding,
+    fix_old_pandas,
     fix_series_logic,
     validate_python,
 )
@@ -321,6 +322,7 @@ class Copilot:
         code, echoed = drop_context_echo(extract_code(text, "python"), prompt.context_text)
         code, dropped = drop_rebinding(code, namespace)
         code, rewritten = fix_series_logic(code, namespace)
+        code, modernized = fix_old_pandas(code)
         attempt = Attempt(answer=text, code=code)
         if echoed:
             attempt.notes.append(f"removed {echoed} line(s) copied from the data description")
@@ -330,6 +332,9 @@ class Copilot:
         if rewritten:
             attempt.notes.append("combined Series conditions with & and |: "
                                  + "; ".join(rewritten))
+        if modernized:
+            attempt.notes.append("rewrote pandas calls the installed pandas no longer has: "
+                                 + "; ".join(modernized))
         if not code.strip():
             attempt.issues.append(Issue("syntax", "the answer contains no code"))
             return attempt

@@ -411,6 +411,63 @@ def fix_series_logic(code: str, namespace: Mapping[str, Any]) -> tuple[str, list
             visit(child)
 
     visit(tree)
+    return _rewrite(code, edits)
+
+
+def fix_old_pandas(code: str) -> tuple[str, list[str]]:
+    """The old pandas calls of ``code`` rewritten (see :func:`_fix_old_pandas_once`), nested
+    ones included, and what was changed."""
+    notes: list[str] = []
+    for _ in range(3):
+        code, changed = _fix_old_pandas_once(code)
+        if not changed:
+            break
+        notes += changed
+    return code, notes
+
+
+def _fix_old_pandas_once(code: str) -> tuple[str, list[str]]:
+    """Rewrite the pandas calls the model learned from older code that the installed pandas
+    no longer has, each with one meaning: ``df.applymap(f)`` is ``df.map(f)`` (pandas 2.1
+    renamed it, 3.0 removed it), ``s.iteritems()`` is ``s.items()`` (removed in 2.0), and
+    ``df.groupby(k)['a', 'b']`` is ``df.groupby(k)[['a', 'b']]`` (a tuple is refused since
+    2.0). Made here, like the Series logic, instead of spending a repair on it."""
+    import pandas as pd
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code, []
+    renames = {}
+    if not hasattr(pd.DataFrame, "applymap") and hasattr(pd.DataFrame, "map"):
+        renames["applymap"] = "map"
+    if not hasattr(pd.Series, "iteritems"):
+        renames["iteritems"] = "items"
+    edits: list[tuple[ast.AST, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in renames:
+            owner = ast.get_source_segment(code, node.func.value) or ""
+            edits.append((node.func, f"{owner}.{renames[node.func.attr]}"))
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Tuple) and \
+                _is_groupby(node.value) and node.slice.elts and \
+                all(isinstance(e, ast.Constant) and isinstance(e.value, str)
+                    for e in node.slice.elts):
+            cols = ", ".join(repr(e.value) for e in node.slice.elts)
+            owner = ast.get_source_segment(code, node.value) or ""
+            edits.append((node, f"{owner}[[{cols}]]"))
+    return _rewrite(code, edits)
+
+
+def _is_groupby(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+        node.func.attr == "groupby"
+
+
+def _rewrite(code: str, edits: list[tuple[ast.AST, str]]) -> tuple[str, list[str]]:
+    """``code`` with each node's source replaced by its text (innermost edits are not
+    combined with outer ones), and the changes as ``old -> new``; unchanged if the result
+    does not parse."""
     if not edits:
         return code, []
     starts = [0]
@@ -421,11 +478,18 @@ def fix_series_logic(code: str, namespace: Mapping[str, Any]) -> tuple[str, list
         text = code[starts[line - 1]:starts[line] if line < len(starts) else None]
         return starts[line - 1] + len(text.encode()[:col].decode(errors="ignore"))
 
-    out = code
-    notes = []
-    for node, text in sorted(edits, key=lambda e: (e[0].lineno, e[0].col_offset), reverse=True):
+    spans: list[tuple[int, int, str]] = []
+    for node, text in edits:
         a = offset(node.lineno, node.col_offset)
         b = offset(node.end_lineno or node.lineno, node.end_col_offset or 0)
+        spans.append((a, b, text))
+    chosen: list[tuple[int, int, str]] = []
+    for a, b, text in sorted(spans, key=lambda s: s[1] - s[0]):  # innermost first
+        if all(b <= c or a >= d for c, d, _ in chosen):
+            chosen.append((a, b, text))
+    out = code
+    notes = []
+    for a, b, text in sorted(chosen, reverse=True):
         notes.append(f"{out[a:b]} -> {text}")
         out = out[:a] + text + out[b:]
     try:

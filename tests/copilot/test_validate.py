@@ -3,7 +3,12 @@ import pytest
 
 from qcoder_ds.copilot.context import ConnectionInfo
 from qcoder_ds.copilot.safety import check_safety
-from qcoder_ds.copilot.validate import drop_rebinding, fix_series_logic, validate_python
+from qcoder_ds.copilot.validate import (
+    drop_rebinding,
+    fix_old_pandas,
+    fix_series_logic,
+    validate_python,
+)
 from qcoder_ds.copilot.validate_sql import sql_cell, validate_sql
 
 
@@ -250,3 +255,28 @@ def test_series_logic_is_rewritten_with_bitwise_operators(ns, code, fixed):
     else:
         assert out == fixed and len(notes) == 1
         exec(out, dict(ns))  # the rewritten code runs on the real frame
+
+
+@pytest.mark.parametrize("code,fixed", [
+    # a tuple of columns on a GroupBy is refused since pandas 2.0: a list is meant
+    ("r = df.groupby('k')['a', 'b'].sum()", "r = df.groupby('k')[['a', 'b']].sum()"),
+    # a single column, or a tuple key on a DataFrame (a MultiIndex column): left alone
+    ("r = df.groupby('k')['a'].sum()", None),
+    ("r = df['a', 'b']", None),
+] + ([
+    # removed in pandas 3.0 (renamed in 2.1) and 2.0: the new names mean the same
+    ("r = df.applymap(lambda v: v * 2)", "r = df.map(lambda v: v * 2)"),
+    ("r = [k for k, _ in df['a'].iteritems()]", "r = [k for k, _ in df['a'].items()]"),
+    ("r = df.groupby('k')['a', 'b'].sum().applymap(str)",
+     "r = df.groupby('k')[['a', 'b']].sum().map(str)"),
+] if not hasattr(pd.DataFrame, "applymap") else []))
+def test_pandas_calls_removed_from_the_installed_pandas_are_rewritten(code, fixed):
+    df = pd.DataFrame({"k": ["x", "x", "y"], "a": [1, 2, 3], "b": [4, 5, 6]})
+    out, notes = fix_old_pandas(code)
+    if fixed is None:
+        assert (out, notes) == (code, [])
+        return
+    assert out == fixed and notes
+    ns = {"df": df}
+    exec(out, ns)  # noqa: S102 - the rewritten code runs on the installed pandas
+    assert len(ns["r"]) > 0
