@@ -45,6 +45,15 @@ def test_runtime_error_goes_back_to_the_model_and_repairs_are_bounded(box, sales
     assert "/ 'x'" not in eng.calls[1][-1]["content"] and len(eng.calls[1]) == 2
 
 
+def test_an_unexpected_keyword_is_repaired_with_the_arguments_the_call_takes(box, sales):
+    eng = ScriptedEngine([fence("sales['revenue'].sort_values(by='revenue')"),
+                          fence("sales['revenue'].sort_values(ascending=False)")])
+    ans = Copilot(eng, box).ask("revenue sorted", {"sales": sales})
+    assert ans.ok and ans.repairs == 1
+    repair = eng.calls[1][-1]["content"]
+    assert "sort_values() has no argument 'by'; its arguments are: axis, ascending" in repair
+
+
 def test_recreated_data_is_dropped_before_checking(box, sales):
     code = ("import pandas as pd\nsales = pd.DataFrame({'region': ['x'], 'revenue': [1.0]})\n"
             "sales.groupby('region')['revenue'].mean()")
