@@ -5,7 +5,7 @@ on a fixed list of development requests against examples/data/sales.csv (as ``sa
 SQLite copy of it (as ``conn``), as a notebook user would ask them. Writes
 benchmarks/results/copilot-latency.json.
 
-    .venv/bin/python benchmarks/copilot.py [--threads 2] [--limit N]
+    .venv/bin/python benchmarks/copilot.py [--threads 2] [--limit N] [--model NAME]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default=None, help="catalogue name (default: the embedded one)")
     ap.add_argument("--limit", type=int, default=None, help="first N requests only")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/copilot-latency.json")
     args = ap.parse_args()
@@ -54,7 +55,7 @@ def main() -> int:
 
     from qcoder_ds.copilot.pipeline import Copilot, Options
     from qcoder_ds.copilot.tasks import Task
-    from qcoder_ds.engine import Engine
+    from qcoder_ds.engine import DEFAULT_MODEL, Engine
 
     sales = pd.read_csv(ROOT / "examples/data/sales.csv", parse_dates=["order_date"])
     tmp = Path(tempfile.mkdtemp(prefix="qcoder-bench-"))
@@ -63,9 +64,10 @@ def main() -> int:
     ns = {"sales": sales, "conn": conn, "pd": pd}
 
     t0 = time.perf_counter()
-    engine = Engine.load(threads=args.threads, progress=False)
+    args.model = args.model or DEFAULT_MODEL
+    engine = Engine.load(args.model, threads=args.threads, progress=False)
     load_s = time.perf_counter() - t0
-    copilot = Copilot(engine, model="qwen2.5-coder-0.5b-instruct")
+    copilot = Copilot(engine, model=args.model)
     rows = []
     for request, flag in REQUESTS[: args.limit]:
         task = Task(flag) if flag else None
@@ -96,8 +98,8 @@ def summary(rows: list[dict], engine, args, load_s: float, partial: bool = True)
     ftt = [r["first_token_s"] for r in rows]
     tot = [r["checked_cell_s"] for r in rows]
     result = {
-        "benchmark": "copilot latency (pipeline, embedded model)",
-        "model": "qwen2.5-coder-0.5b-instruct", "backend": engine.backend,
+        "benchmark": "copilot latency (pipeline)",
+        "model": args.model, "backend": engine.backend,
         "weights": engine.weights, "threads": args.threads, "load_s": round(load_s, 2),
         "requests": len(rows),
         "first_token_s": {"median": round(statistics.median(ftt), 2),
