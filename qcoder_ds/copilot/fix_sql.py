@@ -252,18 +252,23 @@ def drop_unused_joins(tree: exp.Expression, info: ConnectionInfo, request: str
     return (plain, dropped) if dropped else (tree, [])
 
 
+def _scoped_copy(tree: exp.Expression) -> tuple[exp.Expression, list[Scope]]:
+    """A copy of ``tree`` to edit and its scopes (none when sqlglot cannot scope it)."""
+    fixed = tree.copy()
+    try:
+        return fixed, list(traverse_scope(fixed))
+    except SqlglotError:
+        return fixed, []
+
+
 def drop_unlinked_joins(tree: exp.Expression) -> tuple[exp.Expression, list[str]]:
     """A copy of ``tree`` without the inner-joined tables that their own join condition does
     not mention and nothing else uses, and the tables dropped (``teacher AS T1 JOIN course
     AS T2 ON T1.Teacher_ID = T1.Teacher_ID``): such a join pairs every row with every row of
     the table, which is never meant. Its condition stays, in the WHERE clause, unless it
     compares a column with itself."""
-    fixed = tree.copy()
+    fixed, scopes = _scoped_copy(tree)
     dropped: list[str] = []
-    try:
-        scopes = list(traverse_scope(fixed))
-    except SqlglotError:
-        return tree, []
     for scope in scopes:
         select = scope.expression
         if not isinstance(select, exp.Select):
@@ -407,12 +412,8 @@ def fix_join_keys(tree: exp.Expression, info: ConnectionInfo) -> tuple[exp.Expre
     fks = info.foreign_keys
     if not fks:
         return tree, []
-    fixed = tree.copy()
+    fixed, scopes = _scoped_copy(tree)
     notes: list[str] = []
-    try:
-        scopes = list(traverse_scope(fixed))
-    except SqlglotError:
-        return tree, []
     for scope in scopes:
         select = scope.expression
         sources = _table_sources(scope)
