@@ -180,7 +180,11 @@ def _move_to_holder(tree: exp.Expression, info: ConnectionInfo, look: _Lookup, f
     holds 'Kabul': the comparison is moved to that column (``T2.Name = 'Kabul'``), in ``tree``
     itself, and the change described. Only for ``=``/``<>`` and one holding column among the
     tables of the comparison's own SELECT, each read once; else None."""
-    for scope in traverse_scope(tree):
+    try:
+        scopes = list(traverse_scope(tree))
+    except SqlglotError:  # a query sqlglot cannot scope keeps its error message instead
+        return None
+    for scope in scopes:
         sources = {a.lower(): (a, s.name) for a, s in scope.sources.items()
                    if isinstance(s, exp.Table) and s.name}
         names = [t.lower() for _, t in sources.values()]
