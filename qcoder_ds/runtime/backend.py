@@ -20,6 +20,11 @@ class DecoderSession(ABC):
     previous one (the same system prompt and schema or notebook context, a repair round that
     repeats the request, k samples of one prompt) only prefills what is new:
     :meth:`reuse_prefix`.
+
+    A backend may keep several caches (``prefix_slots``): a notebook interleaves pandas, plot
+    and SQL requests, whose prompts start differently, and with one cache each would evict
+    the others' context. A prompt goes to the cache it shares most with; one that shares
+    little with all of them takes an unused cache, else the least recently used one.
     """
 
     #: the longest context (prompt + generated tokens) this session accepts
@@ -30,6 +35,11 @@ class DecoderSession(ABC):
     vocab_size: int
     #: the ids in the KV cache, in order (kept by :meth:`forward` and :meth:`reset`)
     cached_ids: list[int] | tuple = ()
+    #: how many KV caches the session may keep (backends that can hold more override it)
+    prefix_slots: int = 1
+    #: a shared prefix shorter than this (or than half the cache) is not worth a cache's
+    #: contents: pandas and plot prompts share only their first dozen tokens
+    min_shared: int = 64
 
     def reset(self) -> None:
         """Forget the KV cache; the next forward starts at position 0."""
@@ -61,19 +71,44 @@ class DecoderSession(ABC):
     def reuse_prefix(self, prompt_ids: np.ndarray) -> int:
         """Make the cache hold the longest prefix of ``prompt_ids`` it can keep (never all of
         it: the last token is run to get logits); return how many prompt tokens are cached."""
+        if self.prefix_slots > 1:
+            self._pick_slot(prompt_ids)
         cached = self.cached_ids
-        limit = min(len(cached), len(prompt_ids) - 1)
-        same = 0
-        if limit > 0:
-            a = np.asarray(cached[:limit], dtype=np.int64)
-            diff = np.nonzero(a != np.asarray(prompt_ids[:limit], dtype=np.int64))[0]
-            same = int(diff[0]) if diff.size else limit
+        same = _shared(cached, prompt_ids)
         if same and self.rewind(same):
             self.position = same
             self.cached_ids = list(cached[:same])
             return same
         self.reset()
         return 0
+
+    def _pick_slot(self, prompt_ids: np.ndarray) -> None:
+        """Switch to the cache that suits ``prompt_ids`` (see the class docstring)."""
+        if not hasattr(self, "_parked"):
+            self._slot, self._parked, self._used, self._clock = 0, {}, {}, 0
+        held = {self._slot: (self.position, list(self.cached_ids)), **self._parked}
+
+        def useful(slot: int) -> int:
+            ids = held[slot][1]
+            n = _shared(ids, prompt_ids)
+            return n if n >= min(self.min_shared, max(1, len(ids) // 2)) else 0
+
+        best = max(held, key=lambda s: (useful(s), s == self._slot))
+        if not useful(best):
+            free = sorted((s for s in range(self.prefix_slots) if s not in held or not held[s][1]),
+                          key=lambda s: s != self._slot)  # an empty current cache first
+            best = free[0] if free else min(held, key=lambda s: self._used.get(s, -1))
+        if best != self._slot:
+            self._parked[self._slot] = held[self._slot]
+            self.position, self.cached_ids = self._parked.pop(best, (0, []))
+            self._use_slot(best)
+            self._slot = best
+        self._clock += 1
+        self._used[best] = self._clock
+
+    def _use_slot(self, slot: int) -> None:
+        """Make cache ``slot`` the one forward passes read and extend (creating it if new)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps one KV cache")
 
     @abstractmethod
     def _reset(self) -> None:
@@ -101,3 +136,14 @@ class DecoderSession(ABC):
                 f"{ids.size} new tokens after {self.position} would make {total}, more than this "
                 f"session's context of {self.max_context} tokens")
         return ids
+
+
+def _shared(cached: list[int] | tuple, prompt_ids: np.ndarray) -> int:
+    """How many leading ids of ``prompt_ids`` a cache holding ``cached`` can keep (never the
+    prompt's last one: it is run again to get logits)."""
+    limit = min(len(cached), len(prompt_ids) - 1)
+    if limit <= 0:
+        return 0
+    a = np.asarray(cached[:limit], dtype=np.int64)
+    diff = np.nonzero(a != np.asarray(prompt_ids[:limit], dtype=np.int64))[0]
+    return int(diff[0]) if diff.size else limit

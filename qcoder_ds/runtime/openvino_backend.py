@@ -83,8 +83,16 @@ class OpenVINODecoderSession(DecoderSession):
         except RuntimeError as e:
             raise ModelError(f"{self.dir}: OpenVINO could not compile the model: "
                              f"{_last_line(e)}") from None
-        self.request = self.compiled.create_infer_request()
+        # one infer request per prompt cache: each holds its own KV state, which grows with use
+        self.prefix_slots = 3
+        self._requests = {0: self.compiled.create_infer_request()}
+        self.request = self._requests[0]
         self._beam = np.zeros(1, np.int32)
+
+    def _use_slot(self, slot: int) -> None:
+        if slot not in self._requests:
+            self._requests[slot] = self.compiled.create_infer_request()
+        self.request = self._requests[slot]
 
     def _reset(self) -> None:
         self.request.reset_state()

@@ -38,6 +38,11 @@ CONFIG_FILE = "config.json"
 #: KV capacity when the caller does not ask for one: 4096 positions of Qwen2.5-0.5B's cache
 #: take 96 MiB (fp32); the model's full 32k window would take 768 MiB.
 DEFAULT_MAX_CONTEXT = 4096
+#: at most this much memory for the extra prompt caches (``DecoderSession.prefix_slots``),
+#: allocated only when a prompt needs one: three for the 0.5B and 1.5B models at 4096
+#: positions (96 and 224 MiB each), none for a model whose one cache is larger
+EXTRA_CACHE_BYTES = 768 << 20
+MAX_PREFIX_SLOTS = 3
 
 
 def export_onnx(ckpt: Checkpoint, out_dir: Path, weights: str = "int4", progress: bool = True,
@@ -120,19 +125,30 @@ class OrtDecoderSession(DecoderSession):
             raise ModelError(f"{model_path}: ONNX Runtime cannot load this export ({e})") from None
         out = {o.name: o for o in self.session.get_outputs()}
         self.vocab_size = int(out["logits"].shape[-1])
-        shape = [1, cfg.num_kv_heads, max_context, cfg.head_dim]
-        self._kv = []
+        self._kv_shape = [1, cfg.num_kv_heads, max_context, cfg.head_dim]
+        cache_bytes = 2 * cfg.num_layers * int(np.prod(self._kv_shape)) * 4
+        self.prefix_slots = max(1, min(MAX_PREFIX_SLOTS, EXTRA_CACHE_BYTES // cache_bytes))
+        self._caches: dict[int, list[ort.OrtValue]] = {}
         self._bind = self.session.io_binding()
-        for i in range(cfg.num_layers):
-            for kind in ("key", "value"):
-                buf = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32)
-                self._kv.append(buf)
-                self._bind.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)
-                self._bind.bind_ortvalue_output(f"present.{i}.{kind}", buf)
+        self._use_slot(0)
         self._logits = ort.OrtValue.ortvalue_from_shape_and_type([1, 1, self.vocab_size],
                                                                  np.float32)
         self._bind.bind_ortvalue_output("logits", self._logits)
         self.position = 0
+
+    def _use_slot(self, slot: int) -> None:
+        """Bind cache ``slot`` (allocated on first use) as every layer's past and present: the
+        attention node appends to it in place."""
+        if slot not in self._caches:
+            self._caches[slot] = [ort.OrtValue.ortvalue_from_shape_and_type(self._kv_shape,
+                                                                           np.float32)
+                                  for _ in range(2 * self.config.num_layers)]
+        bufs = iter(self._caches[slot])
+        for i in range(self.config.num_layers):
+            for kind in ("key", "value"):
+                buf = next(bufs)
+                self._bind.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)
+                self._bind.bind_ortvalue_output(f"present.{i}.{kind}", buf)
 
     def _reset(self) -> None:
         pass  # stale cache rows past `position` are never read
