@@ -213,8 +213,11 @@ def drop_unused_joins(tree: exp.Expression, info: ConnectionInfo, request: str
     The small model joins a neighbouring table "to be safe" (``visitor JOIN visit`` for a
     filter on visitors); the join repeats or loses rows and the answer is wrong while it runs.
     A table the request names is kept: there the join is the point ("players who have won").
-    So is every join of a query that groups or aggregates: there the join decides what is
-    counted."""
+    In a query that groups or aggregates, the join decides what is counted, so a table is
+    also kept when the request names one of its own columns ("the most frequent destination
+    airport" counts ``flights`` by ``DestAirport``); otherwise it only repeats the rows that
+    are counted ("the number of teachers from each hometown" over ``teacher JOIN
+    course_arrange``)."""
     asked = _words(request)
     try:
         qualified = qualify(tree.copy(), schema=info.schema(), dialect=info.dialect,
@@ -225,8 +228,7 @@ def drop_unused_joins(tree: exp.Expression, info: ConnectionInfo, request: str
         return tree, []
     dropped: list[str] = []
     for q_scope, p_scope in pairs:
-        if _aggregates(q_scope.expression):
-            continue
+        counts = _aggregates(q_scope.expression)
         q_joins = q_scope.expression.args.get("joins") or []
         p_joins = p_scope.expression.args.get("joins") or []
         if len(q_joins) != len(p_joins) or not q_joins or \
@@ -235,8 +237,10 @@ def drop_unused_joins(tree: exp.Expression, info: ConnectionInfo, request: str
         names = [t.name for t in q_scope.expression.find_all(exp.Table)]
         for q_join, p_join in reversed(list(zip(q_joins, p_joins, strict=True))):
             table = q_join.this
+            others = [n for n in names if n != table.name]
             if not isinstance(table, exp.Table) or q_join.args.get("using") or \
-                    _mentioned(table.name, asked, [n for n in names if n != table.name]):
+                    _mentioned(table.name, asked, others) or \
+                    counts and _column_named(table.name, asked, others, info):
                 continue
             alias = table.alias_or_name
             on = q_join.args.get("on")
@@ -246,7 +250,8 @@ def drop_unused_joins(tree: exp.Expression, info: ConnectionInfo, request: str
                 continue
             p_join.pop()
             dropped.append(table.name)
-        first = _drop_from_table(q_scope.expression, p_scope.expression, asked, names)
+        first = _drop_from_table(q_scope.expression, p_scope.expression, asked, names,
+                                 info if counts else None)
         if first:
             dropped.append(first)
     return (plain, dropped) if dropped else (tree, [])
@@ -304,6 +309,18 @@ def _self_equal(cond: exp.Expression) -> bool:
         cond.this == cond.expression
 
 
+def _column_named(table: str, asked: set[str], others: list[str], info: ConnectionInfo
+                  ) -> bool:
+    """Whether the request names a column of ``table`` that the ``others`` lack, by a word of
+    the column's name or a longer word that starts with one (``DestAirport``: "destination")."""
+    def columns(name: str) -> list[str]:
+        return next((list(c) for t, c in info.tables.items() if t.lower() == name.lower()), [])
+
+    theirs = set().union(*(_words(c) for o in others for c in columns(o)))
+    own = {w for c in columns(table) for w in _words(c) - theirs - _STOP if len(w) > 2}
+    return any(a == w or len(w) >= 4 and a.startswith(w) for a in asked for w in own)
+
+
 def _aggregates(select: exp.Expression) -> bool:
     """Whether ``select`` groups or aggregates its own rows: then a join decides what is
     counted ("the most frequent destination airport" counts flights), and stays."""
@@ -313,10 +330,11 @@ def _aggregates(select: exp.Expression) -> bool:
 
 
 def _drop_from_table(q_select: exp.Expression, p_select: exp.Expression, asked: set[str],
-                     names: list[str]) -> str | None:
+                     names: list[str], counts_in: ConnectionInfo | None = None) -> str | None:
     """``FROM a JOIN b ON a.x = b.y`` where nothing but that ON uses ``a`` and the request
     does not name it becomes ``FROM b``; returns the table dropped. Only for an inner join:
-    the FROM table of an outer join decides which rows there are."""
+    the FROM table of an outer join decides which rows there are. ``counts_in``: the query
+    aggregates, so ``a`` is also kept when the request names a column of its own."""
     q_from, p_from = q_select.args.get("from_"), p_select.args.get("from_")
     q_joins = q_select.args.get("joins") or []
     p_joins = p_select.args.get("joins") or []
@@ -327,7 +345,9 @@ def _drop_from_table(q_select: exp.Expression, p_select: exp.Expression, asked: 
     if not isinstance(table, exp.Table) or not isinstance(join.this, exp.Table) or \
             on is None or join.args.get("using") or join.side or \
             join.kind.upper() not in ("", "INNER") or \
-            _mentioned(table.name, asked, [n for n in names if n != table.name]):
+            _mentioned(table.name, asked, [n for n in names if n != table.name]) or \
+            counts_in is not None and \
+            _column_named(table.name, asked, [n for n in names if n != table.name], counts_in):
         return None
     alias = table.alias_or_name
     in_on = {id(c) for c in on.find_all(exp.Column)}

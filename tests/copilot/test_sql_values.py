@@ -25,11 +25,21 @@ from qcoder_ds.copilot.validate_sql import validate_sql
      "name and amount", None),
     ("SELECT c.name FROM customers c JOIN orders o ON c.customer_id = o.customer_id "
      "WHERE o.amount > 10", "who spent over 10", None),
-    # a query that aggregates counts the joined rows: "the country with the most orders"
+    # a query that aggregates counts the joined rows when the request names one of the
+    # joined table's own columns ("ordering" starts with order_id's "order") ...
     ("SELECT c.country FROM customers c JOIN orders o ON c.customer_id = o.customer_id "
-     "GROUP BY c.country ORDER BY COUNT(*) DESC LIMIT 1", "the busiest country", None),
-    ("SELECT AVG(c.customer_id) FROM customers c JOIN orders o ON c.customer_id = "
-     "o.customer_id", "mean id of the buyers", None),
+     "GROUP BY c.country ORDER BY COUNT(*) DESC LIMIT 1",
+     "the country where ordering is most frequent", None),
+    # ... and otherwise the join only repeats the rows it counts
+    ("SELECT c.country, COUNT(c.customer_id) FROM customers c JOIN orders o "
+     "ON c.customer_id = o.customer_id GROUP BY c.country",
+     "the number of customers in each country", "orders"),
+    ("SELECT c.country FROM orders o JOIN customers c ON o.customer_id = c.customer_id "
+     "GROUP BY c.country HAVING COUNT(*) >= 2", "countries with at least two customers",
+     "orders"),
+    ("SELECT c.country FROM orders o JOIN customers c ON o.customer_id = c.customer_id "
+     "GROUP BY c.country HAVING COUNT(*) >= 2", "countries with at least two order amounts",
+     None),
     # SELECT * reads every table
     ("SELECT * FROM customers c JOIN orders o ON c.customer_id = o.customer_id",
      "everything", None),
