@@ -465,8 +465,9 @@ def _fix_one_join(on: exp.EQ, alias: str, earlier: list[str], sources: dict[str,
     if not quals <= set(sources):
         return None
     joined = alias.lower()
-    itself = len(quals) == 1 and left.name.lower() == right.name.lower()
-    if itself or joined not in quals:  # a column with itself, or never the joined table
+    one_table = len(quals) == 1
+    itself = one_table and left.name.lower() == right.name.lower()
+    if one_table or joined not in quals:  # one table's own columns, or never the joined table
         others = [a for a in earlier if a.lower() != joined]
     else:
         other = (quals - {joined}).pop()
@@ -484,7 +485,7 @@ def _fix_one_join(on: exp.EQ, alias: str, earlier: list[str], sources: dict[str,
     key = exp.EQ(this=exp.column(mine, table=alias),
                  expression=exp.column(theirs, table=other_alias))
     # a condition on two other tables is kept: only the joined table's link is missing
-    new = key if itself or joined in quals else exp.and_(on.copy(), key)
+    new = key if itself or joined in quals and not one_table else exp.and_(on.copy(), key)
     before = on.sql()
     on.replace(new)
     return f"ON {before} -> ON {new.sql()}"

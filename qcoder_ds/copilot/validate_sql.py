@@ -8,6 +8,7 @@ the real columns, which is what the repair prompt needs.
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ from qcoder_ds.copilot.fix_sql import (
     fix_sql,
 )
 from qcoder_ds.copilot.validate import Issue
+
+log = logging.getLogger(__name__)
 
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Drop, exp.Create, exp.Alter, exp.Merge,
            exp.TruncateTable)
@@ -101,7 +104,7 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
         return SqlCheck(out_sql, issues)
     problem = _schema_issue(tree, info)
     if problem is not None and problem.severity == "error":
-        fixed, notes = fix_sql(tree, info)
+        fixed, notes = _fixed(fix_sql, tree, info)
         if notes and _schema_issue(fixed, info) is None:
             tree = fixed
             out_sql = fixed.sql(dialect=info.dialect, pretty=True)
@@ -111,14 +114,14 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
         issues.append(problem)
     if problem is None or problem.severity == "warning":
         for fix in (fix_join_keys, fix_in_keys):
-            rejoined, changed = fix(tree, info)
+            rejoined, changed = _fixed(fix, tree, info)
             if changed and _schema_issue(rejoined, info) is None:
                 tree = rejoined
                 out_sql = rejoined.sql(dialect=info.dialect, pretty=True)
                 issues.append(Issue("sql-fixed", "matched keys by the foreign key: "
                                     + "; ".join(changed), severity="warning"))
     if problem is None or problem.severity == "warning":
-        unlinked, dropped = drop_unlinked_joins(tree)
+        unlinked, dropped = _fixed(drop_unlinked_joins, tree)
         if dropped and _schema_issue(unlinked, info) is None:
             tree = unlinked
             out_sql = unlinked.sql(dialect=info.dialect, pretty=True)
@@ -130,20 +133,31 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
         if never:
             issues.append(never)
     if request and (problem is None or problem.severity == "warning"):
-        trimmed, dropped = drop_unused_joins(tree, info, request)
+        trimmed, dropped = _fixed(drop_unused_joins, tree, info, request)
         if dropped and _schema_issue(trimmed, info) is None:
             tree = trimmed
             out_sql = trimmed.sql(dialect=info.dialect, pretty=True)
             issues.append(Issue("sql-fixed", "dropped joined table(s) that nothing uses and the "
                                 "request does not mention: " + ", ".join(dropped),
                                 severity="warning"))
-        trimmed, column = drop_ranking_column(tree, request)
+        trimmed, column = _fixed(drop_ranking_column, tree, request)
         if column and _schema_issue(trimmed, info) is None:
             out_sql = trimmed.sql(dialect=info.dialect, pretty=True)
             issues.append(Issue("sql-fixed", f"dropped {column} from the result: it only ranks "
                                 "the rows, and the request asks which, not how many",
                                 severity="warning"))
     return SqlCheck(out_sql, issues)
+
+
+def _fixed(fix, tree: exp.Expression, *args):
+    """``fix(tree, *args)``, or no change when the fix fails: each one rewrites SQL the model
+    wrote by a rule, and a query its rule did not foresee must be left as it was, not cost
+    the user the answer."""
+    try:
+        return fix(tree, *args)
+    except Exception:  # noqa: BLE001 - any failure of a rewrite means "no rewrite"
+        log.debug("%s failed on %s", fix.__name__, tree.sql(), exc_info=True)
+        return tree, []
 
 
 def contradiction(tree: exp.Expression) -> Issue | None:

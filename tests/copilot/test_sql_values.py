@@ -120,6 +120,10 @@ SAME_ROWS = "SELECT c.name, o.amount FROM customers c JOIN orders o USING (custo
      "o.order_id = c.customer_id AND x.customer_id = c.customer_id", "SELECT c.name, o.amount, "
      "x.amount FROM customers c JOIN orders o USING (customer_id) JOIN orders x USING "
      "(customer_id) WHERE o.order_id = c.customer_id"),
+    # a condition on two columns of the joined table alone: kept, and the key added
+    ("SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON o.order_id = "
+     "o.customer_id", "o.order_id = o.customer_id AND o.customer_id = c.customer_id",
+     SAME_ROWS + " WHERE o.order_id = o.customer_id"),
     # the foreign key itself, and a join on same-named columns: left alone
     ("SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON c.customer_id = "
      "o.customer_id", None, None),
@@ -402,3 +406,20 @@ def test_value_lookup_leaves_the_users_connection_usable(shop_live):
     check_values("SELECT COUNT(*) FROM orders WHERE customer_id = 'Grace'", info, conn)
     assert conn.execute("SELECT COUNT(*) FROM orders").fetchone() == (4,)
     assert isinstance(conn, sqlite3.Connection) and conn.in_transaction is False
+
+
+def test_a_fix_that_fails_leaves_the_query_as_it_was(shop_db, monkeypatch):
+    # each fix is a rule over SQL the model wrote; one that meets a query it did not foresee
+    # must not cost the answer (the Spider run once stopped on such a KeyError)
+    from qcoder_ds.copilot import validate_sql as vs
+
+    def broken(tree, info):
+        raise KeyError("pop from an empty set")
+
+    monkeypatch.setattr(vs, "fix_join_keys", broken)
+    conn, _ = shop_db
+    info = ctxmod.collect({"conn": conn}, "").connections["conn"]
+    sql = ("SELECT c.name, o.amount FROM customers AS c JOIN orders AS o "
+           "ON o.order_id = c.customer_id")
+    r = vs.validate_sql(sql, info, request="each customer's name and order amounts")
+    assert r.ok and r.issues == [] and " ".join(r.sql.split()) == sql
