@@ -311,12 +311,14 @@ def _self_equal(cond: exp.Expression) -> bool:
 
 def _column_named(table: str, asked: set[str], others: list[str], info: ConnectionInfo
                   ) -> bool:
-    """Whether the request names a column of ``table`` that the ``others`` lack, by a word of
-    the column's name or a longer word that starts with one (``DestAirport``: "destination")."""
+    """Whether the request names a column of ``table`` by a word that the ``others`` lack in
+    their names and columns, or by a longer word that starts with one (``DestAirport``:
+    "destination")."""
     def columns(name: str) -> list[str]:
         return next((list(c) for t, c in info.tables.items() if t.lower() == name.lower()), [])
 
-    theirs = set().union(*(_words(c) for o in others for c in columns(o)))
+    # a key named after another table (``visitor_ID`` beside ``visitor``) names that table
+    theirs = set().union(*(_words(c) for o in others for c in columns(o) + [o]))
     own = {w for c in columns(table) for w in _words(c) - theirs - _STOP if len(w) > 2}
     return any(a == w or len(w) >= 4 and a.startswith(w) for a in asked for w in own)
 

@@ -75,6 +75,20 @@ def test_a_table_is_named_by_the_words_its_neighbours_lack():
     assert "Transcript_Contents" in r.sql
 
 
+def test_a_key_named_after_a_table_names_that_table():
+    # "visitors" names visitor, not visit by its visitor_ID: averaging over the join would
+    # weight each visitor by their visits
+    info = ctxmod.ConnectionInfo("conn", "sqlite", "sqlite", tables={
+        "visitor": {"ID": "INTEGER", "Age": "INTEGER", "Level_of_membership": "INTEGER"},
+        "visit": {"Museum_ID": "INTEGER", "visitor_ID": "INTEGER", "Total_spent": "REAL"}})
+    sql = ("SELECT AVG(T1.Age) FROM visitor AS T1 JOIN visit AS T2 ON T1.ID = T2.visitor_ID "
+           "WHERE T1.Level_of_membership <= 4")
+    r = validate_sql(sql, info, request="the average age of visitors with level at most 4")
+    assert "visit AS" not in r.sql and "FROM visitor AS T1" in r.sql
+    r = validate_sql(sql, info, request="the average age of visitors by money they spent")
+    assert "JOIN visit AS T2" in r.sql  # "spent": a column of visit's own
+
+
 @pytest.mark.parametrize("sql,request_text,kept", [
     # "which ... the most": the count only ranks the rows
     ("SELECT country, COUNT(*) AS n FROM customers GROUP BY country ORDER BY n DESC LIMIT 1",
