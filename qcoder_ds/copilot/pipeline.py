@@ -360,8 +360,14 @@ class Copilot:
         sql = extract_sql(text)
         result = validate_sql(sql, info, request=prompt.request)
         if result.ok and opts.check:
-            result.sql, found = check_values(result.sql, info, namespace.get(info.name))
+            looked_up, found = check_values(result.sql, info, namespace.get(info.name))
             result.issues += found
+            if looked_up != result.sql:  # a moved comparison can leave a join with no use
+                again = validate_sql(looked_up, info, request=prompt.request)
+                if again.ok:
+                    looked_up = again.sql
+                    result.issues += [i for i in again.issues if i.kind == "sql-fixed"]
+            result.sql = looked_up
         cell = sql_cell(result.sql, info)
         attempt = Attempt(answer=text, code=cell, issues=list(result.issues), sql=result.sql)
         if opts.check and result.ok and not (opts.safe and any(i.kind == "unsafe"

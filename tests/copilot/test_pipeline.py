@@ -81,6 +81,21 @@ def test_sql_answer_becomes_a_cell_on_the_users_connection(box, shop_db):
     assert "CREATE TABLE orders" in eng.calls[0][1]["content"]
 
 
+def test_a_value_moved_to_another_table_is_checked_again(box, shop_db):
+    # 'UK' is in no ordered_on, only in customers.country: the comparison moves there, and
+    # then nothing uses orders, whose join would repeat each customer once per order
+    conn, _ = shop_db
+    eng = ScriptedEngine([fence("SELECT c.name FROM customers AS c JOIN orders AS o ON "
+                                "c.customer_id = o.customer_id WHERE o.ordered_on = 'UK'",
+                                "sql")])
+    ans = Copilot(eng, box).ask("names of the customers in the UK", {"conn": conn},
+                                Options(task=Task.SQL))
+    assert ans.ok and ans.repairs == 0
+    assert "JOIN" not in ans.sql and "country = 'UK'" in " ".join(ans.sql.split())
+    assert conn.execute(ans.sql).fetchall() == [("Ada",)]
+    assert any("orders" in w for w in ans.warnings)
+
+
 def test_plot_without_a_figure_fails_the_check(box, sales):
     eng = ScriptedEngine([fence("sales.groupby('region')['revenue'].sum()"),
                           fence("import matplotlib.pyplot as plt\n"
