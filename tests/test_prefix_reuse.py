@@ -97,3 +97,17 @@ def test_a_short_shared_start_does_not_take_over_a_cache():
     assert s.reuse_prefix(np.array(other)) == 0 and s.slots_used == [1]
     s.forward(np.array(other))
     assert s.reuse_prefix(np.array(long_a + [3])) == len(long_a) and s.slots_used == [1, 0]
+
+
+def test_a_backend_claiming_caches_it_cannot_switch_is_told_so():
+    from test_generate import ScriptedSession
+
+    from qcoder_ds.errors import QcoderError
+
+    class Claims(ScriptedSession):
+        prefix_slots = 2
+
+    s = Claims([], max_context=512)
+    s.forward(np.array(list(range(1, 100))))
+    with pytest.raises(QcoderError, match="prefix_slots = 2 but has no _use_slot"):
+        s.reuse_prefix(np.array([7] * 50))

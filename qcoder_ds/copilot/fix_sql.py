@@ -344,12 +344,11 @@ def _drop_from_table(q_select: exp.Expression, p_select: exp.Expression, asked: 
         return None
     table, join = q_from.this, q_joins[0]
     on = join.args.get("on")
+    others = [n for n in names if n != table.name]
     if not isinstance(table, exp.Table) or not isinstance(join.this, exp.Table) or \
             on is None or join.args.get("using") or join.side or \
-            join.kind.upper() not in ("", "INNER") or \
-            _mentioned(table.name, asked, [n for n in names if n != table.name]) or \
-            counts_in is not None and \
-            _column_named(table.name, asked, [n for n in names if n != table.name], counts_in):
+            join.kind.upper() not in ("", "INNER") or _mentioned(table.name, asked, others) or \
+            counts_in is not None and _column_named(table.name, asked, others, counts_in):
         return None
     alias = table.alias_or_name
     in_on = {id(c) for c in on.find_all(exp.Column)}

@@ -107,8 +107,10 @@ class DecoderSession(ABC):
         self._used[best] = self._clock
 
     def _use_slot(self, slot: int) -> None:
-        """Make cache ``slot`` the one forward passes read and extend (creating it if new)."""
-        raise NotImplementedError(f"{type(self).__name__} keeps one KV cache")
+        """Make cache ``slot`` the one forward passes read and extend (creating it if new).
+        Only called when ``prefix_slots > 1``, so a backend that sets it also overrides this."""
+        raise QcoderError(f"{type(self).__name__} sets prefix_slots = {self.prefix_slots} "
+                          f"but has no _use_slot to switch to cache {slot}")
 
     @abstractmethod
     def _reset(self) -> None:

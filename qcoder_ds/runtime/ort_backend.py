@@ -38,10 +38,10 @@ CONFIG_FILE = "config.json"
 #: KV capacity when the caller does not ask for one: 4096 positions of Qwen2.5-0.5B's cache
 #: take 96 MiB (fp32); the model's full 32k window would take 768 MiB.
 DEFAULT_MAX_CONTEXT = 4096
-#: at most this much memory for the extra prompt caches (``DecoderSession.prefix_slots``),
-#: allocated only when a prompt needs one: three for the 0.5B and 1.5B models at 4096
-#: positions (96 and 224 MiB each), none for a model whose one cache is larger
-EXTRA_CACHE_BYTES = 768 << 20
+#: at most this much memory for all prompt caches together (``DecoderSession.prefix_slots``;
+#: each allocated only when a prompt needs it): three for the 0.5B and 1.5B models at 4096
+#: positions (96 and 224 MiB each), a single one for a model whose cache is larger
+CACHE_BYTES = 768 << 20
 MAX_PREFIX_SLOTS = 3
 
 
@@ -127,7 +127,7 @@ class OrtDecoderSession(DecoderSession):
         self.vocab_size = int(out["logits"].shape[-1])
         self._kv_shape = [1, cfg.num_kv_heads, max_context, cfg.head_dim]
         cache_bytes = 2 * cfg.num_layers * int(np.prod(self._kv_shape)) * 4
-        self.prefix_slots = max(1, min(MAX_PREFIX_SLOTS, EXTRA_CACHE_BYTES // cache_bytes))
+        self.prefix_slots = max(1, min(MAX_PREFIX_SLOTS, CACHE_BYTES // cache_bytes))
         self._caches: dict[int, list[ort.OrtValue]] = {}
         self._bind = self.session.io_binding()
         self._use_slot(0)
