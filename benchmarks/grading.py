@@ -120,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
+    from qcoder_ds import isolation
     from qcoder_ds.grading.assign import assign_directory
     from qcoder_ds.grading.autograde import autograde
     from qcoder_ds.grading.gradebook import GradebookStore
-    from qcoder_ds.grading.sandbox import Limits, isolation_available
+    from qcoder_ds.grading.sandbox import Limits
 
     work = Path(tempfile.mkdtemp(prefix="qcoder-bench-grading-"))
     try:
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "grading", "submissions": args.n, "notebooks": args.n,
             "assignment": name, "cpus": sorted(os.sched_getaffinity(0)),
             "machine": platform.machine(), "python": platform.python_version(),
-            "isolation": "namespaces" if isolation_available() else "rlimits+socket block",
+            "isolation": "bubblewrap walls" if isolation.available() else "rlimits+socket block",
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         ours_dir = work / "ours"

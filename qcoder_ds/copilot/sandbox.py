@@ -1,11 +1,18 @@
 """Check a candidate cell by running it on a sample copy of the data, in another process.
 
-Limits: wall-clock time (the process group is killed), address space (RLIMIT_AS on top of
-what the interpreter maps), CPU seconds, file size; no network (a fresh network namespace via
-``unshare -n`` where we may create one, and in any case an audit hook that refuses sockets);
-no other processes; a temporary working directory, outside of which nothing may be written or
-deleted; ``MPLBACKEND=Agg`` so plots render off-screen. The user's objects are never passed:
-the child gets a pickled sample copy, and databases are opened read-only or copied.
+The walls are the operating system's (``qcoder_ds.isolation``: bubblewrap): the child sees a
+read-only system and Python, its own job directory (read-write), the database files the cell
+uses (read-only) and a private ``/tmp``; nothing else of the file system; it runs as nobody,
+with no network and no view of other processes. Inside, limits: wall-clock time (the process
+group is killed), address space (RLIMIT_AS on top of what the interpreter maps), CPU seconds,
+file size; and an audit hook that refuses sockets, processes and writes outside the job
+directory with a clear message (a friendlier first line, not the wall). ``MPLBACKEND=Agg``
+renders plots off-screen. The user's objects are never passed: the child gets a pickled
+sample copy, and databases are opened read-only or copied.
+
+Where the walls cannot be built (no user namespaces, not Linux), the check still runs, with
+the audit hook and a network namespace where one can be made; ``Sandbox.isolation`` says
+which, and the copilot says so once.
 
 A spare child is started ahead of time (its pandas/matplotlib import is most of the start-up
 cost), so a check in an interactive session starts at once.
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import pickle
 import select
@@ -32,8 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qcoder_ds import isolation
 from qcoder_ds.copilot.context import ConnectionInfo, _is_data, connection_kind
 from qcoder_ds.copilot.errors import CopilotError
+
+log = logging.getLogger(__name__)
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 
@@ -87,10 +98,10 @@ def network_namespace_available() -> bool:
     return r.returncode == 0
 
 
-def _child_env(allowed_dir: str) -> dict[str, str]:
-    keep = ("PATH", "LANG", "LC_ALL", "HOME", "TZ", "SYSTEMROOT")
+def _child_env(allowed_dir: str, home: str) -> dict[str, str]:
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
     env = {k: os.environ[k] for k in keep if k in os.environ}
-    env.update(MPLBACKEND="Agg", MPLCONFIGDIR=allowed_dir, OPENBLAS_NUM_THREADS="1",
+    env.update(HOME=home, MPLBACKEND="Agg", MPLCONFIGDIR=allowed_dir, OPENBLAS_NUM_THREADS="1",
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0",
                PYTHONDONTWRITEBYTECODE="1", NO_PROXY="*", no_proxy="*",
                # arrow's jemalloc/mimalloc reserve huge address ranges; RLIMIT_AS needs malloc
@@ -149,44 +160,90 @@ def referenced(code: str) -> set[str]:
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
 
 
+def _database_files(conns: Mapping[str, dict]) -> tuple[str, ...]:
+    """The database files a job opens in place (read-only): the walls must show them."""
+    files = []
+    for spec in conns.values():
+        if spec["kind"] in ("sqlite", "sqlalchemy-sqlite"):
+            files += [p for p in (spec["path"], spec["path"] + "-wal") if os.path.exists(p)]
+    return tuple(sorted(files))
+
+
+@dataclass
+class _Child:
+    """A started check process and the job directory that only it can see."""
+
+    proc: subprocess.Popen
+    job_dir: Path
+    readable: tuple[str, ...]
+
+
 class Sandbox:
     """Runs candidates in child processes; keeps one spare child warm between runs."""
+
+    _said: set[str] = set()  # reduced-isolation notices already given (once per process)
 
     def __init__(self, limits: Limits | None = None, prewarm: bool = True):
         self.limits = limits or Limits()
         self.prewarm = prewarm
-        self._spare: subprocess.Popen | None = None
+        self._spare: _Child | None = None
+        self._readable: tuple[str, ...] = ()  # what the last job needed: the spare gets it
         self._lock = threading.Lock()
         self._mpl_dir = tempfile.mkdtemp(prefix="qcoder-mpl-")
-        self.isolation = "network namespace + audit hook" if (
-            network_namespace_available() and not self.limits.network) else "audit hook"
+        isolation.hand_over([self._mpl_dir])
+        why_not = isolation.unavailable_reason()
+        self.walled = why_not is None
+        net = "network" if self.limits.network else "no network"
+        if self.walled:
+            self.isolation = (f"bubblewrap walls (read-only system, own job directory, private "
+                              f"/tmp, uid nobody, {net}) + audit hook")
+        else:
+            netns = not self.limits.network and network_namespace_available()
+            self.isolation = ("network namespace + audit hook" if netns else "audit hook") + \
+                f" only: {why_not}"
+            if why_not not in Sandbox._said:
+                Sandbox._said.add(why_not)
+                log.warning("qcoder: the copilot's checks run with reduced isolation (%s): "
+                            "code that calls libc directly is not walled in", why_not)
 
-    def _start(self) -> subprocess.Popen:
+    def _start(self, readable: tuple[str, ...]) -> _Child:
+        job_dir = Path(tempfile.mkdtemp(prefix="qcoder-check-"))
+        isolation.hand_over([job_dir])
         cmd = [sys.executable, "-I", str(CHILD)]
-        if not self.limits.network and network_namespace_available():
+        if self.walled:
+            walls = isolation.Walls(writable=(str(job_dir), self._mpl_dir),
+                                    readable=(str(CHILD),) + readable,
+                                    network=self.limits.network)
+            cmd = isolation.command(cmd, walls)
+        elif not self.limits.network and network_namespace_available():
             cmd = [shutil.which("unshare") or "unshare", "-n", "--"] + cmd
-        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=_child_env(self._mpl_dir),
-                                cwd=tempfile.gettempdir(), start_new_session=True, text=True)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=_child_env(self._mpl_dir,
+                                                                       str(job_dir)),
+                                cwd=job_dir, start_new_session=True, text=True)
+        return _Child(proc, job_dir, readable)
 
-    def _take(self) -> subprocess.Popen:
+    def _take(self, readable: tuple[str, ...]) -> _Child:
         with self._lock:
-            proc, self._spare = self._spare, None
-        if proc is None or proc.poll() is not None:
-            proc = self._start()
-        return proc
+            child, self._spare = self._spare, None
+            self._readable = readable
+        if child is not None and (child.proc.poll() is not None
+                                  or not set(readable) <= set(child.readable)):
+            _discard(child)
+            child = None
+        return child or self._start(readable)
 
     def _refill(self) -> None:
         if self.prewarm:
             with self._lock:
                 if self._spare is None:
-                    self._spare = self._start()
+                    self._spare = self._start(self._readable)
 
     def close(self) -> None:
         with self._lock:
-            proc, self._spare = self._spare, None
-        if proc is not None and proc.poll() is None:
-            _kill(proc)
+            child, self._spare = self._spare, None
+        if child is not None:
+            _discard(child)
         shutil.rmtree(self._mpl_dir, ignore_errors=True)
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
@@ -205,7 +262,8 @@ class Sandbox:
         modules: dict[str, str] = {}
         conns: dict[str, dict] = {}
         unavailable: list[str] = []
-        tmp = Path(tempfile.mkdtemp(prefix="qcoder-check-"))
+        staging = Path(tempfile.mkdtemp(prefix="qcoder-stage-"))  # in-memory databases
+        child = None
         try:
             for name in sorted(names & set(namespace)):
                 obj = namespace[name]
@@ -214,7 +272,7 @@ class Sandbox:
                     continue
                 if connection_kind(obj):
                     info = (connections or {}).get(name)
-                    spec = _connection_spec(name, obj, info, tmp, lim.sample_rows)
+                    spec = _connection_spec(name, obj, info, staging, lim.sample_rows)
                     if spec is None:
                         unavailable.append(name)
                     else:
@@ -227,17 +285,25 @@ class Sandbox:
                     unavailable.append(name)
                     continue
                 data[name] = copy
+            in_place = {n: c for n, c in conns.items() if not c.get("path", "").startswith(
+                str(staging) + os.sep)}
+            child = self._take(_database_files(in_place))
+            for spec in conns.values():  # copies move into the one folder the child sees
+                if spec.get("path", "").startswith(str(staging) + os.sep):
+                    spec["path"] = shutil.move(spec["path"], child.job_dir)
             job = {"code": code, "data": data, "modules": modules, "connections": conns,
                    "memory_bytes": lim.memory_mb << 20, "file_bytes": lim.file_mb << 20,
                    "cpu_seconds": int(lim.timeout_s) + 1, "result_name": result_name,
                    "allowed_dirs": [self._mpl_dir]}
-            with open(tmp / "job.pkl", "wb") as f:
+            with open(child.job_dir / "job.pkl", "wb") as f:
                 pickle.dump(job, f)
-            result = self._execute(tmp)
+            result = self._execute(child)
             result.unavailable = unavailable
             return result
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            if child is not None:
+                shutil.rmtree(child.job_dir, ignore_errors=True)
             self._refill()
 
     @staticmethod
@@ -250,8 +316,8 @@ class Sandbox:
             raise CopilotError("the check process did not start (python, pandas and numpy "
                                "must import in the environment that runs qcoder)")
 
-    def _execute(self, job_dir: Path) -> RunResult:
-        proc = self._take()
+    def _execute(self, child: _Child) -> RunResult:
+        proc, job_dir = child.proc, child.job_dir
         self._wait_ready(proc)
         start = time.perf_counter()
         timed_out = False
@@ -294,6 +360,12 @@ def _signal_name(rc: int | None) -> str:
         except ValueError:
             return f"killed by signal {-rc}"
     return f"exit status {rc}"
+
+
+def _discard(child: _Child) -> None:
+    if child.proc.poll() is None:
+        _kill(child.proc)
+    shutil.rmtree(child.job_dir, ignore_errors=True)
 
 
 def _kill(proc: subprocess.Popen) -> None:

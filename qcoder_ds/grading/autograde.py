@@ -29,9 +29,10 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
+from qcoder_ds import isolation
 from qcoder_ds.grading.errors import GradingError
 from qcoder_ds.grading.gradebook import GradebookStore, NotebookDef
-from qcoder_ds.grading.kernel import CellRun, SandboxedKernel
+from qcoder_ds.grading.kernel import CellRun, SandboxedKernel, isolation_note, refusal
 from qcoder_ds.grading.restore import restore
 from qcoder_ds.grading.sandbox import Limits
 from qcoder_ds.grading.scoring import cell_kind, score_cell
@@ -224,7 +225,8 @@ def grade_submission(task: dict) -> dict:
     defs = [NotebookDef(n, nbformat.reads(i, as_version=4), nbformat.reads(r, as_version=4))
             for n, i, r in task["defs"]]
     out_dir = Path(task["out_dir"]) if task.get("out_dir") else None
-    result = {"student": student, "notebooks": [], "problems": [], "timestamp": None}
+    result = {"student": student, "notebooks": [], "problems": [], "timestamp": None,
+              "isolation": isolation_note()}
     ts = sub_dir / "timestamp.txt"
     if ts.is_file():
         result["timestamp"] = ts.read_text(encoding="utf-8", errors="replace").strip() or None
@@ -274,14 +276,6 @@ def find_submissions(root: Path, assignment: str) -> list[tuple[str, Path]]:
     return out
 
 
-def _hide_list(paths: list[Path | str | None]) -> tuple[str, ...]:
-    out = []
-    for p in paths:
-        if p:
-            out.append(os.path.realpath(p))
-    return tuple(dict.fromkeys(out))
-
-
 def autograde(submissions: str | os.PathLike, assignment: str, gradebook: str | os.PathLike,
               out_dir: str | os.PathLike | None = None, jobs: int = 1,
               limits: Limits | None = None, force: bool = False,
@@ -301,10 +295,9 @@ def autograde(submissions: str | os.PathLike, assignment: str, gradebook: str | 
         todo = [p for p in pairs if p[0] not in done]
         skipped = [s for s, _ in pairs if s in done]
         out_root = Path(out_dir).resolve() if out_dir else submissions.parent / "autograded"
-        hide = _hide_list([submissions, out_root, store.path.parent, store.source_dir(assignment),
-                           os.getcwd(), tempfile.gettempdir(), *limits.hide])
+        if not isolation.available() and not limits.reduced_isolation:
+            raise GradingError(refusal())
         lim = asdict(limits)
-        lim["hide"] = hide
         def_rows = [(d.name, nbformat.writes(d.instructor), nbformat.writes(d.released))
                     for d in defs]
         tasks = [{"student": s, "sub_dir": str(d), "assignment": assignment, "defs": def_rows,

@@ -21,6 +21,7 @@ from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpec
 from nbformat.v4 import output_from_msg
 
+from qcoder_ds import isolation
 from qcoder_ds.grading.sandbox import Limits, launcher_argv
 
 _PKG_ROOT = str(Path(__file__).resolve().parents[2])
@@ -42,6 +43,24 @@ class CellRun:
     stdout: str = ""
 
 
+def isolation_note() -> str:
+    """How the kernels of this machine are isolated, in words for every report."""
+    why_not = isolation.unavailable_reason()
+    if why_not is None:
+        return ("walled in with bubblewrap: read-only system, own work folder, private /tmp, "
+                "uid nobody, no network, own PID namespace")
+    return (f"REDUCED ISOLATION ({why_not}): resource limits and a socket block only; the "
+            "notebook's code could read and write the grader's files")
+
+
+def refusal() -> str:
+    """Why untrusted notebooks are not run here, and what the instructor can do."""
+    return (f"student notebooks are not run without operating-system walls, and they cannot "
+            f"be built here: {isolation.unavailable_reason()}. Install bubblewrap or allow "
+            "unprivileged user namespaces; or pass --reduced-isolation to grade anyway with "
+            "resource limits only (each report will say so)")
+
+
 class SandboxedKernel:
     """A python kernel started through the sandbox launcher, in ``work``, with ``limits``."""
 
@@ -60,10 +79,16 @@ class SandboxedKernel:
         self.shutdown()
 
     def start(self, ready_timeout: float = 60.0) -> None:
+        walled = isolation.available()
+        if not walled and not self.limits.reduced_isolation:
+            raise RuntimeError(refusal())
         self.run_dir.mkdir(parents=True, exist_ok=True)
         kernel_argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-        spec = KernelSpec(argv=launcher_argv(self.limits, self.work, kernel_argv),
-                          display_name="Python 3", language="python", env={})
+        # interrupts go as messages: the walled kernel has a session of its own, out of reach
+        # of the process-group signal Jupyter would send
+        spec = KernelSpec(argv=launcher_argv(self.limits, self.work, kernel_argv, walled),
+                          display_name="Python 3", language="python", env={},
+                          interrupt_mode="message")
         km = KernelManager(transport="ipc", ip=str(self.run_dir / "k"),
                            connection_file=str(self.run_dir / "kernel.json"))
         km._kernel_spec = spec

@@ -13,11 +13,12 @@ import pytest
 from helpers import HIDDEN_LINES, cell_by_id, student_copy, write_source, write_submission
 from nbformat.v4 import new_code_cell
 
+from qcoder_ds import isolation
 from qcoder_ds.grading.assign import assign_directory
 from qcoder_ds.grading.autograde import autograde
 from qcoder_ds.grading.feedback import write_feedback
 from qcoder_ds.grading.gradebook import GradebookStore
-from qcoder_ds.grading.sandbox import Limits, isolation_available
+from qcoder_ds.grading.sandbox import Limits
 
 pytestmark = pytest.mark.slow  # ~20 kernels, several deliberate time-outs
 
@@ -247,8 +248,8 @@ def test_rigged_eq(batch):
 
 
 def test_reading_hidden_tests_from_disk(batch):
-    if not isolation_available():
-        pytest.skip("no mount namespaces here: instructor files cannot be hidden")
+    if not isolation.available():
+        pytest.skip("no walls here: instructor files cannot be hidden")
     assert _total(batch, "read_hidden") == 0
     # the attack was real: the instructor's gradebook on disk holds the hidden test
     assert b"add(10, 5)" in (batch["course"] / "gradebook.db").read_bytes()

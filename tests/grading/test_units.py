@@ -136,11 +136,12 @@ def test_feedback_redacts_hidden_tests_everywhere(pair):
 
 
 def test_launcher_argv_carries_limits(tmp_path):
-    argv = launcher_argv(Limits(memory_mb=512, hide=("/secret",)), tmp_path, ["k", "-f", "c"])
+    argv = launcher_argv(Limits(memory_mb=512), tmp_path, ["k", "-f", "c"], walled=True)
     assert argv[1:3] == ["-m", "qcoder_ds.grading.sandbox"]
     assert argv[argv.index("--memory-mb") + 1] == "512"
-    assert argv[argv.index("--hide") + 1] == "/secret"
+    assert "--reduced-isolation" not in argv
     assert argv[-4:] == ["--", "k", "-f", "c"]
+    assert "--reduced-isolation" in launcher_argv(Limits(), tmp_path, ["k"], walled=False)
 
 
 def test_guard_rewrites_comparisons_in_tests():
