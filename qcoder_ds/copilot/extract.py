@@ -38,9 +38,21 @@ def extract_code(text: str, language: str = "python") -> str:
     return _longest_parsing_prefix(body)
 
 
+#: how many shorter prefixes are tried before an unparsable answer is kept as it is
+_PREFIX_TRIES = 200
+
+
 def _longest_parsing_prefix(body: str) -> str:
+    """The longest run of leading lines that parses, searched down from the line Python's
+    parser stopped at (so 10,000 lines of junk cost a few hundred parses, not 10,000)."""
     lines = body.splitlines()
-    for end in range(len(lines), 0, -1):
+    tree, error = parse_python(body)
+    if tree is not None:
+        return body
+    stop = len(lines)
+    if isinstance(error, SyntaxError) and error.lineno:
+        stop = min(stop, error.lineno)
+    for end in range(stop, max(0, stop - _PREFIX_TRIES), -1):
         chunk = "\n".join(lines[:end])
         if parses(chunk):
             return chunk.strip()
@@ -62,9 +74,8 @@ def extract_sql(text: str) -> str:
 
 def _sql_in_python(code: str) -> str | None:
     """The first string literal in ``code`` that looks like a query."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
+    tree, _ = parse_python(code)
+    if tree is None:
         m = re.search(r"\b(WITH|SELECT)\b[^;`]*", code, re.I | re.S)
         return m.group(0).strip() if m else None
     for node in ast.walk(tree):
@@ -76,30 +87,82 @@ def _sql_in_python(code: str) -> str | None:
     return None
 
 
+#: a comment this long that begins a line of the description is a copy cut off by the budget
+_ECHO_MIN_PREFIX = 12
+
+
 def drop_context_echo(code: str, context: str) -> tuple[str, int]:
     """``code`` without the lines it copied from the prompt's data description, and how many.
 
-    Only for code that does not parse: the 0.5B model sometimes continues its answer with the
-    context block it was shown (``columns (name: dtype, nulls, stats):``, a CSV row), which is
-    never Python. A line that parses on its own, or that is not a line of the description, is
-    kept, so working code is never touched."""
-    if parses(code):
-        return code, 0
-    described = {line.strip() for line in context.splitlines() if line.strip()}
+    Models continue their answer with the context block they were shown, in two forms: as
+    bare lines (``columns (name: dtype, nulls, stats):``, a CSV row), which are never Python,
+    and as ``#`` comments, which parse and so pass every check while computing nothing (the
+    1.5B model wrote such comments until its token budget ended). Bare copied lines go when
+    they do not parse; copied comments always go, since a comment changes nothing the cell
+    does. A line that is not a line of the description is kept, so working code is never
+    touched."""
+    described = [_echo_key(line) for line in context.splitlines()]
+    described_set = {d for d in described if d}
+    bare = {line.strip() for line in context.splitlines() if line.strip()}
+    whole = parses(code)
     kept, dropped = [], 0
-    for line in code.splitlines():
-        if line.strip() in described and not line.lstrip().startswith("#") and \
-                not parses(line.strip()):
+    lines = code.splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            if _copied_comment(_echo_key(stripped), described, described_set,
+                               cut=i == len(lines) - 1):
+                dropped += 1
+                continue
+        elif not whole and stripped in bare and not parses(stripped):
             dropped += 1
             continue
         kept.append(line)
-    return ("\n".join(kept), dropped) if dropped else (code, 0)
+    return ("\n".join(kept).strip("\n"), dropped) if dropped else (code, 0)
+
+
+def _echo_key(line: str) -> str:
+    """A description or comment line compared without its ``#`` marks, case and spacing."""
+    return " ".join(line.strip().lstrip("#").split()).lower()
+
+
+def _copied_comment(key: str, described: list[str], described_set: set[str],
+                    cut: bool) -> bool:
+    """A comment that is a line of the description, or (on the answer's last line, where the
+    token budget cuts) the start of one."""
+    if not key:
+        return False
+    if key in described_set:
+        return True
+    return cut and len(key) >= _ECHO_MIN_PREFIX and any(d.startswith(key) for d in described
+                                                        if d)
+
+
+#: what ``ast.parse`` raises on text a model can write: bad syntax, NUL bytes (ValueError
+#: before Python 3.12), lone surrogates (UnicodeError), and nesting or length the parser
+#: gives up on (MemoryError, RecursionError)
+PARSE_ERRORS = (SyntaxError, ValueError, UnicodeError, MemoryError, RecursionError)
+
+
+def parse_python(code: str) -> tuple[ast.Module | None, BaseException | None]:
+    """The module, or None and why not; never raises on any text."""
+    try:
+        return ast.parse(code), None
+    except PARSE_ERRORS as e:
+        return None, e
+
+
+def parse_problem(error: BaseException) -> str:
+    """What :func:`parse_python`'s error means, in words the model and the user can act on."""
+    if isinstance(error, SyntaxError) and not isinstance(error, UnicodeError):
+        return f"SyntaxError: {error.msg}"
+    if isinstance(error, UnicodeError):
+        return "the code contains characters that are not valid text (broken Unicode)"
+    if isinstance(error, ValueError):
+        return "the code contains NUL bytes: binary data, not Python"
+    return "the code is nested too deeply or is too long for Python's parser"
 
 
 def parses(code: str) -> bool:
     """Whether ``code`` is valid Python."""
-    try:
-        ast.parse(code)
-    except SyntaxError:
-        return False
-    return True
+    return parse_python(code)[0] is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import PurePath
 
+from qcoder_ds.copilot.extract import parse_python
 from qcoder_ds.copilot.validate import Issue
 
 _PROCESS_MODULES = {"subprocess", "pty", "multiprocessing", "pexpect"}
@@ -53,9 +54,8 @@ def _open_mode(call: ast.Call) -> str:
 
 def check_safety(code: str) -> list[Issue]:
     """Findings of kind "unsafe" (severity "warning"; ``--safe`` turns them into blocks)."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
+    tree, _ = parse_python(code)
+    if tree is None:
         return []
     issues: list[Issue] = []
 

@@ -134,7 +134,7 @@ def check_values(sql: str, info: ConnectionInfo, conn: Any, budget_s: float = 2.
         return sql, []
     try:
         tree = sqlglot.parse_one(sql, read=info.dialect)
-    except SqlglotError:
+    except (SqlglotError, RecursionError):  # the base class: TokenError too
         return sql, []
     look = _Lookup(conn, info, budget_s)
     fixes: dict[str, str] = {}

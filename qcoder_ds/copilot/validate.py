@@ -11,10 +11,13 @@ from __future__ import annotations
 import ast
 import builtins
 import difflib
+import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from qcoder_ds.copilot.extract import parse_problem, parse_python, parses
 
 _NOTEBOOK_NAMES = {"display", "get_ipython", "In", "Out", "Err", "__builtins__"}
 
@@ -37,15 +40,46 @@ _MAKERS = {"DataFrame", "Series", "array", "asarray", "read_csv", "read_excel", 
            "linspace", "rand", "randn", "randint", "date_range"}
 
 
+class Kind(str, enum.Enum):
+    """What an :class:`Issue` is about: one kind per rule, so reports can count them. A
+    ``str`` enum, so ``issue.kind == "syntax"`` and plain-string kinds keep working."""
+
+    SYNTAX = "syntax"
+    UNDEFINED_NAME = "undefined-name"
+    UNKNOWN_COLUMN = "unknown-column"
+    REBINDS_DATA = "rebinds-data"
+    NO_RESULT = "no-result"
+    IGNORES_DATA = "ignores-data"
+    UNSAFE = "unsafe"
+    SQL = "sql"
+    SQL_FIXED = "sql-fixed"
+    SQL_VALUE = "sql-value"
+    TRUNCATED = "truncated"  # generation ended at the token budget, not at a stop
+    COMPUTES_NOTHING = "computes-nothing"  # imports, comments, pass, string literals only
+    RUN_WARNING = "run-warning"  # pandas/numpy warned while the cell ran on the sample
+    NOT_PER_GROUP = "not-per-group"  # a per-group request without one entry per group
+    FILTERS_GROUP = "filters-group"  # keeps one value of the column the request groups by
+    CONSTANT_PLOT = "constant-plot"  # a comparison drawn with every value the same
+    CHECK_FAILED = "check-failed"  # a check itself failed on the answer (a bug, reported)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Issue:
     """One problem found in an answer. ``severity`` is "error" or "warning"."""
 
-    kind: str  # "syntax", "undefined-name", "unknown-column", "rebinds-data", "no-result",
-    # "ignores-data", "unsafe", "sql", "sql-fixed"
+    kind: Kind | str
     message: str
     line: int | None = None
     severity: str = "error"
+
+    def __post_init__(self) -> None:
+        try:
+            self.kind = Kind(self.kind)
+        except ValueError:
+            pass  # a kind some caller made up stays a string
 
     def __str__(self) -> str:
         where = f"line {self.line}: " if self.line else ""
@@ -62,10 +96,13 @@ def _close(word: str, options: list[str]) -> str:
 
 
 def check_syntax(code: str) -> tuple[ast.Module | None, list[Issue]]:
-    try:
-        return ast.parse(code), []
-    except SyntaxError as e:
-        return None, [Issue("syntax", f"SyntaxError: {e.msg}", e.lineno)]
+    """The parsed cell, or an issue saying why it does not parse (never an exception: the
+    text is the model's, and may be anything)."""
+    tree, error = parse_python(code)
+    if tree is not None:
+        return tree, []
+    line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
+    return None, [Issue(Kind.SYNTAX, parse_problem(error), line)]
 
 
 # --------------------------------------------------------------------------- names
@@ -335,9 +372,8 @@ def drop_rebinding(code: str, namespace: Mapping[str, Any]) -> tuple[str, list[s
     Safe to do without asking the model: the removed statement would only have replaced the
     user's real data with a made-up copy.
     """
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
+    tree, _ = parse_python(code)
+    if tree is None:
         return code, []
     stmts = rebinding_statements(tree, namespace)
     if not stmts:
@@ -383,9 +419,8 @@ def fix_series_logic(code: str, namespace: Mapping[str, Any]) -> tuple[str, list
     ``a <= df['x'] <= b`` becomes ``(a <= df['x']) & (df['x'] <= b)``, and ``and``/``or``
     between Series comparisons becomes ``&``/``|``. Both have one meaning, so the fix is made
     here (and reported) instead of spending a repair on it."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
+    tree, _ = parse_python(code)
+    if tree is None:
         return code, []
     edits: list[tuple[ast.AST, str]] = []
 
@@ -410,7 +445,10 @@ def fix_series_logic(code: str, namespace: Mapping[str, Any]) -> tuple[str, list
         for child in ast.iter_child_nodes(node):
             visit(child)
 
-    visit(tree)
+    try:
+        visit(tree)
+    except RecursionError:  # an expression nested past Python's limit: left as written
+        return code, []
     return _rewrite(code, edits)
 
 
@@ -434,9 +472,8 @@ def _fix_old_pandas_once(code: str) -> tuple[str, list[str]]:
     2.0). Made here, like the Series logic, instead of spending a repair on it."""
     import pandas as pd
 
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
+    tree, _ = parse_python(code)
+    if tree is None:
         return code, []
     renames = {}
     if not hasattr(pd.DataFrame, "applymap") and hasattr(pd.DataFrame, "map"):
@@ -492,9 +529,7 @@ def _rewrite(code: str, edits: list[tuple[ast.AST, str]]) -> tuple[str, list[str
     for a, b, text in sorted(chosen, reverse=True):
         notes.append(f"{out[a:b]} -> {text}")
         out = out[:a] + text + out[b:]
-    try:
-        ast.parse(out)
-    except SyntaxError:
+    if not parses(out):
         return code, []
     return out, notes[::-1]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import OptimizeError, ParseError, SqlglotError
+from sqlglot.errors import OptimizeError, ParseError, SqlglotError, TokenError
 from sqlglot.optimizer.qualify import qualify
 
 from qcoder_ds.copilot.context import ConnectionInfo
@@ -69,12 +69,12 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
         return SqlCheck(sql, [Issue("sql", "the answer contains no SQL query")])
     if not _SQL_START.match(sql):
         return SqlCheck(sql, [Issue("sql", f"not a SQL query: {sql.strip()[:80]!r}")])
-    try:
-        statements = [s for s in sqlglot.parse(sql, read=read) if s is not None]
-    except ParseError as e:
-        first = e.errors[0] if e.errors else {}
-        msg = first.get("description") or str(e).splitlines()[0]
-        return SqlCheck(sql, [Issue("sql", f"SQL syntax error: {msg}", first.get("line"))])
+    junk = _not_text(sql)
+    if junk:
+        return SqlCheck(sql, [Issue("sql", f"not a SQL query: it contains {junk}")])
+    statements, problem = _parse(sql, read)
+    if problem is not None:
+        return SqlCheck(sql, [problem])
     if len(statements) != 1:
         return SqlCheck(sql, [Issue("sql", f"expected one SQL statement, got {len(statements)}")])
     tree = statements[0]
@@ -147,6 +147,41 @@ def validate_sql(sql: str, info: ConnectionInfo, read: str | None = None,
                                 "the rows, and the request asks which, not how many",
                                 severity="warning"))
     return SqlCheck(out_sql, issues)
+
+
+def _parse(sql: str, read: str) -> tuple[list[exp.Expression], Issue | None]:
+    """The statements of ``sql``, or the issue that says why it does not parse. sqlglot
+    raises its base error class in several forms (``ParseError``; ``TokenError`` for an
+    unterminated string or quoted name, which the model writes when it stops mid-literal),
+    and a query nested past Python's limit raises ``RecursionError``: all become issues."""
+    try:
+        return [s for s in sqlglot.parse(sql, read=read) if s is not None], None
+    except ParseError as e:
+        first = e.errors[0] if e.errors else {}
+        msg = first.get("description") or str(e).splitlines()[0]
+        return [], Issue("sql", f"SQL syntax error: {msg}", first.get("line"))
+    except TokenError as e:
+        return [], Issue("sql", "SQL syntax error: the query could not be split into tokens "
+                         f"(an unterminated string or quoted name?): {str(e)[:120]}")
+    except SqlglotError as e:
+        return [], Issue("sql", f"SQL syntax error: {str(e).splitlines()[0][:200]}")
+    except RecursionError:
+        return [], Issue("sql", "SQL syntax error: the query is nested too deeply to read")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _not_text(sql: str) -> str | None:
+    """What makes ``sql`` binary junk rather than text: control characters (NUL bytes...)
+    or broken Unicode (lone surrogates), which no database would take as a query."""
+    if _CONTROL.search(sql):
+        return "control characters (binary data)"
+    try:
+        sql.encode("utf-8")
+    except UnicodeError:
+        return "characters that are not valid text (broken Unicode)"
+    return None
 
 
 def _fixed(fix, tree: exp.Expression, *args):
@@ -231,7 +266,7 @@ def _schema_issue(tree: exp.Expression, info: ConnectionInfo) -> Issue | None:
                 validate_qualify_columns=True, quote_identifiers=False)
     except OptimizeError as e:
         return _column_issue(str(e), tree, info)
-    except SqlglotError as e:  # qualify can fail on exotic syntax: report, do not crash
+    except (SqlglotError, RecursionError) as e:  # exotic syntax: report, do not crash
         return Issue("sql", f"could not check the query against the schema: {e}",
                      severity="warning")
     return None
