@@ -41,14 +41,9 @@ ROUTES = {
         'if fd >= 0:\n'
         '    libc.write(fd, b"# {tag}\\n", len(b"# {tag}\\n"))\n'),
     "proc_root_and_cwd": (
-        'paths = [b"/proc/self/root{outside}/procroot.txt",\n'
-        '         b"/proc/{parent_pid}/cwd/{tag}-cwd",\n'
-        '         b"/proc/{parent_pid}/root{outside}/pr.txt"]\n'
-        'for pid in os.listdir("/proc"):\n'
-        '    if pid.isdigit():\n'
-        '        paths += [f"/proc/{{pid}}/root{outside}/p{{pid}}.txt".encode(),\n'
-        '                  f"/proc/{{pid}}/cwd/{tag}-cwd{{pid}}".encode()]\n'
-        'for p in paths:\n'
+        'for p in [b"/proc/self/root{outside}/procroot.txt", b"/proc/1/root{outside}/p1.txt",\n'
+        '          b"/proc/{parent_pid}/root{outside}/parent.txt",\n'
+        '          b"/proc/{parent_pid}/cwd/{tag}-cwd"]:\n'
         f'    fd = libc.open(p, {O_WRONLY | O_CREAT | O_TRUNC}, 0o644)\n'
         '    if fd >= 0:\n'
         '        libc.write(fd, b"x", 1)\n'),
@@ -115,10 +110,13 @@ class Target:
             parent_pid=self.parent_pid, victim_pid=self.victim.pid, secrets=self.secrets,
             token=self.token)
 
+    def _places(self) -> list[Path]:
+        return [Path("/var/tmp"), Path("/dev/shm"), self.home, Path("/tmp"), Path.cwd()]
+
     def damage(self, printed: str = "") -> list[str]:
         """What changed or leaked outside the sandbox (empty: the walls held)."""
         out = [f"created {p}" for p in self.outside.iterdir()]
-        for d in (Path("/var/tmp"), Path("/dev/shm"), self.home, Path("/tmp")):
+        for d in self._places():
             if d.is_dir():
                 out += [f"created {p}" for p in d.glob(f"*{self.tag}*")]
         now = self.bashrc.read_bytes() if self.bashrc.exists() else None
@@ -145,7 +143,7 @@ class Target:
 
     def restore(self) -> None:
         """Undo whatever a failed wall let through, so a failing run harms nothing."""
-        for d in (Path("/var/tmp"), Path("/dev/shm"), self.home, Path("/tmp")):
+        for d in self._places():
             if d.is_dir():
                 for p in d.glob(f"*{self.tag}*"):
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
