@@ -122,19 +122,40 @@ def _parents(paths: Iterable[str]) -> list[str]:
     return sorted(made - {"/tmp", "/dev", "/dev/shm", "/proc"}, key=lambda p: (len(p), p))
 
 
+def _chown_tree(paths: Iterable[str | os.PathLike], uid: int, gid: int) -> None:
+    for top in map(os.fspath, paths):
+        if not os.path.lexists(top):
+            continue
+        os.chown(top, uid, gid, follow_symlinks=False)
+        for root, dirs, files in os.walk(top):
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+
+
 def hand_over(paths: Iterable[str | os.PathLike]) -> None:
     """Let the walled process write ``paths`` (recursively). Only root needs this: an
     ordinary user's nobody is that user outside, and owns what the user owns."""
-    if not as_root():
-        return
-    for top in paths:
-        top = os.fspath(top)
-        if not os.path.exists(top):
-            continue
-        os.chown(top, NOBODY, NOBODY, follow_symlinks=False)
-        for root, dirs, files in os.walk(top):
-            for name in dirs + files:
-                os.chown(os.path.join(root, name), NOBODY, NOBODY, follow_symlinks=False)
+    if as_root():
+        _chown_tree(paths, NOBODY, NOBODY)
+
+
+def take_back(paths: Iterable[str | os.PathLike]) -> None:
+    """Give folders that outlive the walled process back to us (undoes ``hand_over``)."""
+    if as_root():
+        _chown_tree(paths, os.geteuid(), os.getegid())
+
+
+@functools.lru_cache(maxsize=1)
+def network_namespace_available() -> bool:
+    """True when ``unshare -n`` works here: the network wall where bubblewrap is missing."""
+    exe = shutil.which("unshare")
+    if not exe:
+        return False
+    try:
+        r = subprocess.run([exe, "-n", "true"], capture_output=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
 
 
 @functools.lru_cache(maxsize=1)

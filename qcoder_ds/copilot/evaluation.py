@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qcoder_ds import isolation
 from qcoder_ds.copilot.errors import CopilotError
 from qcoder_ds.copilot.extract import extract_code, extract_sql
 
@@ -104,10 +105,15 @@ def grade_ds1000(problem: Problem, solution: str, timeout_s: float = 60.0) -> tu
                                    "solution": solution}))
         grader = Path(tmp) / "grader.py"
         grader.write_text(_GRADER)
-        env = dict(os.environ, MPLBACKEND="Agg", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        env = dict(os.environ, MPLBACKEND="Agg", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+                   HOME=tmp, MPLCONFIGDIR=tmp)
+        cmd = [sys.executable, str(grader), str(job)]
+        if isolation.available():  # the model's code: behind the same walls as a check
+            isolation.hand_over([tmp])
+            cmd = isolation.command(cmd, isolation.Walls(writable=(tmp,)))
         try:
-            r = subprocess.run([sys.executable, str(grader), str(job)], cwd=tmp, env=env,
-                               capture_output=True, text=True, timeout=timeout_s)
+            r = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True,
+                               timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return False, "timeout"
     if r.returncode == 0:

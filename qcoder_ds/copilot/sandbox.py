@@ -20,7 +20,6 @@ cost), so a check in an interactive session starts at once.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -83,19 +82,6 @@ class RunResult:
         if self.ok:
             return ""
         return self.error or "the cell failed"
-
-
-@functools.lru_cache(maxsize=1)
-def network_namespace_available() -> bool:
-    """True when ``unshare -n`` works here (root, or user namespaces allowed)."""
-    exe = shutil.which("unshare")
-    if not exe:
-        return False
-    try:
-        r = subprocess.run([exe, "-n", "true"], capture_output=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
 
 
 def _child_env(allowed_dir: str, home: str) -> dict[str, str]:
@@ -198,7 +184,7 @@ class Sandbox:
             self.isolation = (f"bubblewrap walls (read-only system, own job directory, private "
                               f"/tmp, uid nobody, {net}) + audit hook")
         else:
-            netns = not self.limits.network and network_namespace_available()
+            netns = not self.limits.network and isolation.network_namespace_available()
             self.isolation = ("network namespace + audit hook" if netns else "audit hook") + \
                 f" only: {why_not}"
             if why_not not in Sandbox._said:
@@ -215,7 +201,7 @@ class Sandbox:
                                     readable=(str(CHILD),) + readable,
                                     network=self.limits.network)
             cmd = isolation.command(cmd, walls)
-        elif not self.limits.network and network_namespace_available():
+        elif not self.limits.network and isolation.network_namespace_available():
             cmd = [shutil.which("unshare") or "unshare", "-n", "--"] + cmd
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=_child_env(self._mpl_dir,

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qcoder_ds import isolation
 from qcoder_ds.lessons.errors import GateError
 from qcoder_ds.lessons.exercise import Exercise
 
@@ -58,8 +59,10 @@ def run_worker(job: dict, workdir: Path, hash_seed: str = "0",
                timeout: float | None = None, untrusted: bool = False) -> dict:
     """Run one worker process on ``job`` in ``workdir``; its JSON result, or GateError.
 
-    ``untrusted`` (model-written code): CPU, file-size and address-space limits, and no
-    network where a network namespace can be made (as the copilot's sandbox does).
+    ``untrusted`` (model-written code): CPU, file-size and address-space limits, and the
+    operating-system walls of :mod:`qcoder_ds.isolation` (the staging folder and the job
+    folder only, no network); where the walls cannot be built, no network where a network
+    namespace can be made.
     """
     n = len(job["exercises"])
     wrongs = sum(len(e.get("wrong", e.get("cells", {}).get("wrong", []))) for e in job["exercises"])
@@ -68,19 +71,24 @@ def run_worker(job: dict, workdir: Path, hash_seed: str = "0",
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "out.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")
         cmd = [sys.executable, "-m", "qcoder_ds.lessons.worker", str(job_path), str(out_path)]
+        env = _worker_env(hash_seed)
         preexec = None
         if untrusted:
-            from qcoder_ds.copilot.sandbox import network_namespace_available
-
-            if network_namespace_available():
+            if isolation.available():
+                isolation.hand_over([tmp, workdir])
+                env.update(HOME=tmp, MPLCONFIGDIR=tmp)
+                cmd = isolation.command(cmd, isolation.Walls(
+                    writable=(tmp, str(workdir)), readable=(str(isolation.package_dir()),)))
+            elif isolation.network_namespace_available():
                 cmd = ["unshare", "-n", "--", *cmd]
             preexec = functools.partial(_limits, int(limit) + 5)
         try:
-            proc = subprocess.run(cmd, cwd=workdir, env=_worker_env(hash_seed),
-                                  capture_output=True, text=True, timeout=limit,
-                                  preexec_fn=preexec)
+            proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True,
+                                  timeout=limit, preexec_fn=preexec)
         except subprocess.TimeoutExpired as e:
             raise GateError(f"the gate's worker ran longer than {limit:.0f} s") from e
+        finally:
+            isolation.take_back([tmp, workdir])
         if proc.returncode != 0 or not out_path.exists():
             tail = (proc.stderr or "").strip().splitlines()[-5:]
             raise GateError("the gate's worker failed: " + " | ".join(tail))
