@@ -242,8 +242,7 @@ class QcoderMagics(Magics):
         """The new cell below, with provenance in its metadata (payload) and on its first line."""
         if not answer.cell:
             return
-        status = "checked" if answer.ok else "NOT passing the checks"
-        header = f"# qcoder ({model}, {answer.task.value}, {status})\n"
+        header = f"# qcoder ({model}, {answer.task.value}, {answer.summary()})\n"
         text = header + answer.cell.strip() + "\n"
         payload = {"source": "set_next_input", "text": text, "replace": False,
                    "metadata": {"qcoder": answer.provenance(model)}}

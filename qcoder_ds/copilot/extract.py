@@ -123,7 +123,7 @@ def drop_context_echo(code: str, context: str) -> tuple[str, int]:
 
 def _echo_key(line: str) -> str:
     """A description or comment line compared without its ``#`` marks, case and spacing."""
-    return " ".join(line.strip().lstrip("#").split()).lower()
+    return " ".join(re.sub(r"^[#\s]+", "", line).split()).lower()
 
 
 def _copied_comment(key: str, described: list[str], described_set: set[str],

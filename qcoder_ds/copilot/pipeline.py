@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from qcoder_ds.copilot import context as ctxmod
+from qcoder_ds.copilot.checks import RUN_RULES, STATIC_RULES, Cell, Rule, apply, named_result
 from qcoder_ds.copilot.errors import CopilotError, UnsafeCodeError
 from qcoder_ds.copilot.examples import confirmed, shows_table
 from qcoder_ds.copilot.extract import drop_context_echo, extract_code, extract_sql
@@ -29,6 +31,7 @@ from qcoder_ds.copilot.sql_values import check_values
 from qcoder_ds.copilot.tasks import Task, infer_task
 from qcoder_ds.copilot.validate import (
     Issue,
+    Kind,
     check_uses_data,
     drop_rebinding,
     fix_old_pandas,
@@ -37,12 +40,19 @@ from qcoder_ds.copilot.validate import (
 )
 from qcoder_ds.copilot.validate_sql import sql_cell, validate_sql
 
+log = logging.getLogger(__name__)
+
 #: a request longer than this many characters is refused before anything is tokenized
 MAX_REQUEST_CHARS = 20_000
 _MAKE_DATA = ("create", "generate", "make", "build", "random", "simulate", "synthetic", "load",
               "read")
 #: a request for a function gets its data as an argument, so it needs none in scope
 _ASKS_FUNCTION = re.compile(r"\bdef \w+\(|\bfunction\b", re.I)
+#: why generation stopped when it ran out of room: the answer is cut, not finished
+_CUT = ("length", "context")
+#: verdicts a cell that ran implies, left out of its header
+_IMPLIED = {"computes something"}
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 class EngineLike(Protocol):
@@ -94,6 +104,30 @@ class Answer:
     @property
     def repairs(self) -> int:
         return max(0, len(self.attempts) - 1)
+
+    def summary(self) -> str:
+        """What the checks verified and what they did not, for the cell's header: "checked:
+        ran on a sample; one bar per region; not verified: the values". Only what a check
+        did is claimed."""
+        final = self.attempts[-1] if self.attempts else None
+        if not self.ok:
+            failed = [k for k, v in self.checks.items() if v in ("failed", "not found")]
+            return "NOT passing the checks" + (f": {', '.join(failed[:3])}" if failed else "")
+        done = []
+        ran = self.checks.get("ran on sample")
+        if ran == "passed":
+            done.append("ran on a read-only copy of the database" if self.task is Task.SQL
+                        else "ran on a sample")
+        elif self.task is Task.SQL:
+            done.append("checked against the schema, not run")
+        else:
+            done.append("not run")
+        if final is not None:
+            done += list(dict.fromkeys(v.verified for v in final.verdicts
+                                       if v.passed and v.verified not in _IMPLIED))
+        if self.example_matched:
+            done.append("gives the request's example")
+        return f"checked: {'; '.join(done)}; not verified: the values"
 
     def provenance(self, model: str) -> dict[str, Any]:
         """What goes in the inserted cell's metadata."""
@@ -147,7 +181,15 @@ class Copilot:
     def _generate(self, messages: list[dict[str, str]], params: Any,
                   on_token: Callable[[str], None] | None, cancel: Any,
                   answer: Answer, started: float, prefix: str = "") -> str:
-        """Stream one reply. With ``prefix`` (an open code fence, and imports) the reply starts
+        """The text of one streamed reply (see :meth:`_stream`)."""
+        return self._stream(messages, params, on_token, cancel, answer, started, prefix)[0]
+
+    def _stream(self, messages: list[dict[str, str]], params: Any,
+                on_token: Callable[[str], None] | None, cancel: Any,
+                answer: Answer, started: float, prefix: str = "") -> tuple[str, str | None]:
+        """Stream one reply; return its text and why generation stopped (the engine's
+        ``finish_reason``: "stop", "eos", "length" at the token budget; None if the engine
+        does not say). With ``prefix`` (an open code fence, and imports) the reply starts
         inside the code block and stops at its closing fence: no prose to wait for."""
         kwargs: dict[str, Any] = {}
         if prefix and _takes_prefix(self.engine):
@@ -158,7 +200,8 @@ class Copilot:
         else:
             prefix = ""
         pieces = [prefix]
-        for piece in self.engine.chat(messages, params, cancel, **kwargs):
+        stream = self.engine.chat(messages, params, cancel, **kwargs)
+        for piece in stream:
             if answer.first_token_s is None:
                 answer.first_token_s = time.perf_counter() - started
             pieces.append(piece)
@@ -168,7 +211,7 @@ class Copilot:
             pieces.append("\n```" if not pieces[-1].endswith("\n") else "```")
             if on_token:
                 on_token(pieces[-1])
-        return "".join(pieces)
+        return "".join(pieces), getattr(stream, "finish_reason", None)
 
     @staticmethod
     def _prefix(task: Task) -> str:
@@ -199,6 +242,8 @@ class Copilot:
         if task not in (Task.FIX, Task.EXPLAIN) or request:
             request = check_request(request)
         answer = Answer(task=task, request=request)
+        if opts.result_name is None and task in (Task.PANDAS, Task.FIX):
+            opts = dataclasses.replace(opts, result_name=named_result(request, namespace))
         count = getattr(self.engine, "count_tokens", ctxmod.approx_tokens)
         room = int(getattr(self.engine, "max_context", 4096)) - opts.max_new_tokens - 400
         budget = max(200, min(opts.context_tokens, room))
@@ -261,7 +306,7 @@ class Copilot:
         elif final is not first:
             answer.attempts = [final]
         answer.ok = final.passed
-        answer.cell = final.code
+        answer.cell = _printable(final.code)
         answer.checks = self._checks(final, opts, task)
         if self._wants_example(prompt, opts):
             answer.checks["gives the request's example"] = \
@@ -271,7 +316,7 @@ class Copilot:
             answer.warnings.append("not copied into the check (not picklable): "
                                    + ", ".join(final.run.unavailable))
         if task is Task.SQL:
-            answer.sql = final.sql
+            answer.sql = _printable(final.sql) if final.sql is not None else None
         if opts.safe and any(i.kind == "unsafe" for i in final.issues):
             raise UnsafeCodeError("--safe blocked the generated code: " + "; ".join(
                 str(i) for i in final.issues if i.kind == "unsafe"))
@@ -293,10 +338,21 @@ class Copilot:
                  namespace: Mapping[str, Any], ctx: ctxmod.KernelContext, opts: Options,
                  sample: int, round_: int, on_token, cancel, answer: Answer,
                  started: float) -> Attempt:
-        """Generate one answer and check it."""
-        text = self._generate(messages, self._params(opts, sample, round_), on_token, cancel,
-                              answer, started, self._prefix(prompt.task))
-        return self._check(text, prompt, namespace, ctx, opts)
+        """Generate one answer and check it. Whatever the model wrote, the result is an
+        attempt whose checks say what is wrong, never an exception: a check that fails on
+        the text is a bug to fix, but the user gets a failed check, not a traceback."""
+        text, why = self._stream(messages, self._params(opts, sample, round_), on_token,
+                                 cancel, answer, started, self._prefix(prompt.task))
+        cut = why in _CUT
+        try:
+            return self._check(text, prompt, namespace, ctx, opts, cut)
+        except CopilotError:
+            raise  # the check itself could not start: the message says what to do
+        except Exception as e:  # noqa: BLE001 - model text must never become a traceback
+            log.exception("a check failed on the model's answer")
+            return Attempt(answer=text, code="", issues=[Issue(
+                Kind.CHECK_FAILED, f"the checks could not read this answer ({type(e).__name__}: "
+                f"{str(e)[:200]}); write the cell again, plainly")])
 
     def _repair(self, prompt: Prompt, namespace: Mapping[str, Any], ctx: ctxmod.KernelContext,
                 opts: Options, on_token, cancel, answer: Answer, started: float) -> None:
@@ -316,9 +372,9 @@ class Copilot:
     # ---------------------------------------------------------------- checking
 
     def _check(self, text: str, prompt: Prompt, namespace: Mapping[str, Any],
-               ctx: ctxmod.KernelContext, opts: Options) -> Attempt:
+               ctx: ctxmod.KernelContext, opts: Options, cut: bool = False) -> Attempt:
         if prompt.task is Task.SQL:
-            return self._check_sql(text, prompt, namespace, ctx, opts)
+            return self._check_sql(text, prompt, namespace, ctx, opts, cut)
         code, echoed = drop_context_echo(extract_code(text, "python"), prompt.context_text)
         code, dropped = drop_rebinding(code, namespace)
         code, rewritten = fix_series_logic(code, namespace)
@@ -335,14 +391,19 @@ class Copilot:
         if modernized:
             attempt.notes.append("rewrote pandas calls the installed pandas no longer has: "
                                  + "; ".join(modernized))
+        if cut:
+            attempt.issues.append(_cut_issue(opts))
         if not code.strip():
             attempt.issues.append(Issue("syntax", "the answer contains no code"))
             return attempt
-        attempt.issues = validate_python(code, namespace, opts.result_name)
+        attempt.issues += validate_python(code, namespace)
         if prompt.task is Task.PANDAS and not attempt.errors and \
                 not _makes_data(prompt.request, namespace):
             attempt.issues += check_uses_data(ast.parse(code), namespace)
         attempt.issues += check_safety(code)
+        cell = Cell(prompt.request, code, prompt.task, namespace,
+                    result_name=opts.result_name, sample_rows=opts.limits.sample_rows)
+        self._judge(attempt, STATIC_RULES, cell)  # each rule skips code that does not parse
         blocking = attempt.errors or (opts.safe and any(i.kind == "unsafe"
                                                         for i in attempt.issues))
         if opts.check and not blocking:
@@ -351,14 +412,30 @@ class Copilot:
             if attempt.run.ok and prompt.task is Task.PLOT and not attempt.run.figures:
                 attempt.run.ok = False
                 attempt.run.error = "the cell drew no figure; draw the chart with matplotlib"
+            if attempt.run.ok:
+                cell.run = attempt.run
+                self._judge(attempt, RUN_RULES, cell)
         return attempt
 
+    @staticmethod
+    def _judge(attempt: Attempt, rules: tuple[Rule, ...], cell: Cell) -> None:
+        """Apply ``rules``; their issues join the attempt's (and so the repair prompt)."""
+        seen = {v.verified for v in attempt.verdicts}
+        for verdict in apply(rules, cell):
+            if verdict.verified in seen and verdict.passed:
+                continue
+            attempt.verdicts = [v for v in attempt.verdicts if v.verified != verdict.verified]
+            attempt.verdicts.append(verdict)
+            attempt.issues += verdict.issues
+
     def _check_sql(self, text: str, prompt: Prompt, namespace: Mapping[str, Any],
-                   ctx: ctxmod.KernelContext, opts: Options) -> Attempt:
+                   ctx: ctxmod.KernelContext, opts: Options, cut: bool = False) -> Attempt:
         info = prompt.connection
         assert info is not None
         sql = extract_sql(text)
         result = validate_sql(sql, info, request=prompt.request)
+        if cut:
+            result.issues.insert(0, _cut_issue(opts))
         if result.ok and opts.check:
             looked_up, found = check_values(result.sql, info, namespace.get(info.name))
             result.issues += found
@@ -380,7 +457,8 @@ class Copilot:
     @staticmethod
     def _checks(final: Attempt, opts: Options, task: Task) -> dict[str, str]:
         kinds = {i.kind for i in final.errors}
-        checks = {"parse": "failed" if "syntax" in kinds else "passed"}
+        checks = {"complete answer": "failed" if Kind.TRUNCATED in kinds else "passed",
+                  "parse": "failed" if "syntax" in kinds else "passed"}
         if task is Task.SQL:
             checks["schema"] = "failed" if "sql" in kinds else "passed"
             checks["values"] = "failed" if "sql-value" in kinds else "passed"
@@ -397,7 +475,22 @@ class Copilot:
                 "not possible"
         else:
             checks["ran on sample"] = "passed" if final.run.ok else "failed"
+        for verdict in final.verdicts:
+            checks[verdict.verified] = "passed" if verdict.passed else "failed"
+        if Kind.CHECK_FAILED in kinds:
+            checks["checks"] = "failed"
         return checks
+
+
+def _cut_issue(opts: Options) -> Issue:
+    return Issue(Kind.TRUNCATED, f"the answer stopped at the {opts.max_new_tokens}-token "
+                 "budget before it was finished; write a shorter, complete cell")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters and broken Unicode shown as U+FFFD, so a junk
+    answer can still be put in a notebook cell (and be seen to be junk)."""
+    return _UNPRINTABLE.sub("\ufffd", text)
 
 
 def _makes_data(request: str, namespace: Mapping[str, Any]) -> bool:

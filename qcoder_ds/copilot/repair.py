@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from qcoder_ds.copilot.checks import Verdict
 from qcoder_ds.copilot.sandbox import RunResult
 from qcoder_ds.copilot.validate import Issue
 
@@ -27,6 +28,7 @@ class Attempt:
     run: RunResult | None = None
     notes: list[str] = field(default_factory=list)
     sql: str | None = None  # the query, for SQL answers (``code`` is then the cell around it)
+    verdicts: list[Verdict] = field(default_factory=list)  # the rules of checks.py that applied
 
     @property
     def errors(self) -> list[Issue]:

@@ -7,6 +7,31 @@ with a given answer (validate, run, repair), which needs answers we choose.
 from __future__ import annotations
 
 
+class Cut(str):
+    """A reply that generation ended at the token budget (``finish_reason`` "length")."""
+
+    finish_reason = "length"
+
+
+class _Stream:
+    """Like the engine's TextStream: iterates the reply's pieces, then says why it ended."""
+
+    def __init__(self, reply: str):
+        self._pieces = iter([reply[i:i + 7] for i in range(0, len(reply), 7)])
+        self._why = getattr(reply, "finish_reason", "eos")
+        self.finish_reason: str | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration:
+            self.finish_reason = self._why
+            raise
+
+
 class ScriptedEngine:
     max_context = 4096
 
@@ -21,6 +46,4 @@ class ScriptedEngine:
         self.calls.append(messages)
         if not self.replies:
             raise AssertionError("the pipeline asked for more answers than scripted")
-        reply = self.replies.pop(0)
-        for i in range(0, len(reply), 7):
-            yield reply[i:i + 7]
+        return _Stream(self.replies.pop(0))

@@ -290,3 +290,95 @@ def test_typed_values_are_fine_where_they_are_the_point(box, sales, request_text
     eng = ScriptedEngine([fence(code)])
     ans = Copilot(eng, box).ask(request_text, {"sales": sales}, Options(task=Task.PANDAS))
     assert ans.ok and len(eng.calls) == 1 and ans.checks["reads the data"] == "passed"
+
+
+# --------------------------------------------------------------------------- cells that run wrong
+
+_GROUPED = "sales.groupby('region')['revenue'].sum()"
+
+
+def test_the_demo_request_with_one_region_kept_goes_back_and_the_header_says_what_held(
+        box, sales):
+    """`make demo`'s wrong cell: it keeps one region and plots one bar per row."""
+    one_region = fence("import matplotlib.pyplot as plt\n"
+                       "sales[sales['region'] == 'North'].plot.bar(x='date', y='revenue')")
+    right = fence(f"import matplotlib.pyplot as plt\n{_GROUPED}.plot.bar()")
+    eng = ScriptedEngine([one_region, right])
+    ans = Copilot(eng, box).ask("total revenue per region as a bar chart", {"sales": sales})
+    assert ans.ok and ans.repairs == 1
+    assert "keeps only region == 'North'" in eng.calls[1][-1]["content"]
+    assert ans.checks["one bar per region"] == "passed"
+    # what the check child does not report (the bar heights) is not claimed
+    assert ans.summary() == ("checked: ran on a sample; keeps every region; one bar per "
+                             "region; not verified: the values")
+
+
+def test_one_overall_mean_drawn_per_group_goes_back(box, sales):
+    constant = fence("import matplotlib.pyplot as plt\n"
+                     "plt.bar(['North', 'South', 'East', 'West'], [sales['revenue'].mean()] * 4)")
+    right = fence("import matplotlib.pyplot as plt\n"
+                  "sales.groupby('region')['revenue'].mean().plot.bar()")
+    eng = ScriptedEngine([constant, right])
+    ans = Copilot(eng, box).ask("compare mean revenue across regions in a bar chart",
+                                {"sales": sales})
+    assert ans.ok and ans.repairs == 1
+    assert "compares nothing" in eng.calls[1][-1]["content"]
+
+
+def test_one_number_for_a_per_group_request_goes_back(box, sales):
+    eng = ScriptedEngine([fence("sales['revenue'].sum()"), fence(_GROUPED)])
+    ans = Copilot(eng, box).ask("total revenue per region", {"sales": sales})
+    assert ans.ok and ans.repairs == 1 and ans.cell == _GROUPED
+    assert "the result has 1 entry where the sample has 4 region value(s)" in \
+        eng.calls[1][-1]["content"]
+
+
+def test_the_variable_the_request_names_must_be_assigned(box, sales):
+    eng = ScriptedEngine([fence(_GROUPED), fence(f"by_region = {_GROUPED}")])
+    ans = Copilot(eng, box).ask("total revenue per region, store it in `by_region`",
+                                {"sales": sales})
+    assert ans.ok and ans.repairs == 1
+    assert "never assigns it: end with `by_region = ...`" in eng.calls[1][-1]["content"]
+    assert ans.checks["puts the answer in `by_region`"] == "passed"
+    assert ans.attempts[-1].run.value["shape"] == [4]  # the named result is what was checked
+
+
+def test_a_description_copied_as_comments_until_the_budget_is_no_answer(box, sales):
+    """Seen with the 1.5B: the kernel's description copied back as comments, cut at 384
+    tokens. The copies are dropped and the answer fails as cut and as computing nothing."""
+    from copilot.scripted import Cut
+    from qcoder_ds.copilot.context import describe_dataframe
+
+    lines = describe_dataframe("sales", sales).splitlines()
+    echo = "import pandas as pd\n" + "\n".join(f"# {line}" for line in lines * 3)
+    eng = ScriptedEngine([Cut("```python\n" + echo[:-7])])
+    ans = Copilot(eng, box).ask("total revenue per region", {"sales": sales},
+                                Options(repairs=0))
+    assert not ans.ok and ans.cell == "import pandas as pd"
+    assert ans.checks["complete answer"] == "failed"
+    assert ans.checks["computes something"] == "failed"
+    assert any("copied from the data description" in n for n in ans.attempts[0].notes)
+
+
+@pytest.mark.parametrize("request_,code", [
+    ("total revenue per region", _GROUPED),
+    ("total revenue per region", "sales.groupby('region', as_index=False)['revenue'].sum()"),
+    ("mean units for each product, largest first", "sales.groupby('product')['units'].mean()"
+     ".sort_values(ascending=False)"),
+    ("revenue by month", "sales.groupby(sales['date'].dt.to_period('M'))['revenue'].sum()"),
+    ("revenue per product in the North", "sales[sales['region'] == 'North']"
+     ".groupby('product')['revenue'].sum()"),
+    ("fill missing revenue with 0", "sales['revenue'] = sales['revenue'].fillna(0)\nsales"),
+    ("total revenue per region as a bar chart", "import matplotlib.pyplot as plt\n"
+     f"{_GROUPED}.plot.bar()\nplt.title('Revenue by region')"),
+    ("revenue per region and product as a bar chart", "sales.pivot_table(index='region', "
+     "columns='product', values='revenue', aggfunc='sum').plot.bar()"),
+    ("monthly revenue as a line chart", "sales.resample('ME', on='date')['revenue'].sum()"
+     ".plot()"),
+    ("total revenue per region; put it in result", f"result = {_GROUPED}"),
+])
+def test_honest_cells_pass_the_new_checks_at_once(box, sales, request_, code):
+    eng = ScriptedEngine([fence(code)])
+    ans = Copilot(eng, box).ask(request_, {"sales": sales})
+    assert ans.ok and len(eng.calls) == 1, ans.checks
+    assert ans.summary().startswith("checked: ran on a sample")

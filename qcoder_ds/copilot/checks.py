@@ -1,0 +1,582 @@
+"""Checks that a cell answers the request, not only that it runs.
+
+A cell can parse, run on the sample and still be wrong: it computes nothing, it never fills
+the variable the request names, pandas warns that an assignment did nothing, it keeps one
+region where the request asked for each, or its chart draws one value four times. Each such
+kind of wrong answer is a rule here: one function ``rule(cell: Cell) -> Verdict | None``
+(None: the rule does not apply to this request or cell). A verdict without issues is a pass
+and says what it verified, for the cell's header ("one bar per region"). Static rules read
+the code and the request; run rules also read what the check child reported.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from qcoder_ds.copilot.extract import parse_python
+from qcoder_ds.copilot.sandbox import RunResult, sample_copy
+from qcoder_ds.copilot.tasks import Task
+from qcoder_ds.copilot.validate import Issue, Kind, check_assigns
+
+
+@dataclass
+class Cell:
+    """What a rule looks at: the request, the code, the live data, and the run (if any)."""
+
+    request: str
+    code: str
+    task: Task
+    namespace: Mapping[str, Any] = field(default_factory=dict)
+    run: RunResult | None = None
+    result_name: str | None = None
+    sample_rows: int = 2000
+
+    @cached_property
+    def tree(self) -> ast.Module | None:
+        return parse_python(self.code)[0]
+
+    @cached_property
+    def groups(self) -> list[Grouping]:
+        return groupings(self.request, self.namespace, self.code)
+
+
+@dataclass
+class Verdict:
+    """A rule's finding: what a pass means (for the header) and what failed."""
+
+    verified: str
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not any(i.severity == "error" for i in self.issues)
+
+
+Rule = Callable[[Cell], "Verdict | None"]
+
+
+# --------------------------------------------------------------------------- computes nothing
+
+
+def _inert(stmt: ast.stmt) -> bool:
+    """An import, ``pass``, or a bare constant (a docstring, ``...``): it computes nothing."""
+    return isinstance(stmt, (ast.Import, ast.ImportFrom, ast.Pass)) or (
+        isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))
+
+
+def computes_nothing(cell: Cell) -> Verdict | None:
+    """A cell of imports, comments, ``pass`` and string literals runs without error and does
+    nothing: what the model leaves when it stops early or only copies the description."""
+    if cell.task is Task.SQL or cell.tree is None:
+        return None
+    if any(not _inert(s) for s in cell.tree.body):
+        return Verdict("computes something")
+    return Verdict("computes something", [Issue(
+        Kind.COMPUTES_NOTHING, "the cell computes nothing: it has only imports, comments or "
+        "string literals. Write the code that does what the request asks")])
+
+
+# --------------------------------------------------------------------------- the named result
+
+#: words after "put it in" / "store it as" that are not variable names
+_NOT_NAMES = {"a", "an", "the", "it", "them", "this", "that", "memory", "disk", "file", "csv",
+              "excel", "json", "variable", "new", "place", "order", "mind", "one", "each",
+              "dataframe", "frame", "series", "list", "dict", "table", "column", "columns",
+              "row", "rows", "chart", "plot", "figure", "percent", "percentage", "ascending",
+              "descending", "sorted", "text", "string", "number", "numbers", "float", "int",
+              "integer", "lowercase", "uppercase", "bar", "line", "pie", "histogram", "form",
+              "format", "words", "terms", "total"}
+_TICKED = re.compile(r"\b(as|into|in|to|called|named)\s+(?:a\s+|the\s+)?(?:new\s+)?"
+                     r"(?:variable\s+|dataframe\s+|frame\s+|series\s+)?"
+                     r"(?:called\s+|named\s+)?`([A-Za-z_]\w*)`", re.I)
+_STORE = re.compile(r"\b(?:store|save|put|assign|keep|place|write)\b", re.I)
+_BARE = re.compile(r"\b(?:store|save|put|assign|keep|place)\s+(?:(?:it|them|this|that|"
+                   r"the\s+(?:result|results|answer|output|values?|counts?))\s+)?"
+                   r"(?:in|into|to|as)\s+(?:a\s+|the\s+)?(?:new\s+)?"
+                   r"(?:variable\s+(?:called\s+|named\s+)?)?([A-Za-z_]\w*)\b(?![.(])", re.I)
+_CALL_IT = re.compile(r"\b(?:call|name)\s+(?:it|them|the\s+result)\s+`?([A-Za-z_]\w*)`?",
+                      re.I)
+
+
+def named_result(request: str, namespace: Mapping[str, Any] | None = None) -> str | None:
+    """The variable the request says the answer goes in ("store it in `result`", "put it in
+    x", "as `top5`", "call it summary"), or None. A live name after "in"/"to" without a
+    store verb is what the request works on ("the rows in `sales`"), not where it goes."""
+    live = set(namespace or ())
+    for m in _TICKED.finditer(request):
+        word, name = m.group(1).lower(), m.group(2)
+        if name in live and word in ("in", "into", "to") and \
+                not _STORE.search(request[:m.start()]):
+            continue
+        if name.lower() not in _NOT_NAMES:
+            return name
+    for pattern in (_BARE, _CALL_IT):
+        for m in pattern.finditer(request):
+            if m.group(1).lower() not in _NOT_NAMES:
+                return m.group(1)
+    return None
+
+
+def assigns_result(cell: Cell) -> Verdict | None:
+    """The request named the variable for the answer: the cell must put it there."""
+    if not cell.result_name or cell.tree is None or cell.task is Task.SQL:
+        return None
+    return Verdict(f"puts the answer in `{cell.result_name}`",
+                   check_assigns(cell.tree, cell.result_name))
+
+
+# --------------------------------------------------------------------------- warnings on the run
+
+#: warning classes (or any of their bases) that mean the cell does not do what it says:
+#: an assignment that changes nothing, or a call that the next pandas changes or removes
+_FAILING_WARNINGS = {"ChainedAssignmentError", "SettingWithCopyWarning", "FutureWarning",
+                     "DeprecationWarning", "PendingDeprecationWarning", "PandasChangeWarning"}
+#: numpy's RuntimeWarnings that mean the computation had nothing to work on
+_EMPTY = re.compile(r"empty slice|degrees of freedom <= 0|empty sequence", re.I)
+
+
+def warning_entry(message: Any) -> dict[str, Any]:
+    """One warning as the check child reports it (``RunResult.warnings``): ``category``, the
+    names of its classes up to ``Warning`` in ``bases``, the ``message``, and the cell's
+    ``line`` (None when the warning points outside the cell)."""
+    bases = [c.__name__ for c in message.category.__mro__
+             if issubclass(c, Warning) and c is not Warning]
+    return {"category": message.category.__name__, "bases": bases,
+            "message": str(message.message)[:500],
+            "line": message.lineno if message.filename == "<cell>" else None}
+
+
+def _fails(entry: Mapping[str, Any]) -> bool:
+    names = set(entry.get("bases") or ()) | {entry.get("category")}
+    if names & _FAILING_WARNINGS:
+        return True
+    return "RuntimeWarning" in names and bool(_EMPTY.search(str(entry.get("message", ""))))
+
+
+_WARNING_HINTS = {
+    "chained": " (assign the result back: `df[col] = df[col].fillna(...)` or "
+               "`df.loc[rows, col] = ...`, not a chained or inplace call on a column)",
+    "empty": " (the computation had no rows or values to work on: check the filter)",
+    "deprecated": " (use the current form of the call the message names)"}
+
+
+def _hint_key(entry: Mapping[str, Any]) -> str:
+    names = set(entry.get("bases") or ()) | {entry.get("category")}
+    if names & {"ChainedAssignmentError", "SettingWithCopyWarning"}:
+        return "chained"
+    if "RuntimeWarning" in names:
+        return "empty"
+    return "deprecated"
+
+
+def run_warnings(cell: Cell) -> Verdict | None:
+    """pandas or numpy warned while the cell ran on the sample: a chained or ``inplace``
+    assignment on a copy (pandas 3 ignores it, so the data is unchanged), a deprecated call
+    or dtype change, a mean of nothing. Each is a failure the repair gets told about."""
+    run = cell.run
+    reported = getattr(run, "warnings", None)  # a list of warning_entry() dicts
+    if run is None or not run.ok or reported is None:
+        return None  # a check child that does not report warnings verifies nothing here
+    bad = [w for w in reported if _fails(w)]
+    issues = []
+    for w in bad[:3]:
+        text = str(w.get("message", "")).strip()
+        first = (text.splitlines() or [""])[0][:300]
+        issues.append(Issue(Kind.RUN_WARNING, f"running it on a sample warned "
+                            f"{w.get('category')}: {first}. Write it so pandas and numpy do "
+                            f"not warn{_WARNING_HINTS.get(_hint_key(w), '')}", w.get("line")))
+    return Verdict("no pandas warnings", issues)
+
+
+# --------------------------------------------------------------------------- per group
+
+_TIME_UNITS = {"day": "D", "daily": "D", "week": "W", "weekly": "W", "month": "M",
+               "monthly": "M", "quarter": "Q", "quarterly": "Q", "year": "Y", "yearly": "Y",
+               "annual": "Y", "annually": "Y", "hour": "h", "hourly": "h"}
+_TRIGGER = re.compile(r"\b(per|for each|for every|each|by|across)\s+(?:the\s+|each\s+)?"
+                      r"([A-Za-z_][\w-]*)(?:\s+([A-Za-z_][\w-]*))?", re.I)
+_ADJECTIVE = re.compile(r"\b(daily|weekly|monthly|quarterly|yearly|annual|hourly)\b", re.I)
+#: "sorted by x" and "top 5 by x" rank rows; they do not group them
+_RANKS = re.compile(r"\b(sort|sorted|order|ordered|rank|ranked|top|largest|smallest|highest|"
+                    r"lowest|most|least|first|last|descending|ascending)\b[^.,;]*$", re.I)
+_RANKING = re.compile(r"\b(top|\d+|largest|smallest|highest|lowest|most|least|first|last|"
+                      r"best|worst|ranks?|ranking)\b", re.I)
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """A column the request groups by ("per region"), or a time unit of a date column."""
+
+    frame: str
+    column: str
+    unit: str | None = None  # pandas period code for time groupings ("M" for "by month")
+
+    @property
+    def label(self) -> str:
+        if self.unit:
+            return next(w for w, u in _TIME_UNITS.items() if u == self.unit and
+                        not w.endswith("ly") and w != "annual")
+        return self.column
+
+
+def _frames(namespace: Mapping[str, Any], code: str) -> dict[str, Any]:
+    """The live DataFrames, those the code reads first."""
+    import pandas as pd
+
+    frames = {k: v for k, v in namespace.items()
+              if not k.startswith("_") and isinstance(v, pd.DataFrame)}
+    used = set(re.findall(r"[A-Za-z_]\w*", code))
+    return dict(sorted(frames.items(), key=lambda kv: kv[0] not in used))
+
+
+def _singular(word: str) -> list[str]:
+    w = word.lower()
+    out = [w]
+    if w.endswith("ies"):
+        out.append(w[:-3] + "y")
+    if w.endswith("es"):
+        out.append(w[:-2])
+    if w.endswith("s"):
+        out.append(w[:-1])
+    return out
+
+
+def _label_column(frame: Any, words: list[str]) -> str | None:
+    """The column of ``frame`` that ``words`` name, if it holds labels (text, category or
+    bool): "per unit" next to a numeric ``units`` column is a rate, not a grouping."""
+    import pandas as pd
+
+    names = {str(c).lower().replace(" ", "_"): c for c in frame.columns}
+    for key in words:
+        col = names.get(key)
+        if col is None:
+            continue
+        s = frame[col]
+        if isinstance(s, pd.Series) and (pd.api.types.is_object_dtype(s) or
+                                         pd.api.types.is_string_dtype(s) or
+                                         isinstance(s.dtype, pd.CategoricalDtype) or
+                                         pd.api.types.is_bool_dtype(s)):
+            return str(col)
+    return None
+
+
+def _date_column(frame: Any) -> str | None:
+    import pandas as pd
+
+    return next((str(c) for c in frame.columns
+                 if pd.api.types.is_datetime64_any_dtype(frame[c])), None)
+
+
+def groupings(request: str, namespace: Mapping[str, Any], code: str = "") -> list[Grouping]:
+    """The groupings the request asks for ("per region", "for each origin", "by month",
+    "monthly"), matched to columns of the live DataFrames."""
+    frames = _frames(namespace, code)
+    found: list[Grouping] = []
+
+    def add(g: Grouping) -> None:
+        if all((f.column, f.unit) != (g.column, g.unit) for f in found):
+            found.append(g)
+
+    for m in _TRIGGER.finditer(request):
+        if m.group(1).lower() == "by" and _RANKS.search(request[:m.start()]):
+            continue
+        first, second = m.group(2), m.group(3)
+        words = ([f"{a}_{second.lower()}" for a in _singular(first)] if second else []) + \
+            _singular(first)
+        if first.lower() in _TIME_UNITS:
+            for name, frame in frames.items():
+                date = _date_column(frame)
+                if date:
+                    add(Grouping(name, date, _TIME_UNITS[first.lower()]))
+                    break
+            continue
+        for name, frame in frames.items():
+            col = _label_column(frame, words)
+            if col:
+                add(Grouping(name, col))
+                break
+    for m in _ADJECTIVE.finditer(request):
+        for name, frame in frames.items():
+            date = _date_column(frame)
+            if date:
+                add(Grouping(name, date, _TIME_UNITS[m.group(1).lower()]))
+                break
+    return found
+
+
+#: the recurring reading of a time unit, as a ``Series.dt`` attribute
+_OF_YEAR = {"M": "month", "Q": "quarter", "D": "day_of_week", "h": "hour"}
+
+
+def _group_counts(cell: Cell) -> tuple[set[int], int] | None:
+    """How many groups the sample the check ran on holds (each reading of a time unit: per
+    period, or per month of the year), and the sample's row count; None if not computable."""
+    import pandas as pd
+
+    groups = cell.groups
+    if not groups or len({g.frame for g in groups}) != 1:
+        return None
+    frame = sample_copy(cell.namespace[groups[0].frame], cell.sample_rows)
+    readings: list[list[Any]] = [[]]
+    for g in groups:
+        col = frame[g.column]
+        if g.unit is None:
+            keys = [col]
+        else:
+            dates = pd.to_datetime(col)
+            keys = [dates.dt.to_period(g.unit)]
+            of_year = _OF_YEAR.get(g.unit)
+            if of_year is not None:  # "by month" may mean each month of the year
+                keys.append(getattr(dates.dt, of_year))
+        readings = [r + [k] for r in readings for k in keys]
+    counts = set()
+    for keys in readings:
+        counts.add(int(pd.DataFrame({f"k{i}": k for i, k in enumerate(keys)}).dropna()
+                       .drop_duplicates().shape[0]))
+    return counts, len(frame)
+
+
+def _groups_text(cell: Cell) -> str:
+    return " and ".join(g.label for g in cell.groups)
+
+
+#: chart kinds whose marks are not one per group (bins, points, boxes of a distribution)
+_DISTRIBUTION = re.compile(r"\b(hist|histogram|distribution|box ?plot|boxes|scatter|heat ?map|"
+                           r"kde|density|violin|regression|correlation)\b", re.I)
+
+
+#: type names of one number, as the check child reports a result's type
+_SCALARS = {"int", "float", "int64", "int32", "float64", "float32", "Decimal", "Timestamp",
+            "Timedelta", "bool", "bool_"}
+
+
+def _entries_ok(n: int, counts: set[int], ranking: bool) -> bool:
+    if n in counts:
+        return True
+    if n < min(counts):
+        return False
+    return ranking and any(c and n % c == 0 for c in counts)  # top k per group
+
+
+def one_entry_per_group(cell: Cell) -> Verdict | None:
+    """A request for a value per group ("per region", "for each origin", "by month") needs a
+    result, or a chart, with one entry per group. One overall value, or one group's rows,
+    answers another question."""
+    if cell.run is None or not cell.run.ok or cell.task is Task.SQL:
+        return None
+    got = _group_counts(cell)
+    if got is None:
+        return None
+    counts, rows = got
+    if min(counts) < 2:
+        return None  # the sample holds one group: any answer has one entry
+    ranking = bool(_RANKING.search(cell.request))
+    what = _groups_text(cell)
+    expected = " or ".join(str(c) for c in sorted(counts))
+    if cell.task is Task.PLOT:
+        return _plot_per_group(cell, counts, ranking, what, expected)
+    value = cell.run.value or {}
+    shape = value.get("shape")
+    if value.get("type") in _SCALARS:
+        shape = [1]  # one overall number
+    elif value.get("type") not in ("DataFrame", "Series") or not shape or \
+            value.get("is_input"):
+        return None
+    if shape[0] == rows:
+        return None  # one entry per row: a new column, not an aggregate
+    sizes = [shape[0]]
+    if len(shape) > 1:  # a pivot: groups down the rows, across the columns, or both
+        sizes += [shape[1], shape[1] - 1, shape[0] * shape[1], shape[0] * (shape[1] - 1)]
+    verified = f"one entry per {what}"
+    if any(_entries_ok(s, counts, ranking) for s in sizes):
+        return Verdict(verified)
+    return Verdict(verified, [Issue(
+        Kind.NOT_PER_GROUP, f"the request asks for a value per {what}, but the result has "
+        f"{shape[0]} entr{'y' if shape[0] == 1 else 'ies'} where the sample has {expected} "
+        f"{what} value(s); group by {what} and keep every group")])
+
+
+def _marks(axes: Mapping[str, Any]) -> int:
+    bars = axes.get("bar_heights")
+    if bars is not None:
+        return len(bars)
+    return int(axes.get("patches") or 0)
+
+
+def _plot_per_group(cell: Cell, counts: set[int], ranking: bool, what: str,
+                    expected: str) -> Verdict | None:
+    if _DISTRIBUTION.search(cell.request):
+        return None
+    axes = [a for f in cell.run.figures for a in f.get("axes", [])] if cell.run else []
+    marked = [_marks(a) for a in axes if _marks(a)]
+    if not marked:
+        return None  # lines and points: the report does not say how many (yet)
+    verified = f"one bar per {what}"
+    if any(_entries_ok(n, counts, ranking) or (n > min(counts) and n % min(counts) == 0)
+           for n in marked) or len(marked) in counts:
+        return Verdict(verified)
+    return Verdict(verified, [Issue(
+        Kind.NOT_PER_GROUP, f"the request asks for one bar per {what}, but the chart draws "
+        f"{marked[0]} where the sample has {expected} {what} value(s); aggregate by {what} "
+        "before plotting")])
+
+
+# --------------------------------------------------------------------------- filters a group
+
+
+def _compared_values(node: ast.AST, column: str) -> list[str]:
+    """String values ``node`` tests ``column`` against with ``==`` or ``isin([one])``."""
+    out: list[str] = []
+    for n in ast.walk(node):
+        if isinstance(n, ast.Compare) and len(n.ops) == 1 and isinstance(n.ops[0], ast.Eq):
+            sides = [n.left, n.comparators[0]]
+            if any(_names_column(s, column) for s in sides):
+                out += [s.value for s in sides
+                        if isinstance(s, ast.Constant) and isinstance(s.value, str)]
+        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and \
+                n.func.attr == "isin" and _names_column(n.func.value, column) and n.args and \
+                isinstance(n.args[0], (ast.List, ast.Tuple, ast.Set)) and \
+                len(n.args[0].elts) == 1 and isinstance(n.args[0].elts[0], ast.Constant):
+            out.append(str(n.args[0].elts[0].value))
+        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and \
+                n.func.attr == "query" and n.args and isinstance(n.args[0], ast.Constant) and \
+                isinstance(n.args[0].value, str):
+            out += re.findall(rf"\b{re.escape(column)}\s*==\s*['\"]([^'\"]*)['\"]",
+                              n.args[0].value)
+    return out
+
+
+def _names_column(node: ast.AST, column: str) -> bool:
+    """``df['region']``, ``df.region`` or ``df.loc[:, 'region']``."""
+    if isinstance(node, ast.Subscript):
+        sl = node.slice
+        if isinstance(sl, ast.Tuple) and len(sl.elts) == 2:
+            sl = sl.elts[1]
+        return isinstance(sl, ast.Constant) and sl.value == column
+    return isinstance(node, ast.Attribute) and node.attr == column
+
+
+def filters_group(cell: Cell) -> Verdict | None:
+    """The request groups by a column and the code keeps one value of it
+    (``df[df.region == 'North']`` for "revenue per region"): the answer then covers one
+    group. A value the request itself names ("per product in the North") is asked for."""
+    if cell.tree is None or cell.task is Task.SQL:
+        return None
+    labels = [g for g in cell.groups if g.unit is None]
+    if not labels:
+        return None
+    said = cell.request.lower()
+    issues = []
+    for g in labels:
+        kept = [v for v in _compared_values(cell.tree, g.column) if v.lower() not in said]
+        if kept:
+            issues.append(Issue(Kind.FILTERS_GROUP, f"the request asks for every {g.column}, "
+                                f"but the code keeps only {g.column} == {kept[0]!r}; drop that "
+                                f"filter and group by {g.column}"))
+    return Verdict(f"keeps every {' and '.join(g.column for g in labels)}", issues)
+
+
+# --------------------------------------------------------------------------- constant plots
+
+_COMPARES = re.compile(r"\b(compare|comparing|comparison|vs\.?|versus|across|per|each|by|"
+                       r"between|among)\b", re.I)
+_REDUCTIONS = {"mean", "sum", "median", "max", "min", "count", "std", "var", "nunique",
+               "average"}
+_PLOT_CALLS = {"bar": 1, "barh": 1, "plot": 1, "pie": 0}
+
+
+def _one_column(node: ast.AST) -> bool:
+    """``df['x']`` or ``df.x`` (filtered or not), not grouped: a column of numbers."""
+    if any(k in ast.dump(node) for k in ("groupby", "pivot", "resample", "rolling", "'agg'")):
+        return False
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)
+    return isinstance(node, ast.Attribute) and isinstance(node.value, (ast.Name, ast.Subscript))
+
+
+def _scalar_reduction(node: ast.AST) -> bool:
+    """``df['x'].mean()``, ``np.mean(df['x'])`` or ``[m] * 3``: one number, however many
+    bars it feeds."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) and \
+            isinstance(node.left, ast.List) and len(node.left.elts) == 1:
+        return True
+    if isinstance(node, (ast.List, ast.Tuple)) and len(node.elts) > 1:
+        return len({ast.dump(e) for e in node.elts}) == 1 and \
+            not isinstance(node.elts[0], ast.Constant)
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute) or \
+            node.func.attr not in _REDUCTIONS:
+        return False
+    owner = node.func.value
+    if isinstance(owner, ast.Name) and owner.id in ("np", "numpy", "statistics"):
+        return bool(node.args) and _one_column(node.args[0]) and not node.keywords
+    return not node.args and not node.keywords and _one_column(owner)
+
+
+def _constant_calls(tree: ast.Module) -> list[ast.Call]:
+    """Plot calls whose heights are one number: ``plt.bar(names, df['x'].mean())``."""
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and \
+                n.func.attr in _PLOT_CALLS:
+            pos = _PLOT_CALLS[n.func.attr]
+            heights = n.args[pos] if len(n.args) > pos else next(
+                (k.value for k in n.keywords if k.arg in ("height", "width", "x", "y")), None)
+            if heights is not None and _scalar_reduction(heights) and (
+                    len(n.args) > 1 or n.func.attr == "pie"):
+                out.append(n)
+    return out
+
+
+def _flat(values: list[Any]) -> bool:
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not
+            (isinstance(v, float) and math.isnan(v))]
+    return len(nums) >= 2 and max(nums) - min(nums) <= 1e-12 * max(1.0, abs(nums[0]))
+
+
+def varies_where_compared(cell: Cell) -> Verdict | None:
+    """A chart that compares ("per region", "compare", "across") must show different values:
+    bars all of one height, or one overall mean drawn once per group, compare nothing."""
+    if cell.task is not Task.PLOT or not (_COMPARES.search(cell.request) or cell.groups):
+        return None
+    verified = "the chart's values differ"
+    if cell.tree is not None:
+        calls = _constant_calls(cell.tree)
+        if calls:
+            return Verdict(verified, [Issue(
+                Kind.CONSTANT_PLOT, "the chart draws one overall number for every bar "
+                f"(`{ast.unparse(calls[0])[:120]}`), so it compares nothing; compute one "
+                "value per group (groupby) and plot those", calls[0].lineno)])
+    run = cell.run
+    if run is None or not run.ok:
+        return None
+    reported = False
+    for axes in (a for f in run.figures for a in f.get("axes", [])):
+        bars, lines = axes.get("bar_heights"), axes.get("line_ys")
+        if bars is None and lines is None:
+            continue
+        reported = True
+        series = ([bars] if bars else []) + list(lines or [])
+        if series and all(_flat(s) for s in series if len(s) >= 2) and \
+                any(len(s) >= 2 for s in series):
+            return Verdict(verified, [Issue(
+                Kind.CONSTANT_PLOT, "every value the chart draws is the same, so it compares "
+                "nothing; plot one value per group, computed from the data")])
+    return Verdict(verified) if reported else None
+
+
+#: run before the sandbox (on the code and the request)
+STATIC_RULES: tuple[Rule, ...] = (computes_nothing, assigns_result, filters_group,
+                                  varies_where_compared)
+#: run after the sandbox (on what the check child reported)
+RUN_RULES: tuple[Rule, ...] = (run_warnings, one_entry_per_group, varies_where_compared)
+
+
+def apply(rules: tuple[Rule, ...], cell: Cell) -> list[Verdict]:
+    """Every verdict of ``rules`` on ``cell`` (rules that do not apply give none)."""
+    return [v for v in (rule(cell) for rule in rules) if v is not None]

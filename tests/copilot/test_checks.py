@@ -1,0 +1,301 @@
+"""The rules of checks.py, each with its own table: cells that must fail and honest cells that
+must pass (a false alarm costs the user a right answer).
+
+Run rules read what the check child reports. ``ran`` runs the cell with real pandas and
+matplotlib on the same sample the sandbox takes, and reports it in the child's format, with the
+fields this module asks the child for (``warnings``, ``bar_heights``, ``line_ys``) filled in.
+"""
+
+from __future__ import annotations
+
+import ast
+import warnings
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.container import BarContainer  # noqa: E402
+
+from qcoder_ds.copilot.checks import (  # noqa: E402
+    Cell,
+    assigns_result,
+    computes_nothing,
+    filters_group,
+    groupings,
+    named_result,
+    one_entry_per_group,
+    run_warnings,
+    varies_where_compared,
+    warning_entry,
+)
+from qcoder_ds.copilot.sandbox import RunResult, sample_copy  # noqa: E402
+from qcoder_ds.copilot.tasks import Task  # noqa: E402
+from qcoder_ds.copilot.validate import Kind  # noqa: E402
+
+
+def _describe(value):
+    if value is None:
+        return None
+    out = {"type": type(value).__name__, "repr": repr(value)[:200]}
+    if isinstance(value, (pd.DataFrame, pd.Series, np.ndarray)):
+        out["shape"] = list(value.shape)
+    out["is_input"] = False
+    return out
+
+
+def _axes(ax) -> dict:
+    bars = [float(p.get_height()) for c in ax.containers if isinstance(c, BarContainer)
+            for p in c]
+    return {"lines": len(ax.lines), "patches": len(ax.patches), "bar_heights": bars,
+            "line_ys": [[float(y) for y in line.get_ydata()] for line in ax.lines]}
+
+
+def ran(code: str, ns: dict, rows: int = 2000) -> RunResult:
+    """The cell run like the check child runs it, reported in its format."""
+    plt.close("all")
+    env = {k: sample_copy(v, rows) for k, v in ns.items()}
+    env.update(pd=pd, np=np, plt=plt)
+    tree = ast.parse(code, "<cell>")
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(tree, "<cell>", "exec"), env)
+        value = eval(compile(ast.Expression(last.value), "<cell>", "eval"), env) if last else None
+    figures = [{"axes": [_axes(ax) for ax in plt.figure(n).get_axes()]}
+               for n in plt.get_fignums()]
+    plt.close("all")
+    run = RunResult(ok=True, value=_describe(value), figures=figures)
+    run.warnings = [warning_entry(w) for w in caught]
+    return run
+
+
+def cell(request, code, sales, task=Task.PANDAS, run=False, result_name=None):
+    ns = {"sales": sales}
+    return Cell(request, code, task, ns, run=ran(code, ns) if run else None,
+                result_name=result_name)
+
+
+def kinds(verdict):
+    return [i.kind for i in verdict.issues] if verdict else None
+
+
+# --------------------------------------------------------------------------- computes nothing
+
+
+@pytest.mark.parametrize("code,fires", [
+    ("import pandas as pd", True),
+    ("import pandas as pd\n# total revenue per region\n# 'region': str, 0 nulls", True),
+    ("pass", True),
+    ("'''the revenue per region'''\n...", True),
+    ("import numpy as np\nfrom matplotlib import pyplot as plt\n\n", True),
+    ("sales['revenue'].sum()", False),
+    ("import pandas as pd\nprint(sales.shape)", False),
+    ("x = 1", False),
+    ("def col_means(df):\n    return df.mean()", False),
+])
+def test_computes_nothing(sales, code, fires):
+    v = computes_nothing(cell("total revenue", code, sales))
+    assert kinds(v) == ([Kind.COMPUTES_NOTHING] if fires else [])
+    if fires:
+        assert "computes nothing" in v.issues[0].message
+
+
+# --------------------------------------------------------------------------- the named result
+
+
+@pytest.mark.parametrize("request_,name", [
+    ("total revenue per region; store it in `result`", "result"),
+    ("mean units per product, put it in x", "x"),
+    ("the five best-selling products as `top5`", "top5"),
+    ("save the answer into a variable called summary", "summary"),
+    ("revenue per region, call it by_region", "by_region"),
+    ("put the revenue per region in `sales`", "sales"),  # a store verb: the answer goes there
+    ("revenue per region as a bar chart", None),
+    ("count the missing values in `sales`", None),  # what it works on, not where it goes
+    ("save it to disk", None),
+    ("put the rows in order of revenue", None),
+    ("store it in a dataframe", None),
+    ("total revenue per region", None),
+])
+def test_named_result(sales, request_, name):
+    assert named_result(request_, {"sales": sales}) == name
+
+
+@pytest.mark.parametrize("code,fires", [
+    ("sales.groupby('region')['revenue'].sum()", True),
+    ("print(sales.groupby('region')['revenue'].sum())", True),
+    ("def f():\n    result = sales['revenue'].sum()", True),  # never called
+    ("result = sales.groupby('region')['revenue'].sum()", False),
+    ("result = sales.copy()\nresult['x'] = 1", False),
+])
+def test_assigns_result(sales, code, fires):
+    v = assigns_result(cell("revenue per region in `result`", code, sales,
+                            result_name="result"))
+    assert kinds(v) == ([Kind.NO_RESULT] if fires else [])
+    assert v.verified == "puts the answer in `result`"
+
+
+# --------------------------------------------------------------------------- warnings on the run
+
+
+@pytest.mark.parametrize("code,category", [
+    ("sales['revenue'].fillna(0, inplace=True)", "ChainedAssignmentError"),
+    ("sales[sales.region == 'North']['units'] = 0", "ChainedAssignmentError"),
+    ("sales['revenue'].sum(0)", "Pandas4Warning"),  # positional argument: deprecated
+    ("np.mean(sales[sales.units > 100]['revenue'].to_numpy())", "RuntimeWarning"),
+    ("sales['revenue'] = sales['revenue'].fillna(0)", None),
+    ("sales.loc[sales.region == 'North', 'units'] = 0", None),
+    ("sales['revenue'].sum()", None),
+    ("sales.groupby('region')['revenue'].mean()", None),
+])
+def test_run_warnings(sales, code, category):
+    v = run_warnings(cell("anything", code, sales, run=True))
+    assert v is not None and v.verified == "no pandas warnings"
+    if category is None:
+        assert v.issues == []
+    else:
+        assert kinds(v)[:1] == [Kind.RUN_WARNING]
+        assert category in v.issues[0].message
+        if category != "RuntimeWarning":  # numpy's point into numpy, not the cell
+            assert v.issues[0].line == 1
+
+
+def test_run_warnings_needs_the_child_to_report_them(sales):
+    run = RunResult(ok=True)  # today's child: no warnings field, so nothing is claimed
+    assert run_warnings(Cell("x", "sales.sum()", Task.PANDAS, {"sales": sales}, run)) is None
+
+
+def test_a_chained_fill_is_named_with_the_way_to_write_it(sales):
+    v = run_warnings(cell("fill missing revenue with 0",
+                          "sales['revenue'].fillna(0, inplace=True)", sales, run=True))
+    assert "assign the result back" in v.issues[0].message
+
+
+# --------------------------------------------------------------------------- per group
+
+
+@pytest.mark.parametrize("request_,found", [
+    ("total revenue per region", [("region", None)]),
+    ("mean units for each product", [("product", None)]),
+    ("revenue by month", [("date", "M")]),
+    ("monthly revenue per region", [("region", None), ("date", "M")]),
+    ("revenue per region and product", [("region", None)]),  # "and product": not a trigger
+    ("revenue per unit", []),  # units is numeric: a rate, not a grouping
+    ("top 5 rows sorted by region", []),
+    ("the 3 largest sales by revenue", []),
+    ("total revenue", []),
+])
+def test_groupings(sales, request_, found):
+    got = [(g.column, g.unit) for g in groupings(request_, {"sales": sales})]
+    assert got == found
+
+
+_BAR = "import matplotlib.pyplot as plt\n"
+
+
+@pytest.mark.parametrize("request_,code,task,fires", [
+    # one overall number, another grouping, one group, the wrong time unit
+    ("total revenue per region", "sales['revenue'].sum()", Task.PANDAS, True),
+    ("mean units for each product", "sales.groupby('region')['units'].mean()", Task.PANDAS,
+     True),
+    ("total revenue per region", "sales[sales.region == 'North'].groupby('product')"
+     "['revenue'].sum()", Task.PANDAS, True),
+    ("revenue by month", "sales.groupby(sales.date.dt.year)['revenue'].sum()", Task.PANDAS,
+     True),
+    ("mean revenue per region as a bar chart", _BAR + "plt.bar(['a', 'b', 'c'], [1, 2, 3])",
+     Task.PLOT, True),
+    # honest answers in the shapes people write them
+    ("total revenue per region", "sales.groupby('region')['revenue'].sum()", Task.PANDAS,
+     False),
+    ("total revenue per region", "sales.groupby('region', as_index=False)['revenue'].sum()",
+     Task.PANDAS, False),
+    ("revenue per region and product", "sales.pivot_table(index='region', columns='product', "
+     "values='revenue', aggfunc='sum')", Task.PANDAS, False),
+    ("monthly revenue", "sales.resample('ME', on='date')['revenue'].sum()", Task.PANDAS, False),
+    ("revenue by month", "sales.groupby(sales.date.dt.month)['revenue'].sum()", Task.PANDAS,
+     False),
+    ("top 2 products by revenue for each region", "sales.groupby(['region', 'product'])"
+     "['revenue'].sum().groupby(level=0).nlargest(2)", Task.PANDAS, False),
+    ("total revenue per region as a bar chart", "sales.groupby('region')['revenue'].sum()"
+     ".plot.bar()", Task.PLOT, False),
+    ("revenue per region and product as a bar chart", "sales.pivot_table(index='region', "
+     "columns='product', values='revenue', aggfunc='sum').plot.bar()", Task.PLOT, False),
+])
+def test_one_entry_per_group(sales, request_, code, task, fires):
+    v = one_entry_per_group(cell(request_, code, sales, task, run=True))
+    assert v is not None
+    assert kinds(v) == ([Kind.NOT_PER_GROUP] if fires else [])
+    if fires:
+        assert "per" in v.issues[0].message and "sample has" in v.issues[0].message
+
+
+@pytest.mark.parametrize("request_,code,task", [
+    ("total revenue per unit", "sales.revenue.sum() / sales.units.sum()", Task.PANDAS),
+    ("histogram of revenue for each region", _BAR + "for r, g in sales.groupby('region'):\n"
+     "    plt.hist(g.revenue, alpha=0.5)", Task.PLOT),
+    ("monthly revenue as a line chart", "sales.resample('ME', on='date').revenue.sum().plot()",
+     Task.PLOT),
+    ("total revenue", "sales.revenue.sum()", Task.PANDAS),
+    # one entry per row: a new column computed per group, not an aggregate
+    ("add a column with each region's mean revenue", "sales.assign(m=sales.groupby('region')"
+     "['revenue'].transform('mean'))", Task.PANDAS),
+])
+def test_one_entry_per_group_does_not_apply(sales, request_, code, task):
+    assert one_entry_per_group(cell(request_, code, sales, task, run=True)) is None
+
+
+@pytest.mark.parametrize("request_,code,fires", [
+    ("total revenue per region", "sales[sales.region == 'North'].revenue.sum()", True),
+    ("revenue per region", "sales[sales['region'].isin(['West'])].revenue.sum()", True),
+    ("units per region", "sales.query(\"region == 'East'\").units.sum()", True),
+    ("revenue per region as a bar chart", "sales.loc[sales.region == 'North', 'revenue']"
+     ".plot.bar()", True),
+    ("revenue per product in the North region", "sales[sales.region == 'North']"
+     ".groupby('product').revenue.sum()", False),  # the request names the value
+    ("revenue per region for coffee", "sales[sales['product'] == 'coffee']"
+     ".groupby('region').revenue.sum()", False),  # filters another column
+    ("revenue per region", "sales.groupby('region').revenue.sum()", False),
+])
+def test_filters_group(sales, request_, code, fires):
+    v = filters_group(cell(request_, code, sales))
+    assert kinds(v) == ([Kind.FILTERS_GROUP] if fires else [])
+    if fires:
+        assert "keeps only region ==" in v.issues[0].message
+
+
+# --------------------------------------------------------------------------- constant plots
+
+
+@pytest.mark.parametrize("request_,code,fires", [
+    ("compare mean revenue across regions", _BAR + "plt.bar(['North', 'South', 'East'], "
+     "[sales.revenue.mean()] * 3)", True),
+    ("mean revenue per region as a bar chart", _BAR + "plt.bar(['North', 'South'], "
+     "sales['revenue'].mean())", True),
+    ("mean revenue per region as a bar chart", _BAR + "m = sales.revenue.mean()\n"
+     "plt.bar(['N', 'S', 'E', 'W'], [m, m, m, m])", True),
+    ("mean revenue per region as a bar chart", _BAR + "plt.bar(['N', 'S', 'E'], [5, 5, 5])",
+     True),
+    ("compare units by product as a line chart", _BAR + "plt.plot([1, 2, 3], [2, 2, 2])", True),
+    ("mean revenue per region as a bar chart", "sales.groupby('region')['revenue'].mean()"
+     ".plot.bar()", False),
+    ("compare tea and coffee revenue", _BAR + "plt.bar(['tea', 'coffee'], "
+     "[sales[sales['product'] == 'tea'].revenue.sum(), "
+     "sales[sales['product'] == 'coffee'].revenue.sum()])", False),
+    ("monthly revenue per region", "sales.pivot_table(index='date', columns='region', "
+     "values='revenue', aggfunc='sum').resample('ME').sum().plot()", False),
+])
+def test_varies_where_compared(sales, request_, code, fires):
+    v = varies_where_compared(cell(request_, code, sales, Task.PLOT, run=True))
+    assert kinds(v) == ([Kind.CONSTANT_PLOT] if fires else [])
+    if fires:
+        assert "compares nothing" in v.issues[0].message
+
+
+def test_a_plot_that_compares_nothing_is_not_judged(sales):
+    code = _BAR + "plt.plot([0, 1], [5, 5])"
+    assert varies_where_compared(cell("draw a horizontal line at 5", code, sales, Task.PLOT,
+                                      run=True)) is None
