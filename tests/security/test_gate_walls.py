@@ -2,7 +2,7 @@
 draft whose reference solution reaches for libc changes nothing outside."""
 
 import pytest
-from escapes import PRELUDE, ROUTES, Target
+from escapes import PRELUDE, Target
 
 from qcoder_ds import isolation
 from qcoder_ds.lessons.model_exercises import generate_from_model
