@@ -58,7 +58,8 @@ def main() -> int:
 
     from qcoder_ds.copilot.pipeline import Copilot, Options
     from qcoder_ds.copilot.tasks import Task
-    from qcoder_ds.engine import DEFAULT_MODEL, Engine
+    from qcoder_ds.engine import Engine
+    from qcoder_ds.models.choice import default_model
 
     sales = pd.read_csv(ROOT / "examples/data/sales.csv", parse_dates=["order_date"])
     tmp = Path(tempfile.mkdtemp(prefix="qcoder-bench-"))
@@ -67,7 +68,7 @@ def main() -> int:
     ns = {"sales": sales, "conn": conn, "pd": pd}
 
     t0 = time.perf_counter()
-    args.model = args.model or DEFAULT_MODEL
+    args.model = args.model or default_model().name
     engine = Engine.load(args.model, threads=args.threads, progress=False)
     load_s = time.perf_counter() - t0
     copilot = Copilot(engine, model=args.model)

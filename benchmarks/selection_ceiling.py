@@ -39,14 +39,16 @@ def main() -> int:
     from qcoder_ds.copilot import evaluation as ev
     from qcoder_ds.copilot.pipeline import Copilot, Options
     from qcoder_ds.copilot.tasks import Task
-    from qcoder_ds.engine import DEFAULT_MODEL, Engine
+    from qcoder_ds.engine import Engine
+    from qcoder_ds.models.choice import default_model
 
     data = args.data_dir or default_data_dir()
     cache: dict[str, bool] = {}
     problems = [p for p in ev.sample(ev.load_ds1000(data, "pandas"), None, args.seed)
                 if ev.reference_ok(p, cache, 60.0)][: args.n]
-    engine = Engine.load(threads=args.threads, progress=False)
-    copilot = Copilot(engine, model=DEFAULT_MODEL)
+    model = default_model().name
+    engine = Engine.load(model, threads=args.threads, progress=False)
+    copilot = Copilot(engine, model=model)
     rows = []
     for p in problems:
         namespace: dict = {}
@@ -64,7 +66,7 @@ def main() -> int:
         print(rows[-1], flush=True)
     n = len(rows)
     report = {"benchmark": "selection ceiling, DS-1000 pandas (pipeline candidates, no repairs)",
-              "model": DEFAULT_MODEL, "n": n, "k": args.k, "seed": args.seed,
+              "model": model, "n": n, "k": args.k, "seed": args.seed,
               "greedy": sum(r["greedy"] for r in rows),
               "chosen": sum(r["chosen"] for r in rows),
               "any": sum(r["any"] for r in rows),

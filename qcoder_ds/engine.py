@@ -2,7 +2,7 @@
 
 This is the one object the copilot, the lessons and the Jupyter server talk to::
 
-    engine = Engine.load()                       # the embedded model, ONNX Runtime, int4
+    engine = Engine.load()                       # the default model, ONNX Runtime, int4
     for piece in engine.chat([{"role": "user", "content": "a pandas groupby example"}]):
         print(piece, end="")
 
@@ -22,8 +22,6 @@ from qcoder_ds.runtime.backend import DecoderSession
 from qcoder_ds.runtime.generate import DEFAULT_PREFILL_CHUNK, TextStream, generate_text
 from qcoder_ds.runtime.sampler import SamplingParams
 
-DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
-
 
 class Engine:
     """A model ready to generate. Build it with :meth:`Engine.load`."""
@@ -39,12 +37,16 @@ class Engine:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model: str = DEFAULT_MODEL, backend: str = "onnx", weights: str = "int4",
+    def load(cls, model: str | None = None, backend: str = "onnx", weights: str = "int4",
              threads: int | None = None, progress: bool = True) -> Engine:
-        """Resolve ``model`` (catalogue name, GGUF file, HF directory), export it to ``backend``
-        once (cached), and load it. ``threads`` defaults to the backend's choice (all cores)."""
+        """Resolve ``model`` (catalogue name, GGUF file, HF directory; None: the default of
+        ``models.choice``), export it to ``backend`` once (cached), and load it. ``threads``
+        defaults to the backend's choice (all cores)."""
         from qcoder_ds.models.chat_template import ChatTemplate
+        from qcoder_ds.models.choice import default_model
         from qcoder_ds.models.sources import resolve
+
+        model = model or default_model().name
         from qcoder_ds.runtime.export import load_session
 
         source = resolve(model)

@@ -31,7 +31,7 @@ from qcoder_ds.copilot.tasks import Task
 from qcoder_ds.errors import QcoderError
 
 _DEFAULTS: dict[str, Any] = {
-    "model": "qwen2.5-coder-0.5b-instruct", "backend": "onnx", "weights": "int4",
+    "model": None, "backend": "onnx", "weights": "int4",
     "threads": None, "check": True, "safe": False, "repairs": 2, "samples": 1,
     "timeout_s": 20.0, "memory_mb": 1024, "context_tokens": 1500, "max_new_tokens": 384,
 }
@@ -104,7 +104,11 @@ class QcoderMagics(Magics):
     # ---------------------------------------------------------------- engine (once per kernel)
 
     def _key(self, model: str | None) -> tuple:
+        from qcoder_ds.models.choice import default_model
+
         d = self.state.defaults
+        if not (model or d["model"]):  # chosen once per kernel, so every request agrees
+            d["model"] = default_model().name
         return (model or d["model"], d["backend"], d["weights"], d["threads"])
 
     def use_engine(self, engine: Any, model: str | None = None) -> None:

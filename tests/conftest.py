@@ -1,9 +1,15 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The real-model tests check the pipeline, not the model: they run the 0.5B, whose export
+# takes a few minutes on two cores where the 1.5B default's takes about twenty. The choice
+# of default itself is tested in test_model_choice.py.
+os.environ.setdefault("QCODER_MODEL", "qwen2.5-coder-0.5b-instruct")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

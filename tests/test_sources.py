@@ -16,7 +16,8 @@ from test_tokenizer import write_tokenizer_gguf
 
 from qcoder_ds.errors import ModelError
 from qcoder_ds.models import sources
-from qcoder_ds.models.catalogue import CATALOGUE, DEFAULT_MODEL, CatalogueEntry, PartSpec
+from qcoder_ds.models.catalogue import CATALOGUE, CatalogueEntry, PartSpec
+from qcoder_ds.models.choice import SMALL_MODEL as DEFAULT_MODEL
 from qcoder_ds.models.sources import (
     GGUFSource,
     HFDirSource,
@@ -402,13 +403,16 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 def test_cli_models_list():
     rc, out, err = run_cli("models", "list", "--json")
     assert rc == 0, err
-    rows = {r["name"]: r for r in json.loads(out)}
+    listing = json.loads(out)
+    rows = {r["name"]: r for r in listing["models"]}
     assert set(rows) == set(CATALOGUE)
+    assert listing["default"] == {"name": DEFAULT_MODEL, "why": "set by QCODER_MODEL"}
     assert rows[DEFAULT_MODEL]["size"] == "491.4 MB"
     assert rows[DEFAULT_MODEL]["status"].startswith("parts installed")  # fresh QCODER_HOME
     assert "not on this machine" in rows["qwen3-coder-30b-a3b-instruct"]["status"]
     rc, out, _ = run_cli("models", "list")
     assert rc == 0 and out.splitlines()[0].split()[:2] == ["NAME", "ARCHITECTURE"]
+    assert f"In use when no model is named: {DEFAULT_MODEL} (set by QCODER_MODEL)." in out
 
 
 def test_cli_models_info_and_pull(hf_dir, tok_gguf):

@@ -109,10 +109,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    from qcoder_ds.engine import DEFAULT_MODEL
+    from qcoder_ds.models.choice import COPILOT_MODEL, SMALL_MODEL
 
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"catalogue name, GGUF file or HF directory (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=None,
+                   help=f"catalogue name, GGUF file or HF directory (default {COPILOT_MODEL}, "
+                        f"or {SMALL_MODEL} where memory is short; see `qcoder models list`)")
     p.add_argument("--backend", default="onnx", choices=_backends(), help="runtime (default onnx)")
     p.add_argument("--weights", default="int4", choices=("int4", "int8", "fp32"),
                    help="weight format of the export (default int4)")
@@ -131,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.request.strip():
         raise QcoderError("the request is empty: say what code you want")
+    from qcoder_ds.models.choice import default_model
+
+    args.model = args.model or default_model().name
     if getattr(args, "data", None) or getattr(args, "db", None):
         from qcoder_ds.copilot.cli_ask import run_pipeline
 

@@ -116,12 +116,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per graded run")
     p.add_argument("--out", type=Path, default=None,
                    help="report path (default benchmarks/results/eval-<time>.json)")
-    from qcoder_ds.engine import DEFAULT_MODEL
-
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run written to --out: problems already in "
                         "its answers file are counted as recorded, not asked again")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=None,
+                   help="catalogue name, GGUF file or HF directory (default: as `qcoder ask`)")
     p.add_argument("--backend", default="onnx")
     p.add_argument("--weights", default="int4", choices=("int4", "int8", "fp32"))
     p.add_argument("--threads", type=int, default=None)
@@ -132,8 +131,10 @@ def run(args: argparse.Namespace) -> int:
     from qcoder_ds.copilot.evaluation import evaluate, load_answers
     from qcoder_ds.copilot.pipeline import Copilot
     from qcoder_ds.engine import Engine
+    from qcoder_ds.models.choice import default_model
     from qcoder_ds.paths import home
 
+    args.model = args.model or default_model().name
     data_dir = args.data_dir or default_data_dir()
     if not data_dir.is_dir():
         raise CopilotError(f"{data_dir}: no evaluation data there (use --data-dir)")

@@ -84,16 +84,22 @@ def _in_hub_cache(repo_id: str | None) -> bool:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from qcoder_ds.models.choice import default_model
+
     rows = catalogue_status()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        choice = default_model()
+        print(json.dumps({"models": rows, "default": {"name": choice.name, "why": choice.why}},
+                         indent=2))
         return 0
     cols = ["name", "architecture", "size", "role", "status"]
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols[:-1]}
     print("  ".join(c.upper().ljust(widths.get(c, 0)) for c in cols).rstrip())
     for r in rows:
         print("  ".join(r[c].ljust(widths.get(c, 0)) for c in cols).rstrip())
-    print("\nAlso accepted: a GGUF file path, a Hugging Face model directory, a hub id.")
+    choice = default_model()
+    print(f"\nIn use when no model is named: {choice.name} ({choice.why}).")
+    print("Also accepted: a GGUF file path, a Hugging Face model directory, a hub id.")
     return 0
 
 

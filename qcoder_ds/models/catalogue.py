@@ -45,15 +45,13 @@ def _parts(prefix: str, n: int) -> tuple[PartSpec, ...]:
     return tuple(PartSpec(f"{prefix}{i}", f"data/part{i:02d}.bin") for i in range(1, n + 1))
 
 
-DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
-
 CATALOGUE: dict[str, CatalogueEntry] = {
     e.name: e
     for e in (
         CatalogueEntry(
             name="qwen2.5-coder-0.5b-instruct",
             architecture="qwen2, dense, 24 layers",
-            role="embedded default",
+            role="embedded: default where memory is short",
             license="Apache-2.0",
             size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
@@ -67,7 +65,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         CatalogueEntry(
             name="qwen2.5-coder-1.5b-instruct",
             architecture="qwen2, dense, 28 layers",
-            role="optional, better answers, ~3x slower",
+            role="embedded default",
             license="Apache-2.0",
             size=1_117_320_768,
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
