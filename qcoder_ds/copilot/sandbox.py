@@ -75,6 +75,7 @@ class RunResult:
     timed_out: bool = False
     elapsed_s: float = 0.0
     unavailable: list[str] = field(default_factory=list)  # names that could not be copied
+    warnings: list[dict] | None = None  # what pandas / numpy warned while the cell ran
     isolation: str = ""
 
     def problem(self) -> str:
@@ -334,6 +335,7 @@ class Sandbox:
                          traceback=raw.get("traceback"), stdout=raw.get("stdout", ""),
                          value=raw.get("value"), fingerprint=raw.get("fingerprint"),
                          figures=raw.get("figures") or [], blocked=raw.get("blocked") or [],
+                         warnings=raw.get("warnings"),
                          elapsed_s=elapsed, isolation=self.isolation)
 
 

@@ -17,6 +17,7 @@ import pickle
 import resource
 import sys
 import traceback
+import warnings
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np  # noqa: E402
@@ -155,6 +156,16 @@ def _figures(workdir):
     return figs
 
 
+def _warning_entry(message):
+    """A warning the cell raised, for the checks: its class and bases up to ``Warning``, the
+    message, and the cell's line (None when it points outside the cell)."""
+    bases = [c.__name__ for c in message.category.__mro__
+             if issubclass(c, Warning) and c is not Warning]
+    return {"category": message.category.__name__, "bases": bases,
+            "message": str(message.message)[:500],
+            "line": message.lineno if message.filename == "<cell>" else None}
+
+
 def _run_cell(code, ns):
     """Like a notebook cell: the last expression's value is the cell's output."""
     tree = ast.parse(code, "<cell>")
@@ -225,8 +236,11 @@ def run_job(job_dir):
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     stdout = io.StringIO()
     result = {"ok": True, "error": None, "error_type": None, "traceback": None}
+    caught = []
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stdout):
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stdout), \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # a warning the user would see once counts here
             value = _run_cell(job["code"], ns)
             figs = _figures(workdir)
         named = ns.get(job.get("result_name") or "", None)
@@ -246,6 +260,7 @@ def run_job(job_dir):
                                "of the check")
     result["stdout"] = stdout.getvalue()[-4000:]
     result["blocked"] = blocked
+    result["warnings"] = [_warning_entry(w) for w in (caught or [])[:20]]
     json.dump(result, out, default=str)
     out.close()
 
