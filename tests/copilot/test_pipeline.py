@@ -382,3 +382,15 @@ def test_honest_cells_pass_the_new_checks_at_once(box, sales, request_, code):
     ans = Copilot(eng, box).ask(request_, {"sales": sales})
     assert ans.ok and len(eng.calls) == 1, ans.checks
     assert ans.summary().startswith("checked: ran on a sample")
+
+
+def test_a_chained_inplace_fill_that_pandas_ignores_goes_back(box, sales):
+    """pandas 3 ignores ``df[col].fillna(..., inplace=True)`` and warns: the check child
+    reports the warning, and the repair is told how to write it."""
+    eng = ScriptedEngine([fence("sales['revenue'].fillna(0, inplace=True)\nsales"),
+                          fence("sales['revenue'] = sales['revenue'].fillna(0)\nsales")])
+    ans = Copilot(eng, box).ask("fill missing revenue with 0", {"sales": sales})
+    assert ans.ok and ans.repairs == 1
+    assert "ChainedAssignmentError" in eng.calls[1][-1]["content"]
+    assert "assign the result back" in eng.calls[1][-1]["content"]
+    assert ans.checks["no pandas warnings"] == "passed"
