@@ -137,6 +137,30 @@ def _describe(value, inputs=frozenset()):
     return out
 
 
+def _numbers(values, limit=500):
+    out = []
+    for v in list(values)[:limit]:
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):  # dates and categories on a line's y: not compared
+            return []
+    return out
+
+
+def _plotted(ax):
+    """The data an axes shows, for the checks: bar heights (widths of horizontal bars) per
+    bar container in drawing order, and each line's y values."""
+    from matplotlib.container import BarContainer
+
+    bars = []
+    for c in ax.containers:
+        if isinstance(c, BarContainer):
+            wide = getattr(c, "orientation", "vertical") == "horizontal"
+            bars += [p.get_width() if wide else p.get_height() for p in c]
+    return {"bar_heights": _numbers(bars),
+            "line_ys": [_numbers(line.get_ydata()) for line in ax.lines[:20]]}
+
+
 def _figures(workdir):
     figs = []
     if plt is None:
@@ -149,7 +173,7 @@ def _figures(workdir):
             axes.append({"title": ax.get_title(), "xlabel": ax.get_xlabel(),
                          "ylabel": ax.get_ylabel(), "lines": len(ax.lines),
                          "patches": len(ax.patches), "collections": len(ax.collections),
-                         "images": len(ax.images)})
+                         "images": len(ax.images), **_plotted(ax)})
         path = os.path.join(workdir, f"figure{num}.png")
         fig.savefig(path)
         figs.append({"axes": axes, "png_bytes": os.path.getsize(path)})

@@ -52,8 +52,8 @@ def test_cell_magic_inserts_a_checked_cell_with_provenance(shell, capsys):
     ast.parse(code)
     header = code.splitlines()[0]  # says what was verified, and what was not
     assert header.startswith("# qcoder (") and header.endswith(
-        ", pandas, checked: ran on a sample; keeps every region; one entry per region; "
-        "not verified: the values)")
+        ", pandas, checked: ran on a sample; keeps every region; no pandas warnings; one entry "
+        "per region; not verified: the values)")
     meta = p["metadata"]["qcoder"]
     assert meta["model"] == "qwen2.5-coder-0.5b-instruct" and meta["ok"] is True
     assert meta["checks"]["columns"] == "passed" and meta["task"] == "pandas"

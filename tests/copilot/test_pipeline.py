@@ -308,9 +308,25 @@ def test_the_demo_request_with_one_region_kept_goes_back_and_the_header_says_wha
     assert ans.ok and ans.repairs == 1
     assert "keeps only region == 'North'" in eng.calls[1][-1]["content"]
     assert ans.checks["one bar per region"] == "passed"
-    # what the check child does not report (the bar heights) is not claimed
-    assert ans.summary() == ("checked: ran on a sample; keeps every region; one bar per "
-                             "region; not verified: the values")
+    # the child reports the bar heights: that they differ is claimed, not that they are right
+    assert ans.summary() == ("checked: ran on a sample; keeps every region; no pandas "
+                             "warnings; one bar per region; the chart's values differ; not "
+                             "verified: the values")
+
+
+def test_equal_bars_where_the_request_compares_go_back(box, sales):
+    """Bars drawn from the data but all the same height (one overall total per group)."""
+    flat = fence("import matplotlib.pyplot as plt\n"
+                 "totals = sales.groupby('region')['revenue'].sum()\n"
+                 "totals[:] = totals.mean()\n"
+                 "totals.plot.bar()")
+    right = fence(f"import matplotlib.pyplot as plt\n{_GROUPED}.plot.bar()")
+    eng = ScriptedEngine([flat, right])
+    ans = Copilot(eng, box).ask("compare total revenue across regions in a bar chart",
+                                {"sales": sales})
+    assert ans.ok and ans.repairs == 1
+    assert ans.checks["the chart's values differ"] == "passed"
+    assert len(eng.calls) == 2 and "compares nothing" in eng.calls[1][-1]["content"]
 
 
 def test_one_overall_mean_drawn_per_group_goes_back(box, sales):
