@@ -350,6 +350,8 @@ class SystemScore:
     repaired: int = 0  # answers that needed at least one repair round
     repaired_passed: int = 0
     reordered: int = 0  # Spider answers right only with their columns in another order
+    marked_ok: int = 0  # answers the pipeline's checks called ok
+    marked_ok_failed: int = 0  # ... that fail the hidden tests: false confidence
 
     def as_dict(self) -> dict[str, Any]:
         secs = sorted(self.seconds)
@@ -363,6 +365,9 @@ class SystemScore:
             d["passed_with_columns_reordered"] = self.reordered
         if self.repaired or self.repaired_passed:
             d.update(needed_repair=self.repaired, repaired_and_passed=self.repaired_passed)
+        if self.marked_ok:
+            d.update(marked_ok=self.marked_ok, marked_ok_failed=self.marked_ok_failed,
+                     false_confidence=round(self.marked_ok_failed / self.marked_ok, 4))
         return d
 
 
@@ -432,6 +437,9 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
                 sc.repaired += row["repairs"] > 0
                 sc.repaired_passed += row["repairs"] > 0 and row["passed"]
                 sc.reordered += row["passed"] and row["error"] == REORDERED
+                if row.get("checked_ok"):  # recorded by runs that keep the pipeline's verdict
+                    sc.marked_ok += 1
+                    sc.marked_ok_failed += not row["passed"]
                 if not row["passed"]:
                     sc.failing.append(p.id)
                 log(f"[{cat} {i + 1}/{len(chosen)}] {p.id} {s}: "
@@ -451,12 +459,14 @@ def _answer_and_grade(p: Problem, system: str, data_dir: Path, engine: Any, copi
                       repairs: int, samples: int | None, timeout_s: float,
                       log: Callable[[str], None]) -> dict[str, Any]:
     """One system's answer to one problem, graded: the line written to the answers file."""
+    checked_ok = None  # the raw model has no checks
     try:
         if system == "raw":
             code, secs = raw_answer(engine, p, data_dir)
             nrep = 0
         else:
-            code, secs, nrep, _ = pipeline_answer(copilot, p, data_dir, repairs, samples)
+            code, secs, nrep, checked_ok = pipeline_answer(copilot, p, data_dir, repairs,
+                                                           samples)
     except CopilotError as e:
         code, secs, nrep = "", 0.0, 0
         log(f"  {p.id} {system}: {e}")
@@ -468,7 +478,8 @@ def _answer_and_grade(p: Problem, system: str, data_dir: Path, engine: Any, copi
         ok, why = grade_ds1000(p, as_graded(p, code), timeout_s) if code else (False, "no code")
         executed = ok or why.startswith("AssertionError")
     return {"id": p.id, "system": system, "passed": ok, "executed": executed,
-            "seconds": round(secs, 2), "repairs": nrep, "error": why, "code": code}
+            "seconds": round(secs, 2), "repairs": nrep, "error": why, "code": code,
+            "checked_ok": checked_ok}
 
 
 def load_answers(path: Path) -> dict[tuple[str, str], dict[str, Any]]:

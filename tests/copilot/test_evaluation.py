@@ -228,3 +228,23 @@ def test_resume_refuses_a_report_made_with_other_settings(tmp_path):
     out.write_text("{not json")
     with pytest.raises(CopilotError, match="cannot --resume"):
         _check_same_run(out, config)
+
+
+def test_false_confidence_counts_answers_marked_ok_that_fail(data_dir, tmp_path):
+    """An answer the checks call ok but the hidden test fails is false confidence; one the
+    checks refuse is not counted either way."""
+    piped = KeyedEngine({"How many": ["```sql\nSELECT count(*) FROM animal WHERE legs = 4\n```"],
+                         "Names by": ["```sql\nSELECT name FROM animal ORDER BY legs\n```"],
+                         "9 legs": ["```sql\nSELECT name FROM animal WHERE legs = 9\n```"]})
+    box = Sandbox(Limits(timeout_s=10), prewarm=False)
+    try:
+        report = ev.evaluate(data_dir, ["spider"], None, 0, ["pipeline"], None,
+                             Copilot(piped, box), repairs=0, log=lambda m: None,
+                             details=tmp_path / "answers.jsonl")
+    finally:
+        box.close()
+    p = report["categories"]["spider"]["pipeline"]
+    assert p["passed"] == 2 and p["marked_ok"] == 3 and p["marked_ok_failed"] == 1
+    assert p["false_confidence"] == round(1 / 3, 4)
+    rows = ev.load_answers(tmp_path / "answers.jsonl")
+    assert [rows[(f"spider/{i}", "pipeline")]["checked_ok"] for i in range(3)] == [True] * 3
