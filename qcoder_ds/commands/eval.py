@@ -19,13 +19,20 @@ from pathlib import Path
 from qcoder_ds.copilot.errors import CopilotError
 from qcoder_ds.copilot.evaluation import CATEGORIES
 
+#: what ``--data-dir`` must hold
+LAYOUT = ("ds1000/pandas.jsonl.gz and ds1000/matplotlib.jsonl.gz (DS-1000 problems, one "
+          "JSON object a line: prompt, reference_code, code_context, metadata), "
+          "spider/questions.json, spider/tables.json and "
+          "spider/database/<db_id>/<db_id>.sqlite (Spider dev)")
+
 
 def default_data_dir() -> Path:
-    """``../shared/eval`` beside the checkout (or $QCODER_EVAL_DIR)."""
+    """$QCODER_EVAL_DIR: the evaluation data, when ``--data-dir`` does not name it."""
     env = os.environ.get("QCODER_EVAL_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "eval"
+    if not env:
+        raise CopilotError("name the evaluation data with --data-dir DIR (or QCODER_EVAL_DIR): "
+                           "a folder with " + LAYOUT)
+    return Path(env)
 
 
 def _write(out: Path, report: dict) -> None:
@@ -102,7 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="measure raw model vs copilot on DS-1000 and Spider",
                               description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="a directory laid out like ../shared/eval (default: that one)")
+                   help="the evaluation data (default $QCODER_EVAL_DIR): a folder with "
+                        + LAYOUT.replace("%", "%%"))
     p.add_argument("--categories", default=",".join(CATEGORIES),
                    help=f"comma-separated subset of {','.join(CATEGORIES)}")
     p.add_argument("--sample", default=None,

@@ -67,7 +67,7 @@ class Problem:
 def load_ds1000(data_dir: Path, library: str) -> list[Problem]:
     path = data_dir / "ds1000" / f"{library}.jsonl.gz"
     if not path.is_file():
-        raise CopilotError(f"{path}: not found (expected the DS-1000 layout of ../shared/eval)")
+        raise CopilotError(f"{path}: not found (--data-dir needs ds1000/<library>.jsonl.gz)")
     out = []
     with gzip.open(path, "rt") as f:
         for line in f:
@@ -81,7 +81,7 @@ def load_ds1000(data_dir: Path, library: str) -> list[Problem]:
 def load_spider(data_dir: Path) -> list[Problem]:
     path = data_dir / "spider" / "questions.json"
     if not path.is_file():
-        raise CopilotError(f"{path}: not found (expected the Spider layout of ../shared/eval)")
+        raise CopilotError(f"{path}: not found (--data-dir needs spider/questions.json)")
     rows = json.loads(path.read_text())
     return [Problem(f"spider/{i}", "spider", r["question"], r["query"], {"db_id": r["db_id"]})
             for i, r in enumerate(rows)]

@@ -60,6 +60,16 @@ def test_eval_cli_refuses_a_missing_data_dir(tmp_path, capsys):
     assert "no evaluation data there" in capsys.readouterr().err
 
 
+def test_eval_cli_says_what_data_it_needs(monkeypatch, capsys):
+    from qcoder_ds.cli import main
+
+    monkeypatch.delenv("QCODER_EVAL_DIR", raising=False)
+    assert main(["eval"]) == 1
+    err = capsys.readouterr().err
+    assert "--data-dir DIR (or QCODER_EVAL_DIR)" in err
+    assert "spider/database/<db_id>/<db_id>.sqlite" in err and "ds1000/pandas.jsonl.gz" in err
+
+
 def test_ask_db_is_opened_read_only(shop_db, tmp_path):
     _, path = shop_db
     conn = open_database(str(path))
