@@ -299,9 +299,13 @@ class Sandbox:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], limit_s)
         if not ready or proc.stdout.readline().strip() != "ready":
+            said = ""
+            if proc.poll() is not None and proc.stderr is not None:  # it died: say why
+                said = " ".join(proc.stderr.read().strip().splitlines()[-2:])[:300]
             _kill(proc)
             raise CopilotError("the check process did not start (python, pandas and numpy "
-                               "must import in the environment that runs qcoder)")
+                               "must import in the environment that runs qcoder)"
+                               + (f": {said}" if said else ""))
 
     def _execute(self, child: _Child) -> RunResult:
         proc, job_dir = child.proc, child.job_dir

@@ -76,3 +76,20 @@ def test_reduced_isolation_is_said_once(monkeypatch, caplog):
         b.close()
     said = [r for r in caplog.records if "reduced isolation" in r.getMessage()]
     assert len(said) == 1 and "no user namespaces (test)" in said[0].getMessage()
+
+
+@needs_walls
+def test_a_check_process_that_cannot_start_says_why(monkeypatch):
+    """A wall that cannot be built (here: bwrap is handed an unknown option) is reported with
+    bubblewrap's own words, not as a generic start-up failure."""
+    from qcoder_ds.copilot.errors import CopilotError
+
+    real = isolation.command
+    monkeypatch.setattr(isolation, "command",
+                        lambda argv, walls: [real(argv, walls)[0], "--no-such-option"])
+    box = Sandbox(Limits(), prewarm=False)
+    try:
+        with pytest.raises(CopilotError, match="did not start.*no-such-option"):
+            box.run("1 + 1", {})
+    finally:
+        box.close()
