@@ -68,6 +68,23 @@ def as_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
+def limit(*, cpu_s: int | None = None, file_bytes: int | None = None,
+          data_bytes: int | None = None, address_bytes: int | None = None) -> None:
+    """Resource limits for this process and what it execs (no core dumps, always). Called
+    in the launcher or a ``preexec_fn``, before the walls: an rlimit survives exec."""
+    import resource
+
+    wanted = {resource.RLIMIT_CORE: 0, resource.RLIMIT_CPU: cpu_s,
+              resource.RLIMIT_FSIZE: file_bytes, resource.RLIMIT_DATA: data_bytes,
+              resource.RLIMIT_AS: address_bytes}
+    for kind, value in wanted.items():
+        if value is not None:
+            try:
+                resource.setrlimit(kind, (value, value))
+            except (ValueError, OSError):  # above the hard limit we were given: keep that
+                pass
+
+
 def python_paths() -> list[str]:
     """The folders the interpreter and its packages live in (a venv and its base)."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,

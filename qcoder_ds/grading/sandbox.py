@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,13 +101,6 @@ def launcher_argv(limits: Limits, work: Path, kernel_argv: list[str], walled: bo
     return argv + ["--"] + kernel_argv
 
 
-def _limit(kind: int, value: int) -> None:
-    try:
-        resource.setrlimit(kind, (value, value))
-    except (ValueError, OSError):
-        pass
-
-
 def _environment(args) -> dict[str, str]:
     env = {k: os.environ[k] for k in ENV_KEEP if k in os.environ}
     env.update(ENV_FIXED)
@@ -138,14 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         args.kernel = args.kernel[1:]
     if not args.kernel:
         ap.error("no kernel command after --")
-    mb = 1024 * 1024
     # RLIMIT_DATA (heap and private anonymous memory), not RLIMIT_AS: shared libraries and
     # each thread's reserved malloc arena inflate the address space of a pandas+matplotlib
     # kernel past 1 GiB while it uses a fraction of that, so an AS limit fails honest imports.
-    _limit(resource.RLIMIT_DATA, args.memory_mb * mb)
-    _limit(resource.RLIMIT_FSIZE, args.file_size_mb * mb)
-    _limit(resource.RLIMIT_CPU, args.cpu_s)
-    _limit(resource.RLIMIT_CORE, 0)
+    isolation.limit(data_bytes=args.memory_mb << 20, file_bytes=args.file_size_mb << 20,
+                    cpu_s=args.cpu_s)
     env = _environment(args)
     cmd = args.kernel
     if not args.reduced_isolation:

@@ -47,14 +47,6 @@ def _worker_env(hash_seed: str) -> dict:
     return env
 
 
-def _limits(cpu_s: int) -> None:  # pragma: no cover - runs in the child before exec
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 20, 256 << 20))
-    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
-
-
 def run_worker(job: dict, workdir: Path, hash_seed: str = "0",
                timeout: float | None = None, untrusted: bool = False) -> dict:
     """Run one worker process on ``job`` in ``workdir``; its JSON result, or GateError.
@@ -81,7 +73,8 @@ def run_worker(job: dict, workdir: Path, hash_seed: str = "0",
                     writable=(tmp, str(workdir)), readable=(str(isolation.package_dir()),)))
             elif isolation.network_namespace_available():
                 cmd = ["unshare", "-n", "--", *cmd]
-            preexec = functools.partial(_limits, int(limit) + 5)
+            preexec = functools.partial(isolation.limit, cpu_s=int(limit) + 5,
+                                        file_bytes=256 << 20, address_bytes=6 << 30)
         try:
             proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True,
                                   timeout=limit, preexec_fn=preexec)
