@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import platformdirs
@@ -31,14 +31,24 @@ def exports_dir() -> Path:
     return d
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temp file and rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temp file in the same folder, then rename it over ``path``.
+
+    A reader never sees half a file and a crash leaves the old one or the whole new one (the
+    data is synced before the rename): a grade export, a feedback page or a cache manifest read
+    while it is written. The folder is created; the file gets the mode a plain ``open`` gives
+    (the umask applies, unlike a private ``mkstemp`` file); a failed write leaves no temp file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

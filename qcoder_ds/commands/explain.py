@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from qcoder_ds.lessons.errors import ExplainError
+from qcoder_ds.paths import atomic_write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,10 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         ex = rephrase_with_model(ex, args.level, model=args.model)
     out = render(ex, args.format)
     if args.output:
-        fd, tmp = tempfile.mkstemp(dir=args.output.resolve().parent, prefix=".qcoder-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(out)
-        os.replace(tmp, args.output)
+        atomic_write_text(args.output, out)
     else:
         sys.stdout.write(out)
     return 0  # a learner's error is part of the explanation, not a failure of it

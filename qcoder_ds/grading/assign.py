@@ -29,6 +29,7 @@ from nbgrader.preprocessors import (
 )
 
 from qcoder_ds.grading.errors import AssignmentError
+from qcoder_ds.paths import atomic_write_text
 
 __all__ = ["compute_checksum", "generate", "instructor_notebook", "release_notebook"]
 
@@ -169,9 +170,7 @@ def assign_directory(
             written.append(dst / rel)
     for d in defs:
         out = dst / f"{d.name}.ipynb"
-        tmp = out.with_name(f".{out.name}.tmp")
-        nbformat.write(d.released, str(tmp))
-        os.replace(tmp, out)
+        atomic_write_text(out, nbformat.writes(d.released) + "\n")  # as nbformat.write ends it
         written.append(out)
     if gradebook is not None:
         with GradebookStore(gradebook) as store:

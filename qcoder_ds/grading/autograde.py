@@ -36,6 +36,7 @@ from qcoder_ds.grading.kernel import CellRun, SandboxedKernel, isolation_note, r
 from qcoder_ds.grading.restore import restore
 from qcoder_ds.grading.sandbox import Limits
 from qcoder_ds.grading.scoring import cell_kind, score_cell
+from qcoder_ds.paths import atomic_write_text
 
 _GUARD_SRC = (Path(__file__).with_name("kernel_guard.py")).read_text(encoding="utf-8")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -173,13 +174,6 @@ def grade_notebook(defn: NotebookDef, path: Path | None, work: Path, run_dir: Pa
 # -- one submission -------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(data, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _copy_inputs(src: Path, dst: Path, skip_notebooks: bool) -> None:
     for p in src.rglob("*"):
         rel = p.relative_to(src)
@@ -252,7 +246,7 @@ def grade_submission(task: dict) -> dict:
             res, nb = grade_notebook(d, path if path.is_file() else None, work, run_dir, limits)
             result["notebooks"].append(res)
             if out_dir is not None and res["status"] == "graded":
-                _atomic_write(out_dir / f"{d.name}.ipynb", nbformat.writes(nb))
+                atomic_write_text(out_dir / f"{d.name}.ipynb", nbformat.writes(nb))
         if out_dir is not None:
             _copy_inputs(sub_dir, out_dir, skip_notebooks=True)
     finally:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from qcoder_ds.grading.errors import GradingError
 from qcoder_ds.grading.gradebook import GradebookStore
+from qcoder_ds.paths import atomic_write_text
 
 CSV_COLUMNS = ["assignment", "duedate", "timestamp", "student_id", "last_name", "first_name",
                "email", "raw_score", "late_submission_penalty", "score", "max_score"]
@@ -52,9 +53,5 @@ def export_grades(gradebook: str | os.PathLike, fmt: str = "csv",
                                 for c in cells]
             text = json.dumps(rows, indent=2) + "\n"
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
+        atomic_write_text(out, text)
     return text

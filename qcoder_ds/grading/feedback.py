@@ -22,6 +22,7 @@ from nbgrader import utils as nbutils
 
 from qcoder_ds.grading.gradebook import GradebookStore
 from qcoder_ds.grading.scoring import cell_kind, strip_ansi
+from qcoder_ds.paths import atomic_write_text
 
 BEGIN, END = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
 _LINE = re.compile(r"(?:Cell In\s*\[\d*\]|<ipython-input-[^>]*>|ipykernel_\d+/\d+\.py),? "
@@ -196,13 +197,6 @@ def render_notebook(student: str, assignment: str, notebook: str, results: list[
     return Page("\n".join(md) + "\n", page, score, max_score)
 
 
-def _atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_feedback(gradebook: str | os.PathLike, assignment: str,
                    autograded: str | os.PathLike | None, out_dir: str | os.PathLike,
                    students: list[str] | None = None) -> list[Path]:
@@ -226,6 +220,6 @@ def write_feedback(gradebook: str | os.PathLike, assignment: str,
                                        executed, d.released, d.instructor, reports[student])
                 base = Path(out_dir) / student / assignment
                 for ext, text in (("html", page.html), ("md", page.markdown)):
-                    _atomic(base / f"{d.name}.{ext}", text)
+                    atomic_write_text(base / f"{d.name}.{ext}", text)
                     written.append(base / f"{d.name}.{ext}")
     return written

@@ -1,7 +1,9 @@
 """Explanations: the traced facts on fixed snippets are right, and agree with the text."""
 
 import io
+import os
 import sqlite3
+import stat
 from html.parser import HTMLParser
 
 import nbformat
@@ -217,3 +219,26 @@ def test_the_embedded_model_rephrases_without_contradicting_the_trace(explained)
     for s in out.steps:  # whatever is shown agrees with the trace
         assert contradictions(s.what, s) == []
         assert s.did == explained.steps[s.line - 1].did
+
+
+def test_cli_explain_output_is_written_atomically(monkeypatch, tmp_path):
+    """``-o`` goes through paths.atomic_write_text: the folder is made, the mode is what the
+    umask gives (not mkstemp's private 0600), and a failed write leaves no file behind."""
+    src = tmp_path / "a.py"
+    src.write_text("x = 1\n")
+    out = tmp_path / "new" / "deeper" / "a.md"
+    old_umask = os.umask(0o027)
+    try:
+        assert main(["explain", str(src), "--no-run", "-o", str(out)]) == 0
+    finally:
+        os.umask(old_umask)
+    assert "x = 1" in out.read_text() and stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert [p.name for p in out.parent.iterdir()] == ["a.md"]
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        main(["explain", str(src), "--no-run", "-o", str(tmp_path / "b.md")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.py", "new"]
