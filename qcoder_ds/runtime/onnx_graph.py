@@ -167,9 +167,37 @@ def _head_norm(b: _Builder, x: str, heads: int, cfg: ArchConfig, weight: np.ndar
     return b.node("Reshape", [r, b.const_i64([0, 0, heads * cfg.head_dim])])[0]
 
 
+@dataclass
+class _Ctx:
+    """What every block of one export reads: the builder, the model's shape and weights."""
+
+    b: _Builder
+    cfg: ArchConfig
+    tensor: Callable[[str], np.ndarray]
+    opts: OnnxExportOptions
+    rope: tuple[str, str] = ("", "")  # the cos/sin cache initializers
+
+    def linear(self, x: str, w: np.ndarray, name: str, bias: np.ndarray | None = None,
+               kind: str | None = None) -> str:
+        return _linear(self.b, x, w, bias, name, kind or self.opts.weights, self.opts)
+
+
 def build_decoder(cfg: ArchConfig, tensor: Callable[[str], np.ndarray], data: BinaryIO,
                   opts: OnnxExportOptions, progress: bool = False) -> onnx.ModelProto:
     """The decoder graph; initializers over 1 KiB are written to ``data`` (``DATA_FILE``)."""
+    _check_supported(cfg)
+    c = _Ctx(_Builder(data), cfg, tensor, opts)
+    cos, sin = _rope_caches(cfg)
+    c.rope = (c.b.init("rope.cos_cache", cos), c.b.init("rope.sin_cache", sin))
+    x = _embedding(c.b, "input_ids", tensor("model.embed_tokens.weight"), opts)
+    residual = None
+    for i in _layers(cfg.num_layers, progress, f"exporting ONNX ({opts.weights})"):
+        x, residual = _decoder_block(c, i, x, residual)
+    vocab = _lm_head(c, x, residual)
+    return _model(c, vocab)
+
+
+def _check_supported(cfg: ArchConfig) -> None:
     if cfg.arch not in ("qwen2", "qwen3", "llama") or cfg.num_experts:
         moe = " (mixture of experts)" if cfg.num_experts or cfg.arch.endswith("moe") else ""
         raise ModelError(f"the ONNX exporter builds dense qwen2/qwen3/llama decoders, "
@@ -177,98 +205,120 @@ def build_decoder(cfg: ArchConfig, tensor: Callable[[str], np.ndarray], data: Bi
     if cfg.num_heads % cfg.num_kv_heads:
         raise ModelError(f"num_heads {cfg.num_heads} is not a multiple of "
                          f"num_kv_heads {cfg.num_kv_heads}")
-    b = _Builder(data)
-    lm_kind = opts.weights if opts.lm_head == "same" else opts.lm_head
+
+
+def _layers(n: int, progress: bool, desc: str):
+    if not progress:
+        return range(n)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=desc, unit="layer")
+
+
+def _decoder_block(c: _Ctx, i: int, x: str, residual: str | None) -> tuple[str, str]:
+    """Layer i: norm, attention, norm, feed-forward. Each residual add is fused into the next
+    Skip-RMSNorm, so the block returns its output and the residual stream separately."""
+    p = f"model.layers.{i}."
+    h, residual = _norm(c, x, residual, p + "ln1", p + "input_layernorm.weight")
+    attn = _attention(c, i, h)
+    if i == c.cfg.num_layers - 1:
+        # only the last position needs logits: from here on, compute just that row
+        attn, residual = _last_position(c.b, attn), _last_position(c.b, residual)
+    o = c.linear(attn, c.tensor(p + "self_attn.o_proj.weight"), p + "self_attn.o_proj")
+    h, residual = _norm(c, o, residual, p + "ln2", p + "post_attention_layernorm.weight")
+    return _feed_forward_for(c.cfg, i)(c, p + "mlp.", h), residual
+
+
+def _norm(c: _Ctx, x: str, residual: str | None, name: str, weight: str,
+          n_out: int = 4) -> tuple[str, str]:
+    """RMSNorm of x + residual -> (normed, x + residual), as ORT's fused Skip-RMSNorm; the
+    first layer has no residual yet, and the final norm (n_out=1) needs no sum."""
+    eps = c.cfg.rms_norm_eps
+    w = c.b.init(name, c.tensor(weight))
+    if residual is None:
+        h = c.b.node("SimplifiedLayerNormalization", [x, w], axis=-1, epsilon=eps,
+                     stash_type=1)[0]
+        return h, x
+    outs = c.b.node("SkipSimplifiedLayerNormalization", [x, residual, w], n_out=n_out,
+                    domain="com.microsoft", epsilon=eps)
+    return outs[0], outs[-1]
+
+
+def _attention(c: _Ctx, i: int, h: str) -> str:
+    """Fused q/k/v projection, Qwen3's per-head norms, then GroupQueryAttention: RoPE, GQA
+    and the KV cache (past and present bound to one buffer) in one contrib op."""
+    cfg, b, a = c.cfg, c.b, f"model.layers.{i}.self_attn."
     hd, nh, kvh = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
-    eps = cfg.rms_norm_eps
+    w_qkv = np.concatenate([c.tensor(a + f"{t}_proj.weight") for t in "qkv"], axis=0)
+    bias = None
+    if cfg.attention_bias:
+        bias = np.concatenate([c.tensor(a + f"{t}_proj.bias") for t in "qkv"], axis=0)
+    qkv = c.linear(h, w_qkv, a + "qkv_proj", bias)
+    if cfg.qk_norm:
+        q, k, v = b.node("Split", [qkv, b.const_i64([nh * hd, kvh * hd, kvh * hd])],
+                         n_out=3, axis=-1)
+        q = _head_norm(b, q, nh, cfg, c.tensor(a + "q_norm.weight"), a + "q_norm")
+        k = _head_norm(b, k, kvh, cfg, c.tensor(a + "k_norm.weight"), a + "k_norm")
+        qkv_in = [q, k, v]
+    else:
+        qkv_in = [qkv, "", ""]
+    past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+    return b.node("GroupQueryAttention",
+                  [*qkv_in, *past, "seqlens_k", "total_sequence_length", *c.rope],
+                  outputs=[b.name("attn"), f"present.{i}.key", f"present.{i}.value"],
+                  domain="com.microsoft", num_heads=nh, kv_num_heads=kvh, do_rotary=1,
+                  rotary_interleaved=0)[0]
 
-    cos, sin = _rope_caches(cfg)
-    cos_name, sin_name = b.init("rope.cos_cache", cos), b.init("rope.sin_cache", sin)
-    x = _embedding(b, "input_ids", tensor("model.embed_tokens.weight"), opts)
 
-    layers = range(cfg.num_layers)
-    if progress:
-        from tqdm.auto import tqdm
+def _last_position(b: _Builder, t: str) -> str:
+    return b.node("Slice", [t, b.const_i64([-1]), b.const_i64([2**62]), b.const_i64([1])])[0]
 
-        layers = tqdm(layers, desc=f"exporting ONNX ({opts.weights})", unit="layer")
-    residual = None
-    kv_names: list[tuple[str, str]] = []
-    for i in layers:
-        p = f"model.layers.{i}."
-        ln1 = tensor(p + "input_layernorm.weight")
-        if residual is None:
-            h = b.node("SimplifiedLayerNormalization", [x, b.init(p + "ln1", ln1)], axis=-1,
-                       epsilon=eps, stash_type=1)[0]
-            residual = x
-        else:
-            h, _, _, residual = b.node("SkipSimplifiedLayerNormalization",
-                                       [x, residual, b.init(p + "ln1", ln1)], n_out=4,
-                                       domain="com.microsoft", epsilon=eps)
-        a = p + "self_attn."
-        w_qkv = np.concatenate([tensor(a + f"{t}_proj.weight") for t in "qkv"], axis=0)
-        bias = None
-        if cfg.attention_bias:
-            bias = np.concatenate([tensor(a + f"{t}_proj.bias") for t in "qkv"], axis=0)
-        qkv = _linear(b, h, w_qkv, bias, a + "qkv_proj", opts.weights, opts)
-        if cfg.qk_norm:
-            q, k, v = b.node("Split", [qkv, b.const_i64([nh * hd, kvh * hd, kvh * hd])],
-                             n_out=3, axis=-1)
-            q = _head_norm(b, q, nh, cfg, tensor(a + "q_norm.weight"), a + "q_norm")
-            k = _head_norm(b, k, kvh, cfg, tensor(a + "k_norm.weight"), a + "k_norm")
-            qkv_in = [q, k, v]
-        else:
-            qkv_in = [qkv, "", ""]
-        past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
-        pres_k, pres_v = f"present.{i}.key", f"present.{i}.value"
-        kv_names.append((past_k, past_v))
-        attn = b.node("GroupQueryAttention",
-                      [*qkv_in, past_k, past_v, "seqlens_k", "total_sequence_length",
-                       cos_name, sin_name],
-                      outputs=[b.name("attn"), pres_k, pres_v], domain="com.microsoft",
-                      num_heads=nh, kv_num_heads=kvh, do_rotary=1, rotary_interleaved=0)[0]
-        if i == cfg.num_layers - 1:
-            # only the last position needs logits: from here on, compute just that row
-            attn, residual = (b.node("Slice", [t, b.const_i64([-1]), b.const_i64([2**62]),
-                                               b.const_i64([1])])[0] for t in (attn, residual))
-        o = _linear(b, attn, tensor(a + "o_proj.weight"), None, a + "o_proj", opts.weights, opts)
-        h, _, _, residual = b.node(
-            "SkipSimplifiedLayerNormalization",
-            [o, residual, b.init(p + "ln2", tensor(p + "post_attention_layernorm.weight"))],
-            n_out=4, domain="com.microsoft", epsilon=eps)
-        m = p + "mlp."
-        if opts.fuse_gate_up:  # one wide MatMulNBits instead of two: fewer thread-pool rounds
-            w_gu = np.concatenate([tensor(m + "gate_proj.weight"), tensor(m + "up_proj.weight")])
-            gu = _linear(b, h, w_gu, None, m + "gate_up_proj", opts.weights, opts)
-            gate, up = b.node("Split", [gu, b.const_i64([cfg.intermediate_size] * 2)], n_out=2,
-                              axis=-1)
-        else:
-            gate = _linear(b, h, tensor(m + "gate_proj.weight"), None, m + "gate_proj",
-                           opts.weights, opts)
-            up = _linear(b, h, tensor(m + "up_proj.weight"), None, m + "up_proj", opts.weights,
-                         opts)
-        act = b.node("Mul", [gate, b.node("Sigmoid", [gate])[0]])[0]
-        x = _linear(b, b.node("Mul", [act, up])[0], tensor(m + "down_proj.weight"), None,
-                    m + "down_proj", opts.weights, opts)
 
-    h = b.node("SkipSimplifiedLayerNormalization",
-               [x, residual, b.init("model.norm.weight", tensor("model.norm.weight"))],
-               domain="com.microsoft", epsilon=eps)[0]
-    lm = tensor("lm_head.weight")
-    _linear_out = _linear(b, h, lm, None, "lm_head", lm_kind, opts)
-    b.node("Identity", [_linear_out], outputs=["logits"])
+def _feed_forward_for(cfg: ArchConfig, i: int) -> Callable[[_Ctx, str, str], str]:
+    """The feed-forward block of layer i: the MLP in every dense layer; a mixture-of-experts
+    layer gets its own block function here, the rest of the block unchanged."""
+    return _mlp
 
+
+def _mlp(c: _Ctx, m: str, h: str) -> str:
+    """down(SiLU(gate(h)) * up(h)), the SwiGLU MLP of Qwen and Llama."""
+    b = c.b
+    if c.opts.fuse_gate_up:  # one wide MatMulNBits instead of two: fewer thread-pool rounds
+        w_gu = np.concatenate([c.tensor(m + "gate_proj.weight"), c.tensor(m + "up_proj.weight")])
+        gu = c.linear(h, w_gu, m + "gate_up_proj")
+        gate, up = b.node("Split", [gu, b.const_i64([c.cfg.intermediate_size] * 2)], n_out=2,
+                          axis=-1)
+    else:
+        gate = c.linear(h, c.tensor(m + "gate_proj.weight"), m + "gate_proj")
+        up = c.linear(h, c.tensor(m + "up_proj.weight"), m + "up_proj")
+    act = b.node("Mul", [gate, b.node("Sigmoid", [gate])[0]])[0]
+    return c.linear(b.node("Mul", [act, up])[0], c.tensor(m + "down_proj.weight"),
+                    m + "down_proj")
+
+
+def _lm_head(c: _Ctx, x: str, residual: str) -> int:
+    """Final norm and lm_head into the ``logits`` output; returns the vocabulary size."""
+    h, _ = _norm(c, x, residual, "model.norm.weight", "model.norm.weight", n_out=1)
+    lm = c.tensor("lm_head.weight")
+    kind = c.opts.weights if c.opts.lm_head == "same" else c.opts.lm_head
+    c.b.node("Identity", [c.linear(h, lm, "lm_head", kind=kind)], outputs=["logits"])
+    return lm.shape[0]
+
+
+def _model(c: _Ctx, vocab: int) -> onnx.ModelProto:
+    """The graph's inputs and outputs (a past and present key/value per layer) around it."""
     f32, i32, i64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
-    kv_shape = [1, kvh, "cache_capacity", hd]
+    kv_shape = [1, c.cfg.num_kv_heads, "cache_capacity", c.cfg.head_dim]
     inputs = [helper.make_tensor_value_info("input_ids", i64, [1, "sequence_length"]),
               helper.make_tensor_value_info("seqlens_k", i32, [1]),
               helper.make_tensor_value_info("total_sequence_length", i32, [])]
-    outputs = [helper.make_tensor_value_info("logits", f32, [1, 1, lm.shape[0]])]
-    for i, (pk, pv) in enumerate(kv_names):
-        inputs += [helper.make_tensor_value_info(pk, f32, kv_shape),
-                   helper.make_tensor_value_info(pv, f32, kv_shape)]
-        outputs += [helper.make_tensor_value_info(f"present.{i}.key", f32, kv_shape),
-                    helper.make_tensor_value_info(f"present.{i}.value", f32, kv_shape)]
-    graph = helper.make_graph(b.nodes, "qcoder_decoder", inputs, outputs, b.inits)
+    outputs = [helper.make_tensor_value_info("logits", f32, [1, 1, vocab])]
+    for i in range(c.cfg.num_layers):
+        for kv in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", f32,
+                                                        kv_shape))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kv}", f32, kv_shape))
+    graph = helper.make_graph(c.b.nodes, "qcoder_decoder", inputs, outputs, c.b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)],
                               producer_name="qcoder-ds")
