@@ -1,7 +1,8 @@
-"""`qcoder ask`: stream a code answer from the local model, optionally about a data file.
+"""`qcoder ask`: stream a code answer from the local model.
 
-The prompt here is deliberately simple (the full copilot, with live-kernel context, checks and
-repair, lives in qcoder_ds.copilot); ``build_ask_messages`` is the one function to replace.
+Without data the request goes to the model as it is; with ``--data``/``--db`` it goes to the
+copilot's pipeline (qcoder_ds.copilot.cli_ask), which describes the table, checks the answer
+on it and repairs it.
 """
 
 from __future__ import annotations
@@ -9,84 +10,19 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from pathlib import Path
 
+from qcoder_ds.copilot.cli_ask import run_pipeline
 from qcoder_ds.errors import QcoderError
 
 SYSTEM = ("You are a careful data-science assistant. You answer with one Python code block "
           "and nothing else.")
+REPLY_PREFIX = "```python\n"  # the answer starts inside a code block, so it is code
 
 
-class DataFileError(QcoderError):
-    """The --data file cannot be read as a table."""
-
-
-def load_table(path: str | Path):
-    """A pandas DataFrame from a .csv / .tsv / .parquet / .json file."""
-    import pandas as pd
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataFileError(f"{p}: no such file")
-    suffix = p.suffix.lower()
-    try:
-        if suffix in (".csv", ".txt"):
-            return pd.read_csv(p)
-        if suffix == ".tsv":
-            return pd.read_csv(p, sep="\t")
-        if suffix in (".parquet", ".pq"):
-            try:
-                return pd.read_parquet(p)
-            except ImportError as e:
-                raise DataFileError(f"{p}: reading Parquet needs pyarrow ({e})") from None
-        if suffix in (".json", ".jsonl"):
-            return pd.read_json(p, lines=suffix == ".jsonl")
-    except DataFileError:
-        raise
-    except Exception as e:  # pandas raises many kinds; all mean "not a readable table"
-        raise DataFileError(f"{p}: cannot read it as a table ({type(e).__name__}: {e})") from None
-    raise DataFileError(f"{p}: unsupported data file type {suffix!r} "
-                        f"(use .csv, .tsv, .parquet or .json)")
-
-
-def describe_frame(df, name: str = "df", head_rows: int = 5, max_columns: int = 40) -> str:
-    """What the model needs to know about a DataFrame: shape, columns with dtypes, first rows."""
-    cols = list(df.columns)[:max_columns]
-    lines = [f"`{name}` has {len(df)} rows and {df.shape[1]} columns:"]
-    lines += [f"- {c}: {df[c].dtype}" for c in cols]
-    if df.shape[1] > max_columns:
-        lines.append(f"- ... and {df.shape[1] - max_columns} more columns")
-    with_pd_options = df[cols].head(head_rows).to_string(max_colwidth=40)
-    lines += ["", f"{name}.head({head_rows}):", with_pd_options]
-    return "\n".join(lines)
-
-
-def build_ask_messages(request: str, df=None) -> list[dict]:
-    """The chat for one `qcoder ask` request; ``df`` is the loaded --data table, if any.
-
-    The model is told the DataFrame already exists: left alone it writes ``pd.read_csv`` with
-    an invented path or re-creates the data from literals (RESEARCH.md).
-    """
-    if df is None:
-        user = f"{request.strip()}\n\nReply with one ```python code block."
-    else:
-        user = (
-            f"A pandas DataFrame named `df` is already loaded in memory. Do not read any "
-            f"file and do not create `df` again; `pandas as pd` and `matplotlib.pyplot as plt` "
-            f"are imported.\n\n{describe_frame(df)}\n\nTask: {request.strip()}\n\n"
-            f"Reply with one ```python code block that uses the existing `df`."
-        )
+def build_ask_messages(request: str) -> list[dict]:
+    """The chat for a request without data: the request and the answer's expected form."""
+    user = f"{request.strip()}\n\nReply with one ```python code block."
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
-
-
-def ask_reply_prefix(df=None) -> str:
-    """How the model's answer starts: an open code block, and with data, the imports and a
-    reminder that ``df`` exists. The 0.5B model ignores "do not read the file" in the request
-    about half the time, but continues code that already says so."""
-    if df is None:
-        return "```python\n"
-    return ("```python\nimport pandas as pd\nimport matplotlib.pyplot as plt\n\n"
-            "# `df` is already loaded: use it as it is, do not read a file or create it again\n")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -135,13 +71,10 @@ def run(args: argparse.Namespace) -> int:
     from qcoder_ds.models.choice import default_model
 
     args.model = args.model or default_model().name
-    if getattr(args, "data", None) or getattr(args, "db", None):
-        from qcoder_ds.copilot.cli_ask import run_pipeline
-
-        return run_pipeline(args)  # the copilot: live context, checks, repair
-    df = load_table(args.data) if args.data else None
-    messages = build_ask_messages(args.request, df)
-    prefix = ask_reply_prefix(df)
+    if args.data or args.db:
+        return run_pipeline(args)  # the copilot: the table's context, checks, repair
+    messages = build_ask_messages(args.request)
+    prefix = REPLY_PREFIX
     engine = Engine.load(args.model, backend=args.backend, weights=args.weights,
                          threads=args.threads)
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature,

@@ -16,6 +16,38 @@ from typing import Any
 from qcoder_ds.copilot.errors import CopilotError
 
 
+class DataFileError(CopilotError):
+    """The --data file cannot be read as a table."""
+
+
+def load_table(path: str | Path):
+    """A pandas DataFrame from a .csv / .tsv / .parquet / .json file."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataFileError(f"{p}: no such file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".csv", ".txt"):
+            return pd.read_csv(p)
+        if suffix == ".tsv":
+            return pd.read_csv(p, sep="\t")
+        if suffix in (".parquet", ".pq"):
+            try:
+                return pd.read_parquet(p)
+            except ImportError as e:
+                raise DataFileError(f"{p}: reading Parquet needs pyarrow ({e})") from None
+        if suffix in (".json", ".jsonl"):
+            return pd.read_json(p, lines=suffix == ".jsonl")
+    except DataFileError:
+        raise
+    except Exception as e:  # pandas raises many kinds; all mean "not a readable table"
+        raise DataFileError(f"{p}: cannot read it as a table ({type(e).__name__}: {e})") from None
+    raise DataFileError(f"{p}: unsupported data file type {suffix!r} "
+                        f"(use .csv, .tsv, .parquet or .json)")
+
+
 def open_database(path: str) -> sqlite3.Connection:
     """A read-only connection: the copilot never changes the user's database."""
     p = Path(path)
@@ -31,8 +63,7 @@ def open_database(path: str) -> sqlite3.Connection:
 
 
 def namespace_for(args: argparse.Namespace) -> dict[str, Any]:
-    from qcoder_ds.commands.ask import load_table
-
+    """The variables the request sees, as a kernel would hold them: ``df`` and ``conn``."""
     ns: dict[str, Any] = {}
     if getattr(args, "data", None):
         ns["df"] = load_table(args.data)
