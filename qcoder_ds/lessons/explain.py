@@ -17,42 +17,18 @@ import subprocess
 import sys
 import tempfile
 import types
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qcoder_ds.lessons.errors import ExplainError
+from qcoder_ds.lessons.explain_sql import explain_sql
+from qcoder_ds.lessons.explanation import Explanation, Step
+from qcoder_ds.lessons.render import render
 
 TIMEOUT_S = 30.0
 _AGGREGATING = {"groupby", "pivot_table", "pivot", "resample", "agg", "aggregate", "sum", "mean",
                 "count", "size", "value_counts", "describe", "crosstab", "nunique"}
 _JOINING = {"merge", "join", "concat"}
-
-
-@dataclass
-class Step:
-    """One statement: its lines, code, what it does, what it did, and the facts behind them."""
-
-    line: int
-    end_line: int
-    code: str
-    what: str
-    did: str
-    calls: list[dict] = field(default_factory=list)
-    facts: dict = field(default_factory=dict)
-    error: str = ""
-
-
-@dataclass
-class Explanation:
-    language: str
-    source: str
-    steps: list[Step]
-    title: str = ""
-
-    @property
-    def failed(self) -> bool:
-        return any(s.error for s in self.steps)
 
 
 # ---------------------------------------------------------------- what (from the AST)
@@ -324,15 +300,14 @@ def explain_python(code: str, namespace: dict | None = None, cwd: Path | None = 
     return Explanation(language="python", source=code, steps=steps)
 
 
-def explain(code: str, namespace: dict | None = None, language: str | None = None,
-            connection: Any = None, dialect: str = "sqlite", cwd: Path | None = None,
-            fmt: str | None = None) -> Explanation | str:
-    """One entry point for ``%qcoder explain`` and the chat's explain.
+def explanation_for(code: str, namespace: dict | None = None, language: str | None = None,
+                    connection: Any = None, dialect: str = "sqlite", cwd: Path | None = None
+                    ) -> Explanation:
+    """Python or SQL, whichever ``code`` is, explained on what ``namespace`` holds.
 
     ``language`` defaults to SQL when the text parses as SQL but not as Python. SQL runs on
     ``connection`` or on the first sqlite3 / DuckDB connection found in ``namespace``.
-    Python runs on copies of ``namespace``'s data, never on the user's objects. With ``fmt``
-    (markdown, html, ipynb) the rendered text is returned instead of the Explanation.
+    Python runs on copies of ``namespace``'s data, never on the user's objects.
     """
     if language is None:
         try:
@@ -340,20 +315,18 @@ def explain(code: str, namespace: dict | None = None, language: str | None = Non
             language = "python"
         except SyntaxError:
             language = "sql"
-    if language == "sql":
-        from qcoder_ds.lessons.explain_sql import explain_sql
+    if language != "sql":
+        return explain_python(code, namespace=namespace, cwd=cwd)
+    if connection is None:
+        connection = next((v for v in (namespace or {}).values()
+                           if type(v).__name__ in ("Connection", "DuckDBPyConnection")), None)
+    if connection is None:
+        raise ExplainError("no database connection to run the SQL on")
+    return explain_sql(code, connection, dialect=dialect)
 
-        if connection is None:
-            connection = next((v for v in (namespace or {}).values()
-                               if type(v).__name__ in ("Connection", "DuckDBPyConnection")),
-                              None)
-        if connection is None:
-            raise ExplainError("no database connection to run the SQL on")
-        ex = explain_sql(code, connection, dialect=dialect)
-    else:
-        ex = explain_python(code, namespace=namespace, cwd=cwd)
-    if fmt:
-        from qcoder_ds.lessons.render import render
 
-        return render(ex, fmt)
-    return ex
+def explain(code: str, namespace: dict | None = None, fmt: str = "markdown",
+            **where: Any) -> str:
+    """The text ``%qcoder explain`` (and the chat) shows: :func:`explanation_for`, rendered
+    as markdown, html or ipynb. ``where`` takes its language, connection, dialect and cwd."""
+    return render(explanation_for(code, namespace, **where), fmt)

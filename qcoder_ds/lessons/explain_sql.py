@@ -18,7 +18,7 @@ import sqlglot
 from sqlglot import exp
 
 from qcoder_ds.lessons.errors import ExplainError
-from qcoder_ds.lessons.explain import Explanation, Step
+from qcoder_ds.lessons.explanation import Explanation, Step
 
 TIMEOUT_S = 20.0
 _AGG_WORDS = {"count": "counts", "sum": "adds up", "avg": "averages", "min": "takes the minimum of",

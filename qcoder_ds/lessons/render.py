@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING
 
-import nbformat
+from qcoder_ds.lessons.explanation import Explanation, Step
 
-from qcoder_ds.lessons.explain import Explanation, Step
+if TYPE_CHECKING:
+    import nbformat
 
 
 def _docs_md(step: Step) -> str:
@@ -38,6 +40,8 @@ def to_markdown(ex: Explanation) -> str:
 
 def to_cells(ex: Explanation) -> list[nbformat.NotebookNode]:
     """Markdown cells (one per statement), ready to insert into a notebook."""
+    import nbformat  # the jupyter/teach extra: markdown and html render without it
+
     cells = []
     for s in ex.steps:
         lang = "sql" if ex.language == "sql" else "python"
@@ -51,6 +55,8 @@ def to_cells(ex: Explanation) -> list[nbformat.NotebookNode]:
 
 
 def to_notebook(ex: Explanation) -> nbformat.NotebookNode:
+    import nbformat
+
     nb = nbformat.v4.new_notebook()
     nb.cells = to_cells(ex)
     return nb
@@ -101,5 +107,7 @@ def render(ex: Explanation, fmt: str) -> str:
     if fmt == "html":
         return to_html(ex)
     if fmt in ("ipynb", "cells", "notebook"):
+        import nbformat
+
         return nbformat.writes(to_notebook(ex))
     raise ValueError(f"unknown format {fmt!r}: use markdown, html or ipynb")

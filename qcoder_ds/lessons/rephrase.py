@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from qcoder_ds.lessons.explain import Explanation, Step
+from qcoder_ds.lessons.explanation import Explanation, Step
 
 _NUM = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)*(?:\.\d+)?(?![\w])")
 _ROWS = re.compile(r"(\d[\d,]*)\s+(?:rows?|records?|groups?|values?|entries)\b", re.I)

@@ -13,7 +13,7 @@ import pytest
 
 from qcoder_ds.cli import main
 from qcoder_ds.lessons.errors import ExplainError
-from qcoder_ds.lessons.explain import explain, explain_python
+from qcoder_ds.lessons.explain import explain, explain_python, explanation_for
 from qcoder_ds.lessons.explain_sql import explain_sql
 from qcoder_ds.lessons.render import to_cells, to_html, to_markdown
 from qcoder_ds.lessons.rephrase import contradictions, rephrase
@@ -196,12 +196,18 @@ def test_cli_explain_python_from_stdin_and_sql_file(monkeypatch, capsys, tmp_pat
 
 
 def test_explain_entry_point_picks_the_language(shop):
-    ex = explain("SELECT region FROM orders WHERE amount < 234", {"con": shop, "n": 3})
+    ex = explanation_for("SELECT region FROM orders WHERE amount < 234", {"con": shop, "n": 3})
     assert ex.language == "sql" and ex.steps[1].facts["rows"] == 234
-    md = explain("y = sorted([3, 1, 2])", fmt="markdown")
-    assert "`y` is a list of 3 item(s)." in md
+    assert explanation_for("y = sorted([3, 1, 2])").language == "python"
     with pytest.raises(ExplainError, match="no database connection"):
-        explain("SELECT 1 FROM t WHERE", {})
+        explanation_for("SELECT 1 FROM t WHERE", {})
+
+
+def test_explain_is_the_text_a_front_end_prints(shop):
+    md = explain("y = sorted([3, 1, 2])")
+    assert "`y` is a list of 3 item(s)." in md
+    page = explain("SELECT region FROM orders WHERE amount < 234", fmt="html", connection=shop)
+    assert page.startswith("<!doctype html>") and "Keeps 234 of 1000 rows." in page
 
 
 @pytest.mark.slow
