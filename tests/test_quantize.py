@@ -1,15 +1,20 @@
 """Block quantization: layout checked against a hand-written unpacking and against ORT itself."""
 
+import hashlib
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from qcoder_ds.runtime import quantize
 from qcoder_ds.runtime.quantize import (
     QuantizationError,
     dequantize_blockwise,
+    dequantize_openvino,
     quantize_blockwise,
+    quantize_openvino,
 )
 
 
@@ -136,3 +141,100 @@ def test_bad_inputs_are_clear():
     bad[0, 3] = np.nan
     with pytest.raises(QuantizationError, match="NaN"):
         quantize_blockwise(bad)
+
+
+def _fixed_matrix() -> np.ndarray:
+    """Seeded weights plus the awkward blocks: all zero, constant, all on one side of 0, one
+    outlier, values below float16's range; 41 rows, so OpenVINO's u4 zero points (3 groups
+    per row) are packed across rows."""
+    w = np.random.default_rng(17).normal(0, 0.05, (41, 96)).astype(np.float32)
+    w[0, :32] = 0.0
+    w[1] = 0.25
+    w[2] = np.linspace(0.5, 0.6, 96)
+    w[3, 40] = 3.0
+    w[4] = -np.linspace(0.5, 0.6, 96)
+    w[5, :32] = 1e-30
+    return w
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is not None:
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+#: sha256 of (packed, scales, zero points) computed by the code before the two quantizers
+#: became one (ORT's quantize_blockwise; openvino_graph's quantize_int4 / quantize_int4_sym /
+#: quantize_int8 with its _pack_u4): exports must stay bit-identical, or caches go stale
+ORT_DIGESTS = [
+    (4, False, 96, "7956beb731835051a8b999d355d1a1b70f9562dc38133c0c8cd555498d76b273"),
+    (4, False, 80, "ca8288f9b8b0823863d617895053386a5df44f20ea9f47083996de3c00ac9f7b"),
+    (4, True, 96, "c13e6f409a2ae8ad44b42d83e0f59bdcc1d302fa6fd3daa7aaab39b9feb1157a"),
+    (4, True, 80, "0bd2e7f63e4bb5366a73f569aa93015f8b1bcb0f840b5b63ffc84ec04bb25e51"),
+    (8, False, 96, "2ffdd4a4a0a5a876accd66559655ef1956406e85d94d41d1ff6a9865c4729544"),
+    (8, False, 80, "593a1fd68361e016dad0b9e1b8d0dab546dd8e023f6301c7c17547ae48e15c4d"),
+    (8, True, 96, "8ff3dbd873dbabf259933ddad176ab52d98dfd48b71d7d50cdef9c300ab2d12e"),
+    (8, True, 80, "587084a8d9e535d70719b5996356deaca35bbf8996dc26d3532c369f0a416556"),
+]
+OPENVINO_DIGESTS = [
+    (4, False, "38925ff745705230bd87d6dbf48436ad986ee912e47365e1505e1525dccbf26f"),
+    (4, True, "d7ca2ef72593f3c63c7cd82b379924a60f794a436161d96c8477c383ec4c7375"),
+    (8, False, "fd6f3ebd7e2373fb42b23ae75b7eddc3267fedc7f749cc6e00eff93bdb00e9dc"),
+]
+
+
+@pytest.mark.parametrize(("bits", "symmetric", "k", "digest"), ORT_DIGESTS)
+def test_ort_bytes_are_those_of_the_old_quantizer(bits, symmetric, k, digest):
+    qw = quantize_blockwise(_fixed_matrix()[:, :k], bits=bits, block_size=32,
+                            symmetric=symmetric)
+    assert _digest(qw.packed, qw.scales, qw.zero_points) == digest
+
+
+@pytest.mark.parametrize(("bits", "symmetric", "digest"), OPENVINO_DIGESTS)
+def test_openvino_bytes_are_those_of_the_old_quantizer(bits, symmetric, digest):
+    qw = quantize_openvino(_fixed_matrix(), bits=bits, group=32, symmetric=symmetric)
+    assert _digest(qw.q, qw.scale, qw.zero_point) == digest
+
+
+def test_openvino_levels_round_trip_within_half_a_step():
+    w = np.random.default_rng(0).normal(0, 0.05, (48, 96)).astype(np.float32)
+    qw = quantize_openvino(w, 4, 32, symmetric=False)
+    assert (qw.element, qw.shape, qw.scale.shape) == ("u4", (48, 3, 32), (48, 3, 1))
+    assert qw.scale.dtype == np.float16 and qw.q.nbytes == 48 * 96 // 2
+    step = np.repeat(qw.scale.astype(np.float32), 32, axis=-1).reshape(w.shape)
+    assert np.all(np.abs(dequantize_openvino(qw) - w) <= step * 0.5 + 1e-6)
+    qs = quantize_openvino(w, 4, 32, symmetric=True)
+    assert qs.element == "i4" and qs.zero_point is None
+    steps = np.repeat(np.abs(qs.scale.astype(np.float32)), 32, axis=-1).reshape(w.shape)
+    back = dequantize_openvino(qs)
+    # each group's largest weight uses the 16th level (-8) and comes back within half a step;
+    # a weight opposite it may round to +8 and be clipped to 7: within one step
+    peak = np.abs(back.reshape(48, 3, 32)).max(axis=-1)
+    np.testing.assert_allclose(peak, 8 * np.abs(qs.scale[..., 0].astype(np.float32)))
+    assert np.all(np.abs(back - w) <= steps + 1e-6)
+    q8 = quantize_openvino(w, 8)
+    assert (q8.element, q8.q.shape, q8.scale.shape) == ("u8", (48, 96), (48, 1))
+    assert np.all(np.abs(dequantize_openvino(q8) - w) <= q8.scale.astype(np.float32) * 0.5
+                  + 1e-6)
+    # a constant group, and a group all on one side of 0, still round-trip
+    for row in (np.full(32, 0.25), np.full(32, -3.0), np.linspace(0.5, 0.6, 32)):
+        qr = quantize_openvino(row[None].astype(np.float32), 4, 32)
+        err = np.abs(dequantize_openvino(qr).ravel() - row).max()
+        assert err <= qr.scale.astype(np.float32).max() * 0.5 + 1e-6
+    with pytest.raises(QuantizationError, match="divisible by 32"):
+        quantize_openvino(np.zeros((4, 40), np.float32), 4, 32)
+
+
+def test_row_chunks_give_the_same_bytes(monkeypatch):
+    """A 150k-row vocabulary matrix is quantized in chunks; chunking must not change a byte."""
+    w = _fixed_matrix()
+    whole = [quantize_blockwise(w, 4), quantize_openvino(w, 4, 32, True), quantize_openvino(w, 8)]
+    monkeypatch.setattr(quantize, "_ROW_CHUNK", 7)
+    chunked = [quantize_blockwise(w, 4), quantize_openvino(w, 4, 32, True),
+               quantize_openvino(w, 8)]
+    assert _digest(whole[0].packed, whole[0].scales, whole[0].zero_points) == _digest(
+        chunked[0].packed, chunked[0].scales, chunked[0].zero_points)
+    for a, b in zip(whole[1:], chunked[1:], strict=True):
+        assert _digest(a.q, a.scale, a.zero_point) == _digest(b.q, b.scale, b.zero_point)

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ import numpy as np
 from qcoder_ds.errors import ModelError, QcoderError
 from qcoder_ds.models.checkpoint import Checkpoint
 from qcoder_ds.models.config import ArchConfig
+from qcoder_ds.runtime.quantize import OpenVINOWeight, quantize_openvino
 
 #: bump when the graph or the weight format changes, so cached exports are rebuilt
 EXPORTER_VERSION = 2
@@ -60,90 +62,20 @@ def _ov():
     return ov, ops
 
 
-# ----------------------------------------------------------------------------- quantization
-
-
-def _pack_u4(q: np.ndarray) -> np.ndarray:
-    """Two 4-bit values per byte, low nibble first (OpenVINO's u4 layout)."""
-    flat = q.reshape(-1).astype(np.uint8) & 0xF
-    if flat.size % 2:
-        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
-    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
-
-
-def _f16_scale(scale: np.ndarray) -> np.ndarray:
-    """f16 scales rounded up, never down: a scale rounded down would push the extreme weights
-    of a group past the last level, where they are clipped by more than half a step."""
-    s16 = scale.astype(np.float16)
-    low = s16.astype(np.float32) < scale
-    s16[low] = np.nextafter(s16[low], np.float16(np.inf))
-    s16[s16 == 0] = np.float16(1.0)  # a constant group: any scale restores it exactly
-    return s16
-
-
-def quantize_int4(w: np.ndarray, group: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Asymmetric 4-bit per group of ``group`` inputs (like NNCF's int4_asym or ORT's
-    MatMulNBits quantizer).
-
-    ``w`` is [out, in]. Returns (q u8 [out, in/group, group] in 0..15, scale f16 [out, G, 1],
-    zero point u8 [out, G, 1] in 0..15); ``(q - zp) * scale`` restores w. The scale is rounded
-    to f16 before q is computed, so the stored pair is self-consistent.
-    """
-    out_f, in_f = w.shape
-    if in_f % group:
-        raise ModelError(f"int4 needs in_features divisible by {group}, got {in_f}")
-    g = w.reshape(out_f, in_f // group, group).astype(np.float32)
-    # the range always holds 0, so the zero point fits in 0..15 (a group that is all
-    # positive, far from 0, would otherwise need a zero point below 0 and be clipped)
-    lo = np.minimum(g.min(axis=-1, keepdims=True), 0.0)
-    hi = np.maximum(g.max(axis=-1, keepdims=True), 0.0)
-    scale = _f16_scale((hi - lo) / 15.0)
-    s32 = scale.astype(np.float32)
-    zp = np.clip(np.round(-lo / s32), 0, 15)
-    q = np.clip(np.round(g / s32) + zp, 0, 15).astype(np.uint8)
-    return q, scale, zp.astype(np.uint8)
-
-
-def quantize_int4_sym(w: np.ndarray, group: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric 4-bit per group (like llama.cpp's Q4_0): the weight of largest magnitude maps
-    to -8 exactly, so all 16 levels are used. Returns (q i8 [out, G, group] in -8..7,
-    scale f16 [out, G, 1], possibly negative); ``q * scale`` restores w. No zero point: the
-    CPU kernel then skips a subtraction per weight (1.5x faster decode on AVX2, measured)."""
-    out_f, in_f = w.shape
-    if in_f % group:
-        raise ModelError(f"int4 needs in_features divisible by {group}, got {in_f}")
-    g = w.reshape(out_f, in_f // group, group).astype(np.float32)
-    idx = np.abs(g).argmax(axis=-1)[..., None]
-    extreme = np.take_along_axis(g, idx, axis=-1)
-    mag = _f16_scale(np.abs(extreme) / 8.0)
-    scale = np.where(extreme > 0, -mag, mag).astype(np.float16)
-    q = np.clip(np.round(g / scale.astype(np.float32)), -8, 7).astype(np.int8)
-    return q, scale
-
-
-def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Asymmetric 8-bit per output channel (row). Returns (q u8 [out, in], scale f16 [out, 1],
-    zero point u8 [out, 1])."""
-    w = w.astype(np.float32, copy=False)
-    lo = np.minimum(w.min(axis=1, keepdims=True), 0.0)
-    hi = np.maximum(w.max(axis=1, keepdims=True), 0.0)
-    scale = _f16_scale((hi - lo) / 255.0)
-    s32 = scale.astype(np.float32)
-    zp = np.clip(np.round(-lo / s32), 0, 255)
-    q = np.clip(np.round(w / s32) + zp, 0, 255).astype(np.uint8)
-    return q, scale, zp.astype(np.uint8)
-
-
-def _by_rows(quantize, w: np.ndarray, *args, rows: int = 16384) -> tuple[np.ndarray, ...]:
-    """Apply a row-wise quantizer in chunks, so a 150k-row vocabulary matrix never needs
-    several full-size float32 temporaries at once."""
-    if w.shape[0] <= rows:
-        return quantize(w, *args)
-    parts = [quantize(w[i:i + rows], *args) for i in range(0, w.shape[0], rows)]
-    return tuple(np.concatenate(p, axis=0) for p in zip(*parts, strict=True))
-
-
 # ----------------------------------------------------------------------------- graph
+
+
+@dataclass
+class _Shared:
+    """What every layer of one forward pass reads: RoPE tables, the mask, the beam index, the
+    empty cache a KV variable starts from, and the Assign sinks the layers add."""
+
+    cos: object
+    sin: object
+    mask: object
+    beam: object
+    empty_kv: object
+    sinks: list = field(default_factory=list)
 
 
 class _Builder:
@@ -166,36 +98,39 @@ class _Builder:
         c.set_friendly_name(name)
         return c
 
-    def _u4(self, q: np.ndarray, name: str, kind=None):
-        """A packed 4-bit constant: u4 by default, i4 (two's complement nibbles) if asked."""
-        t = self.ov.Tensor(kind or self.ov.Type.u4, self.ov.Shape(list(q.shape)))
-        t.data[:] = _pack_u4(q)
+    def _packed(self, data: np.ndarray, shape: tuple[int, ...], name: str, kind):
+        """A 4-bit constant (u4, or i4 with two's complement nibbles) from packed bytes."""
+        t = self.ov.Tensor(kind, self.ov.Shape(list(shape)))
+        t.data[:] = data
         c = self.ov.op.Constant(t, shared_memory=False)
         c.set_friendly_name(name)
         return c
 
+    def _levels(self, qw: OpenVINOWeight, name: str):
+        """The constants of the quantized levels and their zero points (None for i4)."""
+        if qw.element == "u8":
+            return self.const(qw.q, name + "/q"), self.const(qw.zero_point, name + "/zp")
+        kind = self.ov.Type.i4 if qw.element == "i4" else self.ov.Type.u4
+        wq = self._packed(qw.q, qw.shape, name + "/q", kind)
+        if qw.zero_point is None:
+            return wq, None
+        return wq, self._packed(qw.zero_point, qw.scale.shape, name + "/zp", self.ov.Type.u4)
+
     def weight(self, w: np.ndarray, name: str, mode: str):
         """The decompressed [out, in] f32 weight as a node: a constant in fp32, else the
         Convert -> Subtract(zp) -> Multiply(scale) -> (Reshape) -> Convert chain the CPU
-        plugin folds into its weight-compressed kernels."""
+        plugin folds into its weight-compressed kernels. An int4 matrix whose width is not a
+        multiple of the group is stored in int8."""
         ops, ov = self.ops, self.ov
         if mode == "fp32":
             return self.const(w.astype(np.float32), name)
-        if mode == "int4" and w.shape[1] % self.group == 0 and self.symmetric:
-            q, scale = _by_rows(quantize_int4_sym, w, self.group)
-            wq, zc = self._u4(q, name + "/q", self.ov.Type.i4), None
-        elif mode == "int4" and w.shape[1] % self.group == 0:
-            q, scale, zp = _by_rows(quantize_int4, w, self.group)
-            wq = self._u4(q, name + "/q")
-            zc = self._u4(zp, name + "/zp")
-        else:  # int8, or an int4 matrix whose width is not a multiple of the group
-            q, scale, zp = _by_rows(quantize_int8, w)
-            wq = self.const(q, name + "/q")
-            zc = self.const(zp, name + "/zp")
+        bits = 4 if mode == "int4" and w.shape[1] % self.group == 0 else 8
+        qw = quantize_openvino(w, bits, self.group, self.symmetric)
+        wq, zc = self._levels(qw, name)
         x = ops.convert(wq, ov.Type.f16)
         if zc is not None:
             x = ops.subtract(x, ops.convert(zc, ov.Type.f16))
-        x = ops.multiply(x, self.const(scale, name + "/scale"))
+        x = ops.multiply(x, self.const(qw.scale, name + "/scale"))
         if x.get_output_partial_shape(0).rank.get_length() == 3:
             x = ops.reshape(x, self.const(np.array(w.shape, np.int64), name + "/shape"), False)
         return ops.convert(x, ov.Type.f32)
@@ -241,32 +176,30 @@ class _Builder:
             y = self.rms(y, norm)
         return ops.transpose(y, self.const(np.array([0, 2, 1, 3], np.int64), "perm"))
 
-    # -- whole model
-    def build(self, progress: bool):
-        ov, ops, cfg = self.ov, self.ops, self.cfg
-        i64 = np.int64
-        ids = ops.parameter([1, -1], ov.Type.i64, name="input_ids")
-        pos = ops.parameter([1, -1], ov.Type.i64, name="position_ids")
-        beam = ops.parameter([1], ov.Type.i32, name="beam_idx")
-        for p, n in ((ids, "input_ids"), (pos, "position_ids"), (beam, "beam_idx")):
-            p.output(0).get_tensor().set_names({n})
-
+    # -- blocks
+    def embedding(self, ids):
+        """Token ids -> hidden states: a gather from the (int8, in quantized exports) table."""
         emb_mode = "fp32" if self.weights == "fp32" else "int8"
         table = self.weight(self.ckpt.tensor("model.embed_tokens.weight"),
                             "model.embed_tokens", emb_mode)
-        x = ops.gather(table, ids, self.const(np.array(0, i64), "a0"))
+        return self.ops.gather(table, ids, self.const(np.array(0, np.int64), "a0"))
 
-        # RoPE tables for these positions: [1, 1, L, D]
-        d = cfg.head_dim
-        inv_freq = (1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.int64)
-                                             .astype(np.float32) / d))).astype(np.float32)
-        posf = ops.unsqueeze(ops.convert(pos, ov.Type.f32), self.const(np.array(-1, i64), "am1"))
+    def rope_tables(self, pos):
+        """cos and sin [1, 1, L, D] for the positions of this step."""
+        ov, ops, d = self.ov, self.ops, self.cfg.head_dim
+        inv_freq = (1.0 / (self.cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.int64)
+                                                   .astype(np.float32) / d))).astype(np.float32)
+        posf = ops.unsqueeze(ops.convert(pos, ov.Type.f32),
+                             self.const(np.array(-1, np.int64), "am1"))
         freqs = ops.multiply(posf, self.const(inv_freq[None, None, :], "inv_freq"))
-        emb = ops.unsqueeze(ops.concat([freqs, freqs], -1), self.const(np.array(1, i64), "a1"))
-        cos, sin = ops.cos(emb), ops.sin(emb)
+        emb = ops.unsqueeze(ops.concat([freqs, freqs], -1),
+                            self.const(np.array(1, np.int64), "a1"))
+        return ops.cos(emb), ops.sin(emb)
 
-        # additive causal mask [1, 1, L, S]: key j is visible to the query at position p iff
-        # j <= p; S = last position + 1 = cached + L. Correct for any chunk at any offset.
+    def causal_mask(self, pos):
+        """The additive mask [1, 1, L, S]: key j is visible to the query at position p iff
+        j <= p; S = last position + 1 = cached + L. Correct for any chunk at any offset."""
+        ov, ops, i64 = self.ov, self.ops, np.int64
         last = ops.gather(pos, self.const(np.array([-1], i64), "last"),
                           self.const(np.array(1, i64), "a1b"))
         total = ops.add(ops.reshape(last, self.const(np.array([], i64), "scalar"), False),
@@ -276,70 +209,96 @@ class _Builder:
         visible = ops.less_equal(kpos, ops.unsqueeze(pos, self.const(np.array(-1, i64), "am1b")))
         mask = ops.select(visible, self.const(np.array(0.0, np.float32), "f0"),
                           self.const(np.array(-np.inf, np.float32), "ninf"))
-        mask = ops.unsqueeze(mask, self.const(np.array(1, i64), "a1c"))
+        return ops.unsqueeze(mask, self.const(np.array(1, i64), "a1c"))
 
-        nh, nkv, dq = cfg.num_heads, cfg.num_kv_heads, cfg.num_heads * cfg.head_dim
-        dkv = nkv * d
-        sinks = []
-        # the value a variable holds after reset: an empty cache [1, kv_heads, 0, head_dim]
-        empty_kv = self.const(np.zeros((1, nkv, 0, d), np.float32), "empty_kv")
-        layers = range(cfg.num_layers)
-        if progress:
-            from tqdm import tqdm
+    def decoder_block(self, i: int, x, s: _Shared):
+        """Layer i: x + attention(norm(x)), then that + feed_forward(norm(that))."""
+        pre = f"model.layers.{i}."
+        h = self.rms(x, pre + "input_layernorm.weight")
+        x = self.ops.add(x, self.attention(i, h, s))
+        h = self.rms(x, pre + "post_attention_layernorm.weight")
+        return self.ops.add(x, self.feed_forward_for(i)(pre + "mlp.", h))
 
-            layers = tqdm(layers, desc=f"OpenVINO export ({self.weights})", unit="layer")
-        for i in layers:
-            pre = f"model.layers.{i}."
-            h = self.rms(x, pre + "input_layernorm.weight")
-            a = pre + "self_attn."
-            qkv_names = [a + "q_proj", a + "k_proj", a + "v_proj"]
-            if self.fuse:
-                qkv = self.linear(h, qkv_names, self.weights, bias=cfg.attention_bias)
-                parts = ops.variadic_split(qkv, self.const(np.array(-1, i64), "am1c"),
-                                           self.const(np.array([dq, dkv, dkv], i64), "qkv_split"))
-                parts = [parts.output(j) for j in range(3)]
-            else:
-                parts = [self.linear(h, [n], self.weights, bias=cfg.attention_bias)
-                         for n in qkv_names]
-            q = self.heads(parts[0], nh, a + "q_norm.weight" if cfg.qk_norm else None)
-            k = self.heads(parts[1], nkv, a + "k_norm.weight" if cfg.qk_norm else None)
-            v = self.heads(parts[2], nkv, None)
-            q = self.rope(q, cos, sin)
-            k = self.rope(k, cos, sin)
-            kv = []
-            for name, cur in (("key", k), ("value", v)):
-                var_id = f"past_key_values.{i}.{name}"
-                rv = ops.read_value(empty_kv, var_id, ov.Type.f32,
-                                    ov.PartialShape([1, nkv, -1, d]))
-                past = ops.gather(rv, beam, self.const(np.array(0, i64), "a0b"))
-                cat = ops.concat([past, cur], 2)
-                sinks.append(ops.assign(cat, var_id))
-                kv.append(cat)
-            if nh != nkv:  # grouped-query attention: repeat each KV head nh/nkv times
-                rep = self.const(np.array([1, 1, nh // nkv, 1, 1], i64), "gqa_rep")
-                shape = self.const(np.array([0, nh, -1, d], i64), "gqa_shape")
-                kv = [ops.reshape(ops.broadcast(
-                    ops.unsqueeze(t, self.const(np.array(2, i64), "a2")), rep,
-                    broadcast_spec="bidirectional"), shape, True) for t in kv]
-            att = ops.scaled_dot_product_attention(q, kv[0], kv[1], mask)
-            att = ops.transpose(att, self.const(np.array([0, 2, 1, 3], i64), "perm2"))
-            att = ops.reshape(att, self.const(np.array([0, 0, dq], i64), "merge"), True)
-            x = ops.add(x, self.linear(att, [a + "o_proj"], self.weights))
+    def attention(self, i: int, h, s: _Shared):
+        """Self-attention with RoPE, the stateful KV cache and grouped-query heads, in the
+        shape StatefulSDPAFusion matches; returns o_proj's output."""
+        ops, cfg, a = self.ops, self.cfg, f"model.layers.{i}.self_attn."
+        q, k, v = self.qkv(a, h)
+        q = self.rope(q, s.cos, s.sin)
+        k = self.rope(k, s.cos, s.sin)
+        kv = self.kv_cache(i, k, v, s)
+        if cfg.num_heads != cfg.num_kv_heads:
+            kv = self.repeat_kv(kv)
+        att = ops.scaled_dot_product_attention(q, kv[0], kv[1], s.mask)
+        att = ops.transpose(att, self.const(np.array([0, 2, 1, 3], np.int64), "perm2"))
+        att = ops.reshape(att, self.const(np.array([0, 0, cfg.num_heads * cfg.head_dim],
+                                                   np.int64), "merge"), True)
+        return self.linear(att, [a + "o_proj"], self.weights)
 
-            h = self.rms(x, pre + "post_attention_layernorm.weight")
-            m = pre + "mlp."
-            if self.fuse:
-                gu = self.linear(h, [m + "gate_proj", m + "up_proj"], self.weights)
-                gu = ops.variadic_split(gu, self.const(np.array(-1, i64), "am1d"),
-                                        self.const(np.array([cfg.intermediate_size] * 2, i64),
-                                                   "gu_split"))
-                gate, up = gu.output(0), gu.output(1)
-            else:
-                gate = self.linear(h, [m + "gate_proj"], self.weights)
-                up = self.linear(h, [m + "up_proj"], self.weights)
-            act = ops.multiply(ops.swish(gate), up)
-            x = ops.add(x, self.linear(act, [m + "down_proj"], self.weights))
+    def qkv(self, a: str, h):
+        """q [1, heads, L, D] and k, v [1, kv_heads, L, D], from one fused projection."""
+        cfg, nh, nkv = self.cfg, self.cfg.num_heads, self.cfg.num_kv_heads
+        names = [a + "q_proj", a + "k_proj", a + "v_proj"]
+        if self.fuse:
+            qkv = self.linear(h, names, self.weights, bias=cfg.attention_bias)
+            sizes = np.array([nh * cfg.head_dim, nkv * cfg.head_dim, nkv * cfg.head_dim],
+                             np.int64)
+            parts = self.ops.variadic_split(qkv, self.const(np.array(-1, np.int64), "am1c"),
+                                            self.const(sizes, "qkv_split"))
+            parts = [parts.output(j) for j in range(3)]
+        else:
+            parts = [self.linear(h, [n], self.weights, bias=cfg.attention_bias) for n in names]
+        return (self.heads(parts[0], nh, a + "q_norm.weight" if cfg.qk_norm else None),
+                self.heads(parts[1], nkv, a + "k_norm.weight" if cfg.qk_norm else None),
+                self.heads(parts[2], nkv, None))
 
+    def kv_cache(self, i: int, k, v, s: _Shared) -> list:
+        """Past + new keys and values, each kept in a variable (ReadValue/Assign) between
+        calls; the ``beam_idx`` Gather is the shape the CPU plugin's stateful SDPA expects."""
+        ov, ops = self.ov, self.ops
+        shape = ov.PartialShape([1, self.cfg.num_kv_heads, -1, self.cfg.head_dim])
+        kv = []
+        for name, cur in (("key", k), ("value", v)):
+            var_id = f"past_key_values.{i}.{name}"
+            rv = ops.read_value(s.empty_kv, var_id, ov.Type.f32, shape)
+            past = ops.gather(rv, s.beam, self.const(np.array(0, np.int64), "a0b"))
+            cat = ops.concat([past, cur], 2)
+            s.sinks.append(ops.assign(cat, var_id))
+            kv.append(cat)
+        return kv
+
+    def repeat_kv(self, kv: list) -> list:
+        """Grouped-query attention: each KV head repeated num_heads/num_kv_heads times."""
+        ops, i64, nh = self.ops, np.int64, self.cfg.num_heads
+        rep = self.const(np.array([1, 1, nh // self.cfg.num_kv_heads, 1, 1], i64), "gqa_rep")
+        shape = self.const(np.array([0, nh, -1, self.cfg.head_dim], i64), "gqa_shape")
+        return [ops.reshape(ops.broadcast(
+            ops.unsqueeze(t, self.const(np.array(2, i64), "a2")), rep,
+            broadcast_spec="bidirectional"), shape, True) for t in kv]
+
+    def feed_forward_for(self, i: int):
+        """The feed-forward block of layer i: the MLP in every dense layer; a mixture-of-experts
+        layer gets its own block method here, the rest of the block unchanged."""
+        return self.mlp
+
+    def mlp(self, m: str, h):
+        """down(SiLU(gate(h)) * up(h)), gate and up as one matrix split in two."""
+        ops = self.ops
+        if self.fuse:
+            gu = self.linear(h, [m + "gate_proj", m + "up_proj"], self.weights)
+            gu = ops.variadic_split(gu, self.const(np.array(-1, np.int64), "am1d"),
+                                    self.const(np.array([self.cfg.intermediate_size] * 2,
+                                                        np.int64), "gu_split"))
+            gate, up = gu.output(0), gu.output(1)
+        else:
+            gate = self.linear(h, [m + "gate_proj"], self.weights)
+            up = self.linear(h, [m + "up_proj"], self.weights)
+        act = ops.multiply(ops.swish(gate), up)
+        return self.linear(act, [m + "down_proj"], self.weights)
+
+    def lm_head(self, x):
+        """The last position only, final norm, lm_head: the ``logits`` result."""
+        ops, i64 = self.ops, np.int64
         x = ops.slice(x, self.const(np.array([-1], i64), "s_start"),
                       self.const(np.array([np.iinfo(np.int64).max], i64), "s_stop"),
                       self.const(np.array([1], i64), "s_step"),
@@ -349,7 +308,34 @@ class _Builder:
         out = ops.result(logits)
         out.output(0).get_tensor().set_names({"logits"})
         logits.output(0).get_tensor().set_names({"logits"})
-        return ov.Model([out], sinks, [ids, pos, beam], "qcoder_decoder")
+        return out
+
+    # -- whole model
+    def inputs(self) -> tuple:
+        ov, ops = self.ov, self.ops
+        ids = ops.parameter([1, -1], ov.Type.i64, name="input_ids")
+        pos = ops.parameter([1, -1], ov.Type.i64, name="position_ids")
+        beam = ops.parameter([1], ov.Type.i32, name="beam_idx")
+        for p, n in ((ids, "input_ids"), (pos, "position_ids"), (beam, "beam_idx")):
+            p.output(0).get_tensor().set_names({n})
+        return ids, pos, beam
+
+    def build(self, progress: bool):
+        cfg = self.cfg
+        ids, pos, beam = self.inputs()
+        x = self.embedding(ids)
+        cos, sin = self.rope_tables(pos)
+        # the value a variable holds after reset: an empty cache [1, kv_heads, 0, head_dim]
+        empty_kv = np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), np.float32)
+        s = _Shared(cos, sin, self.causal_mask(pos), beam, self.const(empty_kv, "empty_kv"))
+        layers = range(cfg.num_layers)
+        if progress:
+            from tqdm import tqdm
+
+            layers = tqdm(layers, desc=f"OpenVINO export ({self.weights})", unit="layer")
+        for i in layers:
+            x = self.decoder_block(i, x, s)
+        return self.ov.Model([self.lm_head(x)], s.sinks, [ids, pos, beam], "qcoder_decoder")
 
 
 def build_openvino_model(ckpt: Checkpoint, weights: str = "int4", lm_head: str | None = None,
