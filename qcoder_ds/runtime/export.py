@@ -18,8 +18,9 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,7 @@ def ensure_export(source, backend: str = "onnx", weights: str = "int4", progress
             "backend_exporter_version": b.version(), "seconds": round(time.perf_counter() - t0, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        _write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
+        paths.atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
         _fsync_dir(tmp)
         if final.exists() and not is_complete(final):  # damaged by hand: replace it
             shutil.rmtree(final, ignore_errors=True)
@@ -238,13 +239,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def atomic_write_files(out_dir: Path, names: Sequence[str],
+                       write: Callable[[Path], object]) -> None:
+    """``paths.atomic_write_text`` for files a library writes itself (OpenVINO's save_model
+    writes the .xml and its .bin together): ``write(tmp)`` fills a temp folder inside
+    ``out_dir``, then each named file is renamed over its namesake in the order given (the
+    one a reader checks for completeness last). A failure leaves the old files, no temp."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out_dir))
+    try:
+        write(tmp)
+        for name in names:
+            os.replace(tmp / name, out_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fsync_dir(d: Path) -> None:

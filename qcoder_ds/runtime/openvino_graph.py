@@ -23,9 +23,7 @@ the last position only (the lm_head is the largest matrix; prefill never needs t
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import numpy as np
 from qcoder_ds.errors import ModelError, QcoderError
 from qcoder_ds.models.checkpoint import Checkpoint
 from qcoder_ds.models.config import ArchConfig
+from qcoder_ds.runtime.export import ExportError, atomic_write_files
 from qcoder_ds.runtime.quantize import OpenVINOWeight, quantize_openvino
 
 #: bump when the graph or the weight format changes, so cached exports are rebuilt
@@ -367,8 +366,9 @@ def export_openvino(ckpt: Checkpoint, out_dir: Path, weights: str = "int4",
                     group_size: int = 32, symmetric: bool = SYMMETRIC_INT4) -> None:
     """Write ``out_dir/openvino_model.xml`` + ``.bin`` and ``out_dir/config.json``.
 
-    Files are written under a temporary directory and renamed into place, config.json last,
-    so an interrupted export never leaves a directory that looks complete.
+    Files are written under a temporary directory and renamed into place, config.json last
+    (``atomic_write_files``), so an interrupted export never leaves a directory that looks
+    complete.
     """
     ov, _ = _ov()
     out_dir = Path(out_dir)
@@ -384,20 +384,14 @@ def export_openvino(ckpt: Checkpoint, out_dir: Path, weights: str = "int4",
         "exporter_version": EXPORTER_VERSION,
         "openvino_version": ov.get_version(),
     }
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".ov-export-", dir=out_dir))
-        try:
-            ov.save_model(model, str(tmp / MODEL_XML), compress_to_fp16=False)
-            del model
-            (tmp / CONFIG_JSON).write_text(json.dumps(meta, indent=2))
-            (out_dir / CONFIG_JSON).unlink(missing_ok=True)  # incomplete until renamed back
-            shutil.rmtree(out_dir / CACHE_SUBDIR, ignore_errors=True)  # blobs of the old model
-            for name in (MODEL_BIN, MODEL_XML, CONFIG_JSON):
-                os.replace(tmp / name, out_dir / name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as e:
-        from qcoder_ds.runtime.export import ExportError
 
+    def write(tmp: Path) -> None:
+        ov.save_model(model, str(tmp / MODEL_XML), compress_to_fp16=False)
+        (tmp / CONFIG_JSON).write_text(json.dumps(meta, indent=2))
+        (out_dir / CONFIG_JSON).unlink(missing_ok=True)  # incomplete until renamed back
+        shutil.rmtree(out_dir / CACHE_SUBDIR, ignore_errors=True)  # blobs of the old model
+
+    try:
+        atomic_write_files(out_dir, (MODEL_BIN, MODEL_XML, CONFIG_JSON), write)
+    except OSError as e:
         raise ExportError(f"could not write the OpenVINO export to {out_dir}: {e}") from None
