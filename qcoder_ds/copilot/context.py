@@ -371,7 +371,7 @@ def rank(items: list[ContextItem], request: str) -> list[ContextItem]:
     return sorted(items, key=lambda i: -i.score)
 
 
-def _is_data(obj: Any) -> str | None:
+def is_data(obj: Any) -> str | None:
     mod = type(obj).__module__ or ""
     if mod.startswith("pandas"):
         cls = type(obj).__name__
@@ -399,7 +399,7 @@ def collect(namespace: Mapping[str, Any], request: str = "") -> KernelContext:
     names = user_names(namespace)
     for order, name in enumerate(names):
         obj = namespace[name]
-        kind = _is_data(obj)
+        kind = is_data(obj)
         if kind is None:
             if isinstance(obj, _PLAIN) and not isinstance(obj, type):
                 text = f"# `{name}` = {_short_repr(obj, 200)} ({type(obj).__name__})"
@@ -469,7 +469,7 @@ def interpolate(request: str, namespace: Mapping[str, Any], limit: int = 4000) -
                 value = value[int(index)]
             except (KeyError, IndexError, TypeError):
                 return m.group(0)
-        elif _is_data(value):
+        elif is_data(value):
             return f"`{name}`"
         text = value if isinstance(value, str) else repr(value)
         return text if len(text) <= limit else text[:limit] + "..."

@@ -150,8 +150,36 @@ def check_request(request: str) -> str:
     return text
 
 
+@dataclass
+class Request:
+    """One request being served: what was asked, against what, and how. Built once by
+    :meth:`Copilot.ask` (the request's words parsed here, once); every stage reads it, and
+    what they produce goes on ``answer``."""
+
+    text: str
+    namespace: Mapping[str, Any]
+    opts: Options
+    ctx: ctxmod.KernelContext
+    task: Task
+    words: frozenset[str]  # the request's words, lower-cased
+    answer: Answer
+    started: float
+    on_token: Callable[[str], None] | None = None
+    cancel: Any = None
+    code: str | None = None  # explain: the code to explain
+    prompt: Prompt | None = None
+
+    def say(self, text: str) -> None:
+        if self.on_token:
+            self.on_token(text)
+
+
 class Copilot:
-    """Serves requests with one engine and one sandbox (both reused across requests)."""
+    """Serves requests with one engine and one sandbox (both reused across requests).
+
+    :meth:`ask` runs the stages in order on one :class:`Request`: context (``_request``),
+    prompt (``_prompt``), candidates (``_candidates``: generate, extract, fix, validate,
+    check), choose (``_choose``: vote, repair) and cell (``_finish``)."""
 
     def __init__(self, engine: EngineLike, sandbox: Sandbox | None = None, model: str = ""):
         self.engine = engine
@@ -164,6 +192,160 @@ class Copilot:
                 self.sandbox.close()
             self.sandbox = Sandbox(limits)
         return self.sandbox
+
+    # ---------------------------------------------------------------- main entry
+
+    def ask(self, request: str, namespace: Mapping[str, Any], opts: Options | None = None,
+            on_token: Callable[[str], None] | None = None, cancel: Any = None,
+            code: str | None = None) -> Answer:
+        """Serve one request against ``namespace`` (the kernel's user namespace)."""
+        req = self._request(request, namespace, opts or Options(), on_token, cancel, code)
+        req.prompt = self._prompt(req)
+        req.answer.prompt = req.prompt
+        if req.task is Task.EXPLAIN:
+            return self._explain(req)
+        self._candidates(req)
+        return self._finish(req, self._choose(req))
+
+    # ---------------------------------------------------------------- stages
+
+    def _request(self, text: str, namespace: Mapping[str, Any], opts: Options,
+                 on_token: Callable[[str], None] | None, cancel: Any,
+                 code: str | None) -> Request:
+        """Context: the live objects the request can use, its task, and its words."""
+        started = time.perf_counter()
+        text = ctxmod.interpolate(text or "", namespace)
+        ctx = ctxmod.collect(namespace, text)
+        task = opts.task or infer_task(text, ctx)
+        if task is Task.FIX and not (text or "").strip():
+            text = "fix the cell"
+        if task not in (Task.FIX, Task.EXPLAIN) or text:
+            text = check_request(text)
+        if opts.result_name is None and task in (Task.PANDAS, Task.FIX):
+            opts = dataclasses.replace(opts, result_name=named_result(text, namespace))
+        words = frozenset(w.lower() for w in re.findall(r"\w+", text))
+        return Request(text, namespace, opts, ctx, task, words, Answer(task=task, request=text),
+                       started, on_token, cancel, code)
+
+    def _prompt(self, req: Request) -> Prompt:
+        """The prompt, its context cut to what fits; a request that cannot be served is
+        refused here, with what to do."""
+        count = getattr(self.engine, "count_tokens", ctxmod.approx_tokens)
+        room = int(getattr(self.engine, "max_context", 4096)) - req.opts.max_new_tokens - 400
+        if count(req.text) > room:
+            raise CopilotError(f"the request is {count(req.text)} tokens; with the answer it "
+                               f"does not fit the model's {self.engine.max_context}-token "
+                               "context. Shorten it")
+        connection = ctxmod.require_sql(req.ctx) if req.task is Task.SQL else None
+        _refuse_without_data(req)
+        return build_prompt(req.task, req.text, req.ctx,
+                            budget=max(200, min(req.opts.context_tokens, room)),
+                            count_tokens=count, connection=connection, code=req.code)
+
+    def _explain(self, req: Request) -> Answer:
+        answer = req.answer
+        answer.text = self._stream(req, req.prompt.messages, self._params(req.opts, 0),
+                                   req.on_token, prefix="")[0]
+        answer.ok = bool(answer.text.strip())
+        answer.total_s = time.perf_counter() - req.started
+        return answer
+
+    def _candidates(self, req: Request) -> None:
+        """The first answer (streamed), the other samples (not streamed: only the one chosen
+        is shown), and more where the request shows an example result none of them gives."""
+        answer, opts = req.answer, req.opts
+        first = self._attempt(req, req.prompt.messages, 0, 0, req.on_token)
+        answer.attempts, answer.candidates = [first], [first]
+        if opts.samples > 1:
+            req.say(f"\n# checking {opts.samples - 1} more candidate(s) and voting on the "
+                    "results\n")
+        for k in range(1, opts.samples):
+            answer.candidates.append(self._attempt(req, req.prompt.messages, k, 0, None))
+        if not self._wants_example(req.prompt, opts) or \
+                any(self._matches_example(c, req.text) for c in answer.candidates):
+            return
+        req.say("\n# the request shows an example result; looking for an answer that gives "
+                "it\n")
+        for k in range(opts.samples, opts.samples + opts.example_samples):
+            extra = self._attempt(req, req.prompt.messages, k, 0, None)
+            answer.candidates.append(extra)
+            if self._matches_example(extra, req.text):
+                break
+
+    def _choose(self, req: Request) -> Attempt:
+        """The answer to show: one that gives the request's example, else the majority of
+        those that passed; if none passed, the first one repaired."""
+        answer = req.answer
+        matching = [c for c in answer.candidates if self._matches_example(c, req.text)]
+        answer.example_matched = bool(matching)
+        final = majority(matching or answer.candidates)
+        if final is None:
+            self._repair(req)
+            return answer.attempts[-1]
+        if final is not answer.attempts[0]:
+            answer.attempts = [final]
+        return final
+
+    def _finish(self, req: Request, final: Attempt) -> Answer:
+        """The cell, and what its checks said (to the user and in the cell's metadata)."""
+        answer, opts, task = req.answer, req.opts, req.task
+        answer.ok = final.passed
+        answer.cell = _printable(final.code)
+        answer.checks = self._checks(final, opts, task)
+        if self._wants_example(req.prompt, opts):
+            answer.checks["gives the request's example"] = \
+                "passed" if final.passed and answer.example_matched else "not found"
+        answer.warnings = [str(i) for i in final.issues if i.severity == "warning"] + final.notes
+        if final.run is not None and final.run.unavailable:
+            answer.warnings.append("not copied into the check (not picklable): "
+                                   + ", ".join(final.run.unavailable))
+        if task is Task.SQL:
+            answer.sql = _printable(final.sql) if final.sql is not None else None
+        if opts.safe and any(i.kind == "unsafe" for i in final.issues):
+            raise UnsafeCodeError("--safe blocked the generated code: " + "; ".join(
+                str(i) for i in final.issues if i.kind == "unsafe"))
+        answer.total_s = time.perf_counter() - req.started
+        return answer
+
+    @staticmethod
+    def _wants_example(prompt: Prompt, opts: Options) -> bool:
+        """Extra candidates are drawn only for a pandas request that shows a printed table."""
+        return prompt.task is Task.PANDAS and opts.check and opts.example_samples > 0 and \
+            shows_table(prompt.request)
+
+    @staticmethod
+    def _matches_example(attempt: Attempt, request: str) -> bool:
+        return attempt.passed and attempt.run is not None and \
+            confirmed(request, attempt.run.value)
+
+    def _attempt(self, req: Request, messages: list[dict[str, str]], sample: int,
+                 round_: int, on_token: Callable[[str], None] | None) -> Attempt:
+        """Generate one answer and check it. Whatever the model wrote, the result is an
+        attempt whose checks say what is wrong, never an exception: a check that fails on
+        the text is a bug to fix, but the user gets a failed check, not a traceback."""
+        text, why = self._stream(req, messages, self._params(req.opts, sample, round_),
+                                 on_token, self._prefix(req.task))
+        try:
+            return self._check(text, req, cut=why in _CUT)
+        except CopilotError:
+            raise  # the check itself could not start: the message says what to do
+        except Exception as e:  # noqa: BLE001 - model text must never become a traceback
+            log.exception("a check failed on the model's answer")
+            return Attempt(answer=text, code="", issues=[Issue(
+                Kind.CHECK_FAILED, f"the checks could not read this answer ({type(e).__name__}: "
+                f"{str(e)[:200]}); write the cell again, plainly")])
+
+    def _repair(self, req: Request) -> None:
+        """Up to ``opts.repairs`` rounds, each told what was wrong with the last attempt;
+        every attempt is kept on ``answer.attempts``."""
+        chain = req.answer.attempts
+        for round_ in range(1, req.opts.repairs + 1):
+            found = problems(chain[-1])
+            if chain[-1].passed or not found:
+                return
+            req.say(f"\n\n# repair {round_}: {found[0][:200]}\n")
+            chain.append(self._attempt(req, repair_messages(req.prompt, found), 0, round_,
+                                       req.on_token))
 
     # ---------------------------------------------------------------- generation
 
@@ -178,15 +360,8 @@ class Copilot:
                                   seed=opts.seed + 1000 * sample + round_)
         return SamplingParams(max_new_tokens=opts.max_new_tokens, temperature=0.0)
 
-    def _generate(self, messages: list[dict[str, str]], params: Any,
-                  on_token: Callable[[str], None] | None, cancel: Any,
-                  answer: Answer, started: float, prefix: str = "") -> str:
-        """The text of one streamed reply (see :meth:`_stream`)."""
-        return self._stream(messages, params, on_token, cancel, answer, started, prefix)[0]
-
-    def _stream(self, messages: list[dict[str, str]], params: Any,
-                on_token: Callable[[str], None] | None, cancel: Any,
-                answer: Answer, started: float, prefix: str = "") -> tuple[str, str | None]:
+    def _stream(self, req: Request, messages: list[dict[str, str]], params: Any,
+                on_token: Callable[[str], None] | None, prefix: str) -> tuple[str, str | None]:
         """Stream one reply; return its text and why generation stopped (the engine's
         ``finish_reason``: "stop", "eos", "length" at the token budget; None if the engine
         does not say). With ``prefix`` (an open code fence, and imports) the reply starts
@@ -200,10 +375,10 @@ class Copilot:
         else:
             prefix = ""
         pieces = [prefix]
-        stream = self.engine.chat(messages, params, cancel, **kwargs)
+        stream = self.engine.chat(messages, params, req.cancel, **kwargs)
         for piece in stream:
-            if answer.first_token_s is None:
-                answer.first_token_s = time.perf_counter() - started
+            if req.answer.first_token_s is None:
+                req.answer.first_token_s = time.perf_counter() - req.started
             pieces.append(piece)
             if on_token:
                 on_token(piece)
@@ -226,190 +401,33 @@ class Copilot:
             lines.append("import matplotlib.pyplot as plt")
         return "\n".join(lines) + "\n"
 
-    # ---------------------------------------------------------------- main entry
-
-    def ask(self, request: str, namespace: Mapping[str, Any], opts: Options | None = None,
-            on_token: Callable[[str], None] | None = None, cancel: Any = None,
-            code: str | None = None) -> Answer:
-        """Serve one request against ``namespace`` (the kernel's user namespace)."""
-        opts = opts or Options()
-        started = time.perf_counter()
-        request = ctxmod.interpolate(request or "", namespace)
-        ctx = ctxmod.collect(namespace, request)
-        task = opts.task or infer_task(request, ctx)
-        if task is Task.FIX and not (request or "").strip():
-            request = "fix the cell"
-        if task not in (Task.FIX, Task.EXPLAIN) or request:
-            request = check_request(request)
-        answer = Answer(task=task, request=request)
-        if opts.result_name is None and task in (Task.PANDAS, Task.FIX):
-            opts = dataclasses.replace(opts, result_name=named_result(request, namespace))
-        count = getattr(self.engine, "count_tokens", ctxmod.approx_tokens)
-        room = int(getattr(self.engine, "max_context", 4096)) - opts.max_new_tokens - 400
-        budget = max(200, min(opts.context_tokens, room))
-        if count(request) > room:
-            raise CopilotError(f"the request is {count(request)} tokens; with the answer it "
-                               f"does not fit the model's {self.engine.max_context}-token "
-                               "context. Shorten it")
-        connection = None
-        if task is Task.SQL:
-            connection = ctxmod.require_sql(ctx)
-        elif task in (Task.PANDAS, Task.PLOT) and not ctx.items:
-            # a plot of values the request gives ("vertical lines at 0.2 and 0.5") needs none
-            literal_plot = task is Task.PLOT and any(ch.isdigit() for ch in request)
-            if not literal_plot and not _ASKS_FUNCTION.search(request) and \
-                    not any(w in request.lower() for w in _MAKE_DATA):
-                raise CopilotError(
-                    "no DataFrame, Series or array is in scope, so there is no data to work "
-                    "on: load it first (e.g. `df = pd.read_csv('sales.csv')`), or use "
-                    "`--sql` with a database connection")
-        if task is Task.FIX and not ctx.last_error:
-            raise CopilotError("there is no error to fix: `%qcoder fix` works after a cell "
-                               "has raised an exception")
-        prompt = build_prompt(task, request, ctx, budget=budget, count_tokens=count,
-                              connection=connection, code=code)
-        answer.prompt = prompt
-        if task is Task.EXPLAIN:
-            answer.text = self._generate(prompt.messages, self._params(opts, 0), on_token,
-                                         cancel, answer, started)
-            answer.ok = bool(answer.text.strip())
-            answer.total_s = time.perf_counter() - started
-            return answer
-
-        first = self._attempt(prompt.messages, prompt, namespace, ctx, opts, 0, 0, on_token,
-                              cancel, answer, started)
-        answer.attempts = [first]
-        answer.candidates = [first]
-        if opts.samples > 1 and on_token:
-            on_token(f"\n# checking {opts.samples - 1} more candidate(s) and voting on the "
-                     "results\n")
-        for k in range(1, opts.samples):  # not streamed: only the one chosen is shown
-            answer.candidates.append(self._attempt(prompt.messages, prompt, namespace, ctx,
-                                                   opts, k, 0, None, cancel, answer, started))
-        if self._wants_example(prompt, opts) and \
-                not any(self._matches_example(c, request) for c in answer.candidates):
-            if on_token:
-                on_token("\n# the request shows an example result; looking for an answer "
-                         "that gives it\n")
-            for k in range(opts.samples, opts.samples + opts.example_samples):
-                extra = self._attempt(prompt.messages, prompt, namespace, ctx, opts, k, 0,
-                                      None, cancel, answer, started)
-                answer.candidates.append(extra)
-                if self._matches_example(extra, request):
-                    break
-        matching = [c for c in answer.candidates if self._matches_example(c, request)]
-        answer.example_matched = bool(matching)
-        final = majority(matching or answer.candidates)
-        if final is None:
-            self._repair(prompt, namespace, ctx, opts, on_token, cancel, answer, started)
-            final = answer.attempts[-1]
-        elif final is not first:
-            answer.attempts = [final]
-        answer.ok = final.passed
-        answer.cell = _printable(final.code)
-        answer.checks = self._checks(final, opts, task)
-        if self._wants_example(prompt, opts):
-            answer.checks["gives the request's example"] = \
-                "passed" if final.passed and answer.example_matched else "not found"
-        answer.warnings = [str(i) for i in final.issues if i.severity == "warning"] + final.notes
-        if final.run is not None and final.run.unavailable:
-            answer.warnings.append("not copied into the check (not picklable): "
-                                   + ", ".join(final.run.unavailable))
-        if task is Task.SQL:
-            answer.sql = _printable(final.sql) if final.sql is not None else None
-        if opts.safe and any(i.kind == "unsafe" for i in final.issues):
-            raise UnsafeCodeError("--safe blocked the generated code: " + "; ".join(
-                str(i) for i in final.issues if i.kind == "unsafe"))
-        answer.total_s = time.perf_counter() - started
-        return answer
-
-    @staticmethod
-    def _wants_example(prompt: Prompt, opts: Options) -> bool:
-        """Extra candidates are drawn only for a pandas request that shows a printed table."""
-        return prompt.task is Task.PANDAS and opts.check and opts.example_samples > 0 and \
-            shows_table(prompt.request)
-
-    @staticmethod
-    def _matches_example(attempt: Attempt, request: str) -> bool:
-        return attempt.passed and attempt.run is not None and \
-            confirmed(request, attempt.run.value)
-
-    def _attempt(self, messages: list[dict[str, str]], prompt: Prompt,
-                 namespace: Mapping[str, Any], ctx: ctxmod.KernelContext, opts: Options,
-                 sample: int, round_: int, on_token, cancel, answer: Answer,
-                 started: float) -> Attempt:
-        """Generate one answer and check it. Whatever the model wrote, the result is an
-        attempt whose checks say what is wrong, never an exception: a check that fails on
-        the text is a bug to fix, but the user gets a failed check, not a traceback."""
-        text, why = self._stream(messages, self._params(opts, sample, round_), on_token,
-                                 cancel, answer, started, self._prefix(prompt.task))
-        cut = why in _CUT
-        try:
-            return self._check(text, prompt, namespace, ctx, opts, cut)
-        except CopilotError:
-            raise  # the check itself could not start: the message says what to do
-        except Exception as e:  # noqa: BLE001 - model text must never become a traceback
-            log.exception("a check failed on the model's answer")
-            return Attempt(answer=text, code="", issues=[Issue(
-                Kind.CHECK_FAILED, f"the checks could not read this answer ({type(e).__name__}: "
-                f"{str(e)[:200]}); write the cell again, plainly")])
-
-    def _repair(self, prompt: Prompt, namespace: Mapping[str, Any], ctx: ctxmod.KernelContext,
-                opts: Options, on_token, cancel, answer: Answer, started: float) -> None:
-        """Up to ``opts.repairs`` rounds, each told what was wrong with the last attempt;
-        every attempt is kept on ``answer.attempts``."""
-        chain = answer.attempts
-        for round_ in range(1, opts.repairs + 1):
-            found = problems(chain[-1])
-            if chain[-1].passed or not found:
-                return
-            if on_token:
-                on_token(f"\n\n# repair {round_}: {found[0][:200]}\n")
-            messages = repair_messages(prompt, found)
-            chain.append(self._attempt(messages, prompt, namespace, ctx, opts, 0, round_,
-                                       on_token, cancel, answer, started))
-
     # ---------------------------------------------------------------- checking
 
-    def _check(self, text: str, prompt: Prompt, namespace: Mapping[str, Any],
-               ctx: ctxmod.KernelContext, opts: Options, cut: bool = False) -> Attempt:
-        if prompt.task is Task.SQL:
-            return self._check_sql(text, prompt, namespace, ctx, opts, cut)
-        code, echoed = drop_context_echo(extract_code(text, "python"), prompt.context_text)
-        code, dropped = drop_rebinding(code, namespace)
-        code, rewritten = fix_series_logic(code, namespace)
-        code, modernized = fix_old_pandas(code)
-        attempt = Attempt(answer=text, code=code)
-        if echoed:
-            attempt.notes.append(f"removed {echoed} line(s) copied from the data description")
-        if dropped:
-            attempt.notes.append("removed lines that re-created existing data: "
-                                 + "; ".join(dropped))
-        if rewritten:
-            attempt.notes.append("combined Series conditions with & and |: "
-                                 + "; ".join(rewritten))
-        if modernized:
-            attempt.notes.append("rewrote pandas calls the installed pandas no longer has: "
-                                 + "; ".join(modernized))
+    def _check(self, text: str, req: Request, cut: bool = False) -> Attempt:
+        """Extract, fix, validate and check one answer (see ``_check_sql`` for SQL)."""
+        if req.task is Task.SQL:
+            return self._check_sql(text, req, cut)
+        attempt = _fixed_python(text, req)
         if cut:
-            attempt.issues.append(_cut_issue(opts))
+            attempt.issues.append(_cut_issue(req.opts))
+        code, opts = attempt.code, req.opts
         if not code.strip():
             attempt.issues.append(Issue("syntax", "the answer contains no code"))
             return attempt
-        attempt.issues += validate_python(code, namespace)
-        if prompt.task is Task.PANDAS and not attempt.errors and \
-                not _makes_data(prompt.request, namespace):
-            attempt.issues += check_uses_data(ast.parse(code), namespace)
+        attempt.issues += validate_python(code, req.namespace)
+        if req.task is Task.PANDAS and not attempt.errors and not _makes_data(req):
+            attempt.issues += check_uses_data(ast.parse(code), req.namespace)
         attempt.issues += check_safety(code)
-        cell = Cell(prompt.request, code, prompt.task, namespace,
+        cell = Cell(req.text, code, req.task, req.namespace,
                     result_name=opts.result_name, sample_rows=opts.limits.sample_rows)
         self._judge(attempt, STATIC_RULES, cell)  # each rule skips code that does not parse
         blocking = attempt.errors or (opts.safe and any(i.kind == "unsafe"
                                                         for i in attempt.issues))
         if opts.check and not blocking:
-            attempt.run = self._sandbox(opts.limits).run(code, namespace, ctx.connections,
+            attempt.run = self._sandbox(opts.limits).run(code, req.namespace,
+                                                         req.ctx.connections,
                                                          result_name=opts.result_name)
-            if attempt.run.ok and prompt.task is Task.PLOT and not attempt.run.figures:
+            if attempt.run.ok and req.task is Task.PLOT and not attempt.run.figures:
                 attempt.run.ok = False
                 attempt.run.error = "the cell drew no figure; draw the chart with matplotlib"
             if attempt.run.ok:
@@ -428,19 +446,17 @@ class Copilot:
             attempt.verdicts.append(verdict)
             attempt.issues += verdict.issues
 
-    def _check_sql(self, text: str, prompt: Prompt, namespace: Mapping[str, Any],
-                   ctx: ctxmod.KernelContext, opts: Options, cut: bool = False) -> Attempt:
-        info = prompt.connection
+    def _check_sql(self, text: str, req: Request, cut: bool = False) -> Attempt:
+        info, opts = req.prompt.connection, req.opts
         assert info is not None
-        sql = extract_sql(text)
-        result = validate_sql(sql, info, request=prompt.request)
+        result = validate_sql(extract_sql(text), info, request=req.text)
         if cut:
             result.issues.insert(0, _cut_issue(opts))
         if result.ok and opts.check:
-            looked_up, found = check_values(result.sql, info, namespace.get(info.name))
+            looked_up, found = check_values(result.sql, info, req.namespace.get(info.name))
             result.issues += found
             if looked_up != result.sql:  # a moved comparison can leave a join with no use
-                again = validate_sql(looked_up, info, request=prompt.request)
+                again = validate_sql(looked_up, info, request=req.text)
                 if again.ok:
                     looked_up = again.sql
                     result.issues += [i for i in again.issues if i.kind == "sql-fixed"]
@@ -449,7 +465,8 @@ class Copilot:
         attempt = Attempt(answer=text, code=cell, issues=list(result.issues), sql=result.sql)
         if opts.check and result.ok and not (opts.safe and any(i.kind == "unsafe"
                                                              for i in result.issues)):
-            attempt.run = self._sandbox(opts.limits).run(cell, namespace, ctx.connections)
+            attempt.run = self._sandbox(opts.limits).run(cell, req.namespace,
+                                                         req.ctx.connections)
             if attempt.run.unavailable:
                 attempt.run = None  # e.g. a server database: validated, not executed
         return attempt
@@ -493,14 +510,49 @@ def _printable(text: str) -> str:
     return _UNPRINTABLE.sub("\ufffd", text)
 
 
-def _makes_data(request: str, namespace: Mapping[str, Any]) -> bool:
+def _makes_data(req: Request) -> bool:
     """Whether the request asks for data to be made (then typing values in is the point): it
     says create/make/generate/... and names none of the live data ("create a sample table",
     not "create a column in `df`")."""
-    words = re.findall(r"\w+", request)
-    if not {w.lower() for w in words} & set(_MAKE_DATA):
+    if not req.words & set(_MAKE_DATA):
         return False
-    return not any(ctxmod._is_data(namespace.get(w)) for w in set(words) if w in namespace)
+    names = set(re.findall(r"\w+", req.text)) & set(req.namespace)
+    return not any(ctxmod.is_data(req.namespace.get(w)) for w in names)
+
+
+def _refuse_without_data(req: Request) -> None:
+    """A pandas or plot request with no data in scope, or a fix with no error, cannot be
+    served: say what to do instead."""
+    if req.task in (Task.PANDAS, Task.PLOT) and not req.ctx.items:
+        # a plot of values the request gives ("vertical lines at 0.2 and 0.5") needs none
+        literal_plot = req.task is Task.PLOT and any(ch.isdigit() for ch in req.text)
+        if not literal_plot and not _ASKS_FUNCTION.search(req.text) and \
+                not any(w in req.text.lower() for w in _MAKE_DATA):
+            raise CopilotError(
+                "no DataFrame, Series or array is in scope, so there is no data to work "
+                "on: load it first (e.g. `df = pd.read_csv('sales.csv')`), or use "
+                "`--sql` with a database connection")
+    if req.task is Task.FIX and not req.ctx.last_error:
+        raise CopilotError("there is no error to fix: `%qcoder fix` works after a cell "
+                           "has raised an exception")
+
+
+def _fixed_python(text: str, req: Request) -> Attempt:
+    """The answer's code with the fixes that need no model (copied description lines,
+    re-created data, Series logic, removed pandas calls), each said in a note."""
+    code, echoed = drop_context_echo(extract_code(text, "python"), req.prompt.context_text)
+    code, dropped = drop_rebinding(code, req.namespace)
+    code, rewritten = fix_series_logic(code, req.namespace)
+    code, modernized = fix_old_pandas(code)
+    attempt = Attempt(answer=text, code=code)
+    if echoed:
+        attempt.notes.append(f"removed {echoed} line(s) copied from the data description")
+    for done, what in ((dropped, "removed lines that re-created existing data: "),
+                       (rewritten, "combined Series conditions with & and |: "),
+                       (modernized, "rewrote pandas calls the installed pandas no longer has: ")):
+        if done:
+            attempt.notes.append(what + "; ".join(done))
+    return attempt
 
 
 def _takes_prefix(engine: Any) -> bool:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from qcoder_ds import isolation
-from qcoder_ds.copilot.context import ConnectionInfo, _is_data, connection_kind
+from qcoder_ds.copilot.context import ConnectionInfo, connection_kind, is_data
 from qcoder_ds.copilot.errors import CopilotError
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _child_env(allowed_dir: str, home: str) -> dict[str, str]:
 
 def sample_copy(obj: Any, rows: int) -> Any:
     """A copy with at most ``rows`` rows (a seeded random sample, kept in index order)."""
-    kind = _is_data(obj)
+    kind = is_data(obj)
     if kind in ("dataframe", "series"):
         if len(obj) > rows:
             return obj.sample(n=rows, random_state=0).sort_index()

@@ -339,13 +339,13 @@ def rebinding_statements(tree: ast.Module, namespace: Mapping[str, Any]) -> list
     a DataFrame, Series or array re-created or loaded, or a live list, dict, tuple, set or
     string replaced by a literal (``products = [1069104, 1069105]`` where ``products`` holds
     the user's ids). Numbers are left alone: rebinding one is how a parameter is changed."""
-    from qcoder_ds.copilot.context import _is_data
+    from qcoder_ds.copilot.context import is_data
 
     out = []
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign):
             names = [t.id for t in stmt.targets if isinstance(t, ast.Name) and t.id in namespace]
-            if any(_is_data(namespace[n]) in ("dataframe", "series", "ndarray")
+            if any(is_data(namespace[n]) in ("dataframe", "series", "ndarray")
                    for n in names) and _maker_name(stmt.value):
                 out.append(stmt)
             elif any(isinstance(namespace[n], _LIVE_LITERALS) for n in names) and \
@@ -580,10 +580,10 @@ def check_uses_data(tree: ast.Module, namespace: Mapping[str, Any]) -> list[Issu
     the small model copies the example it was shown, and the cell is then right only for
     that example, never for the user's data. For requests that ask for data to be made, the
     caller does not run this check."""
-    from qcoder_ds.copilot.context import _is_data
+    from qcoder_ds.copilot.context import is_data
 
     live = sorted(n for n, v in namespace.items() if not n.startswith("_") and
-                  _is_data(v) in ("dataframe", "series", "ndarray"))
+                  is_data(v) in ("dataframe", "series", "ndarray"))
     if not live:
         return []
     reads = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and
