@@ -49,11 +49,11 @@ def test_available_memory_is_read():
 
 
 def test_the_magic_uses_the_choice_once_per_kernel(unset, monkeypatch):
-    from IPython.testing.globalipapp import get_ipython
+    from IPython.core.interactiveshell import InteractiveShell
 
     from qcoder_ds.magics import QcoderMagics
 
-    magics = QcoderMagics(get_ipython())
+    magics = QcoderMagics(InteractiveShell.instance())
     monkeypatch.setattr(choice, "available_gib", lambda: 3.0)
     assert magics._key(None)[0] == "qwen2.5-coder-0.5b-instruct"
     monkeypatch.setattr(choice, "available_gib", lambda: 30.0)  # memory freed later: no switch
