@@ -147,6 +147,36 @@ def referenced(code: str) -> set[str]:
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
 
 
+def _copies(names: set[str], namespace: Mapping[str, Any],
+            connections: Mapping[str, ConnectionInfo], staging: Path, rows: int
+            ) -> tuple[dict[str, Any], dict[str, str], dict[str, dict], list[str]]:
+    """What the child gets of each name the code reads: a sample copy of data, a module by
+    name, a database (opened read-only, or copied into ``staging``); and the names that
+    cannot be copied (lambdas, open files, server databases)."""
+    data: dict[str, Any] = {}
+    modules: dict[str, str] = {}
+    conns: dict[str, dict] = {}
+    unavailable: list[str] = []
+    for name in sorted(names & set(namespace)):
+        obj = namespace[name]
+        if isinstance(obj, types.ModuleType):
+            modules[name] = obj.__name__
+        elif connection_kind(obj):
+            spec = _connection_spec(name, obj, connections.get(name), staging, rows)
+            if spec is None:
+                unavailable.append(name)
+            else:
+                conns[name] = spec
+        else:
+            copy = sample_copy(obj, rows)
+            try:
+                pickle.dumps(copy)
+                data[name] = copy
+            except Exception:  # noqa: BLE001 - lambdas, open files, user classes...
+                unavailable.append(name)
+    return data, modules, conns, unavailable
+
+
 def _database_files(conns: Mapping[str, dict]) -> tuple[str, ...]:
     """The database files a job opens in place (read-only): the walls must show them."""
     files = []
@@ -244,34 +274,12 @@ class Sandbox:
             result_name: str | None = None) -> RunResult:
         """Run ``code`` with sample copies of the namespace objects it references."""
         lim = self.limits
-        names = referenced(code)
-        data: dict[str, Any] = {}
-        modules: dict[str, str] = {}
-        conns: dict[str, dict] = {}
-        unavailable: list[str] = []
         staging = Path(tempfile.mkdtemp(prefix="qcoder-stage-"))  # in-memory databases
         child = None
         try:
-            for name in sorted(names & set(namespace)):
-                obj = namespace[name]
-                if isinstance(obj, types.ModuleType):
-                    modules[name] = obj.__name__
-                    continue
-                if connection_kind(obj):
-                    info = (connections or {}).get(name)
-                    spec = _connection_spec(name, obj, info, staging, lim.sample_rows)
-                    if spec is None:
-                        unavailable.append(name)
-                    else:
-                        conns[name] = spec
-                    continue
-                copy = sample_copy(obj, lim.sample_rows)
-                try:
-                    pickle.dumps(copy)
-                except Exception:  # noqa: BLE001 - lambdas, open files, user classes...
-                    unavailable.append(name)
-                    continue
-                data[name] = copy
+            data, modules, conns, unavailable = _copies(referenced(code), namespace,
+                                                        connections or {}, staging,
+                                                        lim.sample_rows)
             in_place = {n: c for n, c in conns.items() if not c.get("path", "").startswith(
                 str(staging) + os.sep)}
             child = self._take(_database_files(in_place))
