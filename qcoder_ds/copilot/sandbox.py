@@ -20,6 +20,7 @@ cost), so a check in an interactive session starts at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -308,6 +309,9 @@ class Sandbox:
         ready, _, _ = select.select([proc.stdout], [], [], limit_s)
         if not ready or proc.stdout.readline().strip() != "ready":
             said = ""
+            if ready:  # its output ended: it is exiting, so wait for it to say why
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
             if proc.poll() is not None and proc.stderr is not None:  # it died: say why
                 said = " ".join(proc.stderr.read().strip().splitlines()[-2:])[:300]
             _kill(proc)

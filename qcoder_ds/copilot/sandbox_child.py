@@ -225,26 +225,22 @@ def _connect(spec):
     raise ValueError(f"unknown connection kind {kind}")
 
 
-def run_job(job_dir):
-    with open(os.path.join(job_dir, "job.pkl"), "rb") as f:
-        job = pickle.load(f)
-    out = open(os.path.join(job_dir, "result.json"), "w")  # opened before the guard
-    workdir = os.path.join(job_dir, "work")
-    os.makedirs(workdir, exist_ok=True)
-    os.chdir(workdir)
+def _namespace(job):
+    """The cell's globals: the modules, sample data and databases it reads."""
     ns = {"__name__": "__main__", "__builtins__": __builtins__}
     for name, module in job.get("modules", {}).items():
         ns[name] = __import__(module, fromlist=["_"]) if "." in module else __import__(module)
     ns.update(job["data"])
-    inputs = {_fingerprint(v) for v in job["data"].values()
-              if isinstance(v, (pd.DataFrame, pd.Series, np.ndarray))}
     for name, spec in job.get("connections", {}).items():
         ns[name] = _connect(spec)
     if "seaborn" in job["code"] or "sns." in job["code"]:
         with contextlib.suppress(ImportError):
             import seaborn  # noqa: F401  - imported before the guard (it reads config files)
-    blocked = []
-    _install_guard(workdir, job.get("allowed_dirs", []), blocked)
+    return ns
+
+
+def _set_limits(job):
+    """Memory, CPU and file size, each on top of what the imports already took."""
     headroom = job.get("memory_bytes")
     if headroom:  # on top of what the interpreter and its libraries already map
         with open("/proc/self/statm") as f:
@@ -258,6 +254,34 @@ def run_job(job_dir):
     fsize = job.get("file_bytes")
     if fsize:
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+
+def _failure(e):
+    """What the user reads of an exception: the cell's line, the type and the message."""
+    tb = traceback.extract_tb(e.__traceback__)
+    cell = [fr for fr in tb if fr.filename == "<cell>"]
+    lines = traceback.format_exception_only(type(e), e)
+    where = f"line {cell[-1].lineno}: " if cell else ""
+    error = (where + "".join(lines).strip())[-3000:]
+    if isinstance(e, MemoryError):
+        error = where + "MemoryError: the cell ran past the memory limit of the check"
+    return {"ok": False, "error_type": type(e).__name__, "error": error,
+            "traceback": "".join(traceback.format_list(cell[-5:])) + "".join(lines)}
+
+
+def run_job(job_dir):
+    with open(os.path.join(job_dir, "job.pkl"), "rb") as f:
+        job = pickle.load(f)
+    out = open(os.path.join(job_dir, "result.json"), "w")  # opened before the guard
+    workdir = os.path.join(job_dir, "work")
+    os.makedirs(workdir, exist_ok=True)
+    os.chdir(workdir)
+    ns = _namespace(job)
+    inputs = {_fingerprint(v) for v in job["data"].values()
+              if isinstance(v, (pd.DataFrame, pd.Series, np.ndarray))}
+    blocked = []
+    _install_guard(workdir, job.get("allowed_dirs", []), blocked)
+    _set_limits(job)
     stdout = io.StringIO()
     result = {"ok": True, "error": None, "error_type": None, "traceback": None}
     caught = []
@@ -272,16 +296,7 @@ def run_job(job_dir):
         result.update(value=_describe(shown, inputs), fingerprint=_fingerprint(shown),
                       figures=figs)
     except BaseException as e:  # noqa: BLE001 - everything is reported, nothing escapes
-        tb = traceback.extract_tb(e.__traceback__)
-        cell = [fr for fr in tb if fr.filename == "<cell>"]
-        lines = traceback.format_exception_only(type(e), e)
-        where = f"line {cell[-1].lineno}: " if cell else ""
-        result.update(ok=False, error_type=type(e).__name__,
-                      error=(where + "".join(lines).strip())[-3000:],
-                      traceback="".join(traceback.format_list(cell[-5:])) + "".join(lines))
-        if isinstance(e, MemoryError):
-            result["error"] = (where + "MemoryError: the cell ran past the memory limit "
-                               "of the check")
+        result.update(_failure(e))
     result["stdout"] = stdout.getvalue()[-4000:]
     result["blocked"] = blocked
     result["warnings"] = [_warning_entry(w) for w in (caught or [])[:20]]
