@@ -15,6 +15,8 @@ from qcoder_ds.copilot.extract import parse_python
 from qcoder_ds.copilot.validate import Issue
 
 _PROCESS_MODULES = {"subprocess", "pty", "multiprocessing", "pexpect"}
+#: C calls walk past Python's audit hook (the operating-system walls still hold them)
+_NATIVE_MODULES = {"ctypes", "cffi"}
 _NETWORK_MODULES = {"socket", "urllib", "urllib3", "requests", "http", "httpx", "aiohttp",
                     "ftplib", "smtplib", "telnetlib", "paramiko", "websocket", "websockets"}
 _OS_PROCESS = {"system", "popen", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv",
@@ -64,45 +66,53 @@ def check_safety(code: str) -> list[Issue]:
 
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [
-                node.module or ""]
-            for m in mods:
-                root = m.split(".")[0]
-                if root in _PROCESS_MODULES:
-                    flag(node, f"imports `{m}`, which starts other processes")
-                elif root in _NETWORK_MODULES:
-                    flag(node, f"imports `{m}`, which reaches the network")
+            _check_import(node, flag)
         elif isinstance(node, ast.Call):
-            name = _dotted(node.func)
-            parts = name.split(".")
-            last = parts[-1] if parts else ""
-            if name in _DYNAMIC:
-                flag(node, f"calls `{name}()`, which runs code that cannot be checked")
-            elif len(parts) >= 2 and parts[-2] == "os" and last in _OS_PROCESS:
-                flag(node, f"calls `{name}()`, which runs a shell command or another process")
-            elif len(parts) >= 2 and (parts[-2], last) in _DELETE:
-                flag(node, f"calls `{name}()`, which deletes or moves files")
-            elif last in ("unlink", "rmdir") and isinstance(node.func, ast.Attribute):
-                flag(node, f"calls `.{last}()`, which deletes files")
-            elif last == "system" and "get_ipython" in name:
-                flag(node, "runs a shell command through IPython")
-            elif name == "open":
-                mode = _open_mode(node)
-                target = node.args[0] if node.args else None
-                if any(c in mode for c in "wax+?"):
-                    _check_target(target, f"opens a file for writing (mode {mode!r})", flag,
-                                  node)
-            elif last in _WRITERS and isinstance(node.func, ast.Attribute):
-                target = node.args[0] if node.args else next(
-                    (k.value for k in node.keywords if k.arg in ("path", "fname", "path_or_buf",
-                                                               "file", "excel_writer")), None)
-                if target is not None:
-                    _check_target(target, f"writes a file with `.{last}()`", flag, node)
-            for a in node.args:
-                if isinstance(a, ast.Constant) and isinstance(a.value, str) and \
-                        a.value.startswith(("http://", "https://", "ftp://")):
-                    flag(node, f"reads from the network ({a.value[:60]})")
+            _check_call(node, flag)
     return issues
+
+
+def _check_import(node: ast.Import | ast.ImportFrom, flag) -> None:
+    mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+    for m in mods:
+        root = m.split(".")[0]
+        if root in _PROCESS_MODULES:
+            flag(node, f"imports `{m}`, which starts other processes")
+        elif root in _NETWORK_MODULES:
+            flag(node, f"imports `{m}`, which reaches the network")
+        elif root in _NATIVE_MODULES:
+            flag(node, f"imports `{m}`, which calls C libraries directly")
+
+
+def _check_call(node: ast.Call, flag) -> None:
+    name = _dotted(node.func)
+    parts = name.split(".")
+    last = parts[-1] if parts else ""
+    if name in _DYNAMIC:
+        flag(node, f"calls `{name}()`, which runs code that cannot be checked")
+    elif len(parts) >= 2 and parts[-2] == "os" and last in _OS_PROCESS:
+        flag(node, f"calls `{name}()`, which runs a shell command or another process")
+    elif len(parts) >= 2 and (parts[-2], last) in _DELETE:
+        flag(node, f"calls `{name}()`, which deletes or moves files")
+    elif last in ("unlink", "rmdir") and isinstance(node.func, ast.Attribute):
+        flag(node, f"calls `.{last}()`, which deletes files")
+    elif last == "system" and "get_ipython" in name:
+        flag(node, "runs a shell command through IPython")
+    elif name == "open":
+        mode = _open_mode(node)
+        if any(c in mode for c in "wax+?"):
+            _check_target(node.args[0] if node.args else None,
+                          f"opens a file for writing (mode {mode!r})", flag, node)
+    elif last in _WRITERS and isinstance(node.func, ast.Attribute):
+        target = node.args[0] if node.args else next(
+            (k.value for k in node.keywords if k.arg in ("path", "fname", "path_or_buf",
+                                                       "file", "excel_writer")), None)
+        if target is not None:
+            _check_target(target, f"writes a file with `.{last}()`", flag, node)
+    for a in node.args:
+        if isinstance(a, ast.Constant) and isinstance(a.value, str) and \
+                a.value.startswith(("http://", "https://", "ftp://")):
+            flag(node, f"reads from the network ({a.value[:60]})")
 
 
 def _check_target(target: ast.AST | None, what: str, flag, node: ast.AST) -> None:

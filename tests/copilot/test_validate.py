@@ -110,6 +110,8 @@ def test_a_live_list_or_string_replaced_by_a_literal_is_dropped(ns):
     ("open('/etc/passwd', 'w').write('x')", "outside the working directory"),
     ("sales.to_csv('../out.csv')", "outside the working directory"),
     ("from pathlib import Path\nPath('a.txt').unlink()", "deletes"),
+    ("import ctypes\nctypes.CDLL(None).system(b'id')", "calls C libraries directly"),
+    ("from cffi import FFI", "calls C libraries directly"),
 ])
 def test_safety_flags(code, what):
     issues = check_safety(code)
