@@ -353,6 +353,21 @@ class SystemScore:
     marked_ok: int = 0  # answers the pipeline's checks called ok
     marked_ok_failed: int = 0  # ... that fail the hidden tests: false confidence
 
+    def add(self, problem_id: str, row: dict[str, Any]) -> None:
+        """Count one graded answer (a line of the answers file)."""
+        self.total += 1
+        self.seconds.append(row["seconds"])
+        self.passed += row["passed"]
+        self.executed += row["executed"]
+        self.repaired += row["repairs"] > 0
+        self.repaired_passed += row["repairs"] > 0 and row["passed"]
+        self.reordered += row["passed"] and row["error"] == REORDERED
+        if row.get("checked_ok"):  # recorded by runs that keep the pipeline's verdict
+            self.marked_ok += 1
+            self.marked_ok_failed += not row["passed"]
+        if not row["passed"]:
+            self.failing.append(problem_id)
+
     def as_dict(self) -> dict[str, Any]:
         secs = sorted(self.seconds)
         d = {"passed": self.passed, "total": self.total,
@@ -399,23 +414,7 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
     sizes = n if isinstance(n, dict) else {}
     for cat in categories:
         n = sizes.get(cat) if sizes else n
-        problems = load_spider(data_dir) if cat == "spider" else load_ds1000(data_dir, cat)
-        chosen, excluded, empty_gold = [], [], []
-        for p in sample(problems, None, seed):
-            if n is not None and len(chosen) >= n:
-                break
-            if cat == "spider":
-                db = spider_db(data_dir, p.extra["db_id"])
-                try:
-                    if not run_readonly(db, p.reference):
-                        empty_gold.append(p.id)
-                except sqlite3.Error:
-                    excluded.append(p.id)
-                    continue
-            elif not reference_ok(p, cache, timeout_s):
-                excluded.append(p.id)
-                continue
-            chosen.append(p)
+        chosen, excluded, empty_gold = _problems(data_dir, cat, n, seed, cache, timeout_s)
         if reference_cache:
             reference_cache.parent.mkdir(parents=True, exist_ok=True)
             reference_cache.write_text(json.dumps(cache))
@@ -429,19 +428,7 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
                     if details:
                         with details.open("a") as f:
                             f.write(json.dumps(row) + "\n")
-                sc = scores[s]
-                sc.total += 1
-                sc.seconds.append(row["seconds"])
-                sc.passed += row["passed"]
-                sc.executed += row["executed"]
-                sc.repaired += row["repairs"] > 0
-                sc.repaired_passed += row["repairs"] > 0 and row["passed"]
-                sc.reordered += row["passed"] and row["error"] == REORDERED
-                if row.get("checked_ok"):  # recorded by runs that keep the pipeline's verdict
-                    sc.marked_ok += 1
-                    sc.marked_ok_failed += not row["passed"]
-                if not row["passed"]:
-                    sc.failing.append(p.id)
+                scores[s].add(p.id, row)
                 log(f"[{cat} {i + 1}/{len(chosen)}] {p.id} {s}: "
                     f"{'pass' if row['passed'] else 'FAIL'} ({row['seconds']:.1f}s, repairs "
                     f"{row['repairs']}) {row['error'][:120]}")
@@ -453,6 +440,32 @@ def evaluate(data_dir: Path, categories: list[str], n: int | None | dict[str, in
         report["categories"][cat] = _entry([q.id for q in chosen], excluded, empty_gold,
                                            scores, systems, cat)
     return report
+
+
+def _problems(data_dir: Path, cat: str, n: int | None, seed: int, cache: dict[str, bool],
+              timeout_s: float) -> tuple[list[Problem], list[str], list[str]]:
+    """The problems of ``cat`` to ask, in seeded order (``n`` of them, None: all), the ones
+    left out because their reference fails here, and the Spider ones whose gold is empty."""
+    problems = load_spider(data_dir) if cat == "spider" else load_ds1000(data_dir, cat)
+    chosen: list[Problem] = []
+    excluded: list[str] = []
+    empty_gold: list[str] = []
+    for p in sample(problems, None, seed):
+        if n is not None and len(chosen) >= n:
+            break
+        if cat == "spider":
+            db = spider_db(data_dir, p.extra["db_id"])
+            try:
+                if not run_readonly(db, p.reference):
+                    empty_gold.append(p.id)
+            except sqlite3.Error:
+                excluded.append(p.id)
+                continue
+        elif not reference_ok(p, cache, timeout_s):
+            excluded.append(p.id)
+            continue
+        chosen.append(p)
+    return chosen, excluded, empty_gold
 
 
 def _answer_and_grade(p: Problem, system: str, data_dir: Path, engine: Any, copilot: Any,
