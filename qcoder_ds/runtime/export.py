@@ -6,7 +6,10 @@ never loaded (and is cleaned up by the next export of the same key). A second st
 folder and only loads it.
 
 Backends are entries in :data:`BACKENDS` (name -> module + functions), so adding a runtime is
-one :func:`register_backend` call, not another branch through the code.
+one :func:`register_backend` call, not another branch through the code. Another package can
+add one without touching this one (as simonw/llm's plugins do): it declares an entry point in
+the ``qcoder_ds.backends`` group whose object is a :class:`Backend`, e.g. in its
+pyproject.toml ``[project.entry-points."qcoder_ds.backends"] mine = "my_pkg.qcoder:BACKEND"``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +32,8 @@ from typing import Any
 from qcoder_ds import paths
 from qcoder_ds.errors import QcoderError
 from qcoder_ds.runtime.backend import DecoderSession
+
+log = logging.getLogger(__name__)
 
 #: bump when a change in how exports are built makes old exports wrong or slower
 EXPORTER_VERSION = "1"
@@ -89,6 +95,34 @@ register_backend(Backend("onnx", "qcoder_ds.runtime.ort_backend", "export_onnx",
 register_backend(Backend("openvino", "qcoder_ds.runtime.openvino_backend",
                          "qcoder_ds.runtime.openvino_graph:export_openvino", "load_openvino",
                          extra="openvino"))
+
+
+def load_plugins() -> list[str]:
+    """Register the backends other installed packages declare (entry point group
+    ``qcoder_ds.backends``); a built-in name is not replaced. Returns the names added; a
+    plugin that fails to load is skipped with a warning, never fatal."""
+    from importlib.metadata import entry_points
+
+    added = []
+    for ep in entry_points(group="qcoder_ds.backends"):
+        if ep.name in BACKENDS:
+            continue
+        try:
+            backend = ep.load()
+        except Exception as e:  # noqa: BLE001 - someone else's package: report, carry on
+            log.warning("qcoder: the backend plugin %s (%s) did not load: %s", ep.name,
+                        ep.value, e)
+            continue
+        if isinstance(backend, Backend) and backend.name == ep.name:
+            register_backend(backend)
+            added.append(ep.name)
+        else:
+            log.warning("qcoder: the backend plugin %s is not a Backend named %r", ep.value,
+                        ep.name)
+    return added
+
+
+load_plugins()
 
 
 def get_backend(name: str) -> Backend:
