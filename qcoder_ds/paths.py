@@ -52,3 +52,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def other_process_alive(pid: int) -> bool:
+    """Whether another process ``pid`` still runs (so its temp files are still in use); our
+    own pid counts as gone: a leftover of ours is from an earlier run."""
+    if pid == os.getpid():
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there; keep the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -444,22 +444,8 @@ def _clean_stale_temps(dest: Path) -> None:
     """Remove temp files a killed assembly left (never one a live process is writing)."""
     for p in dest.parent.glob(f".{dest.name}.*.partial"):
         m = re.fullmatch(rf"\.{re.escape(dest.name)}\.(\d+)\.partial", p.name)
-        if m and not _alive(int(m.group(1))):
+        if m and not paths.other_process_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    if os.name == "nt":  # os.kill(pid, 0) would terminate it there; keep the file
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- hub

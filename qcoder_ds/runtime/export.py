@@ -258,19 +258,9 @@ def _clean_stale(final: Path) -> None:
         if not d.name.startswith(".") or not m:
             continue
         pid = int(m.group(1))
-        if pid != os.getpid() and _alive(pid):
+        if paths.other_process_alive(pid):
             continue
         shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def atomic_write_files(out_dir: Path, names: Sequence[str],
