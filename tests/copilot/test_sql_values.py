@@ -425,15 +425,20 @@ def test_value_lookup_leaves_the_users_connection_usable(shop_live):
 def test_a_fix_that_fails_leaves_the_query_as_it_was(shop_db, monkeypatch):
     # each fix is a rule over SQL the model wrote; one that meets a query it did not foresee
     # must not cost the answer (the Spider run once stopped on such a KeyError)
-    from qcoder_ds.copilot import validate_sql as vs
+    from dataclasses import replace
 
-    def broken(tree, info):
+    from qcoder_ds.copilot import sql_rules
+    from qcoder_ds.copilot.sql_rules.base import SqlKind
+
+    def broken(tree, ctx):
         raise KeyError("pop from an empty set")
 
-    monkeypatch.setattr(vs, "fix_join_keys", broken)
+    rules = tuple(replace(r, apply=broken) if r.kind is SqlKind.JOIN_KEYS else r
+                  for r in sql_rules.RULES)
+    monkeypatch.setattr(sql_rules, "RULES", rules)
     conn, _ = shop_db
     info = ctxmod.collect({"conn": conn}, "").connections["conn"]
     sql = ("SELECT c.name, o.amount FROM customers AS c JOIN orders AS o "
            "ON o.order_id = c.customer_id")
-    r = vs.validate_sql(sql, info, request="each customer's name and order amounts")
+    r = validate_sql(sql, info, request="each customer's name and order amounts")
     assert r.ok and r.issues == [] and " ".join(r.sql.split()) == sql

@@ -1,0 +1,47 @@
+"""The copilot's SQL rules, one module each, run in the order of ``RULES`` and ``VALUE_RULES``.
+
+In the shape of sqlglot's optimizer: every rule is ``(tree, ctx) -> (tree, list[Fix])``
+(``base.py``), declared by a :class:`Rule` that says when it runs and how it is reported, and
+run by ``engine.run``. ``validate_sql`` runs ``RULES`` on a query that parses; the pipeline's
+``check_values`` runs ``VALUE_RULES`` on each text value the query compares that its column
+does not hold as written, on the live database, the first that fires deciding.
+"""
+
+from __future__ import annotations
+
+from qcoder_ds.copilot.sql_rules import (
+    contradiction,
+    in_keys,
+    join_keys,
+    outer_pick,
+    quoted_strings,
+    ranking_column,
+    schema_slips,
+    unlinked_joins,
+    unused_joins,
+    value_holder,
+    values,
+)
+from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.schema_slips import SCOPE_RULES
+
+RULES: tuple[Rule, ...] = (
+    quoted_strings.RULE,  # how SQLite reads the text, before any check
+    schema_slips.RULE,  # SCOPE_RULES: respell, requalify, swap_table, join_referenced
+    join_keys.RULE,
+    in_keys.RULE,
+    unlinked_joins.RULE,
+    contradiction.RULE,
+    outer_pick.RULE,
+    unused_joins.RULE,  # these two read the request's words
+    ranking_column.RULE,
+)
+
+VALUE_RULES: tuple[Rule, ...] = (
+    values.STRAY_SPACES,
+    values.VALUE_SPELLING,
+    value_holder.RULE,
+    values.VALUE_ELSEWHERE,
+)
+
+__all__ = ["RULES", "SCOPE_RULES", "VALUE_RULES", "Fix", "Rule", "SqlContext", "SqlKind"]
