@@ -1,0 +1,438 @@
+"""Each SQL rule alone, on its own fixture table, and the rules together through the pipeline.
+
+A table row is (request, SQL) -> (the SQL the rule returns, or None when it leaves the query
+alone; the issue messages it reports), on the schema and data of ``DB``, in the manner of
+sqlglot's ``tests/fixtures/optimizer/<rule>.sql``. The rules' end-to-end behaviour on Spider
+is pinned by ``benchmarks/sql_rules_replay.py``.
+"""
+
+import sqlite3
+
+import pytest
+import sqlglot
+
+from copilot.scripted import ScriptedEngine
+from qcoder_ds.copilot.context import describe_connection
+from qcoder_ds.copilot.pipeline import Copilot, Options
+from qcoder_ds.copilot.sandbox import Limits, Sandbox
+from qcoder_ds.copilot.sql_rules import RULES, SCOPE_RULES, VALUE_RULES, SqlKind
+from qcoder_ds.copilot.sql_rules.base import SqlContext
+from qcoder_ds.copilot.sql_rules.engine import report
+from qcoder_ds.copilot.sql_rules.lookup import Lookup, filters
+from qcoder_ds.copilot.sql_rules.schema_slips import schema_slips
+from qcoder_ds.copilot.tasks import Task
+from qcoder_ds.copilot.validate_sql import validate_sql
+
+DB = """
+    CREATE TABLE customers (customer_id INTEGER PRIMARY KEY, name TEXT, country TEXT);
+    CREATE TABLE orders (order_id INTEGER PRIMARY KEY,
+                         customer_id INTEGER REFERENCES customers(customer_id),
+                         amount REAL, ordered_on TEXT);
+    CREATE TABLE country (Code TEXT PRIMARY KEY, Name TEXT, Continent TEXT);
+    CREATE TABLE city (Name TEXT, CountryCode TEXT REFERENCES country(Code));
+    CREATE TABLE flights (code TEXT, dest TEXT);
+    INSERT INTO customers VALUES (1, 'Ada', 'UK'), (2, 'Linus', 'FI'), (3, 'Grace', 'US');
+    INSERT INTO orders VALUES (1, 1, 10.5, '2023-01-02'), (2, 1, 20.0, '2023-02-03'),
+                              (3, 2, 7.25, '2023-03-04'), (4, 3, 99.0, '2022-12-31');
+    INSERT INTO country VALUES ('NOR', 'Norway', 'Europe'), ('JPN', 'Japan', 'Asia');
+    INSERT INTO city VALUES ('Oslo', 'NOR'), ('Bergen', 'NOR'), ('Kyoto', 'JPN');
+    INSERT INTO flights VALUES ('F1', ' ATO'), ('F2', 'Aberdeen');
+"""
+
+
+def rule_named(name):
+    return next(r for r in RULES + VALUE_RULES if r.kind.value == name)
+
+
+CASES = {
+    'quoted-strings': [
+        ('',
+         'SELECT name FROM customers WHERE country = "UK"',
+         "SELECT name FROM customers WHERE country = 'UK'",
+         []),
+        ('',
+         'SELECT "name" FROM customers',
+         None,
+         []),
+    ],
+    'schema-slips': [
+        ('',
+         'SELECT o.name, orderedOn FROM customers AS c JOIN orders AS o ON c.customer_id = '
+         'o.customer_id',
+         'SELECT c.name, ordered_on FROM customers AS c JOIN orders AS o ON c.customer_id = '
+         'o.customer_id',
+         ['fixed from the schema: orderedOn -> ordered_on; o.name -> c.name']),
+        ('',
+         'SELECT name FROM customers',
+         None,
+         []),
+    ],
+    'join-keys': [
+        ('',
+         'SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON o.order_id = '
+         'c.customer_id',
+         'SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON o.customer_id = '
+         'c.customer_id',
+         [
+          'matched keys by the foreign key: ON o.order_id = c.customer_id -> ON '
+          'o.customer_id = c.customer_id']),
+        ('',
+         'SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON c.customer_id = '
+         'c.customer_id',
+         'SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON o.customer_id = '
+         'c.customer_id',
+         [
+          'matched keys by the foreign key: ON c.customer_id = c.customer_id -> ON '
+          'o.customer_id = c.customer_id']),
+        ('',
+         'SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON o.order_id = '
+         'o.customer_id',
+         'SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON o.order_id = '
+         'o.customer_id AND o.customer_id = c.customer_id',
+         [
+          'matched keys by the foreign key: ON o.order_id = o.customer_id -> ON o.order_id = '
+          'o.customer_id AND o.customer_id = c.customer_id']),
+        ('',
+         'SELECT c.name, o.amount FROM customers AS c JOIN orders AS o ON c.customer_id = '
+         'o.customer_id',
+         None,
+         []),
+        ('',
+         'SELECT a.name, b.name FROM customers AS a JOIN customers AS b ON a.country = '
+         'b.country',
+         None,
+         []),
+    ],
+    'in-keys': [
+        ('',
+         'SELECT name FROM customers WHERE customer_id NOT IN (SELECT order_id FROM orders '
+         'WHERE amount > 50)',
+         'SELECT name FROM customers WHERE NOT customer_id IN (SELECT customer_id FROM '
+         'orders WHERE amount > 50)',
+         [
+          'matched keys by the foreign key: (SELECT order_id ...) -> (SELECT customer_id ...)']),
+        ('',
+         'SELECT Name FROM city WHERE CountryCode IN (SELECT CountryCode FROM country WHERE '
+         "Continent = 'Europe')",
+         'SELECT Name FROM city WHERE CountryCode IN (SELECT Code FROM country WHERE '
+         "Continent = 'Europe')",
+         [
+          'matched keys by the foreign key: (SELECT CountryCode ...) -> (SELECT Code ...)']),
+        ('',
+         'SELECT name FROM customers WHERE customer_id IN (SELECT customer_id FROM orders)',
+         None,
+         []),
+    ],
+    'unlinked-joins': [
+        ('',
+         'SELECT COUNT(*) FROM customers AS a JOIN customers AS b ON a.customer_id = '
+         'a.customer_id',
+         'SELECT COUNT(*) FROM customers AS a',
+         [
+          'dropped joined table(s) that the join condition does not link, which paired every '
+          'row with every row: customers']),
+        ('',
+         "SELECT a.name FROM customers AS a JOIN customers AS b ON a.country = 'UK'",
+         "SELECT a.name FROM customers AS a WHERE a.country = 'UK'",
+         [
+          'dropped joined table(s) that the join condition does not link, which paired every '
+          'row with every row: customers']),
+        ('',
+         'SELECT a.name FROM customers AS a JOIN customers AS b ON a.country = b.country',
+         None,
+         []),
+    ],
+    'contradiction': [
+        ('',
+         "SELECT name FROM customers WHERE country = 'UK' AND country = 'US'",
+         None,
+         [
+          "the WHERE clause can never be true: country = 'UK' AND country = 'US' (a row "
+          'holds one value). For rows matching either, use OR or IN; for what has both, '
+          'INTERSECT two queries']),
+        ('',
+         'SELECT name FROM customers WHERE customer_id > 2 AND customer_id <= 2',
+         None,
+         [
+          'the WHERE clause can never be true: customer_id > 2 AND customer_id <= 2 (a row '
+          'holds one value). For rows matching either, use OR or IN; for what has both, '
+          'INTERSECT two queries']),
+        ('',
+         'SELECT name FROM customers WHERE customer_id >= 2 AND customer_id <= 2',
+         None,
+         []),
+        ('',
+         "SELECT name FROM customers WHERE country = 'UK' OR country = 'US'",
+         None,
+         []),
+    ],
+    'outer-pick': [
+        ('',
+         'SELECT Code FROM country WHERE Name IN (SELECT Continent FROM city)',
+         None,
+         [
+          'the subquery SELECT Continent FROM city picks a column city does not have, so SQL '
+          "takes Continent from the outer row and the comparison holds for every row; city's "
+          "columns are ['CountryCode', 'Name']"]),
+        ('',
+         'SELECT Code FROM country WHERE Name IN (SELECT Name FROM city)',
+         None,
+         []),
+    ],
+    'unused-joins': [
+        ('names of UK customers',
+         'SELECT c.name FROM customers AS c JOIN orders AS o ON c.customer_id = '
+         "o.customer_id WHERE c.country = 'UK'",
+         "SELECT c.name FROM customers AS c WHERE c.country = 'UK'",
+         [
+          'dropped joined table(s) that nothing uses and the request does not mention: orders']),
+        ('every customer name',
+         'SELECT c.name FROM orders AS o JOIN customers AS c ON o.customer_id = c.customer_id',
+         'SELECT c.name FROM customers AS c',
+         [
+          'dropped joined table(s) that nothing uses and the request does not mention: orders']),
+        ('names of customers with orders',
+         'SELECT c.name FROM customers AS c JOIN orders AS o ON c.customer_id = o.customer_id',
+         None,
+         []),
+        ('the number of customers in each country',
+         'SELECT c.country, COUNT(c.customer_id) FROM customers AS c JOIN orders AS o ON '
+         'c.customer_id = o.customer_id GROUP BY c.country',
+         'SELECT c.country, COUNT(c.customer_id) FROM customers AS c GROUP BY c.country',
+         [
+          'dropped joined table(s) that nothing uses and the request does not mention: orders']),
+        ('countries with at least two order amounts',
+         'SELECT c.country FROM orders AS o JOIN customers AS c ON o.customer_id = '
+         'c.customer_id GROUP BY c.country HAVING COUNT(*) >= 2',
+         None,
+         []),
+    ],
+    'ranking-column': [
+        ('Which country has the most customers?',
+         'SELECT country, COUNT(*) AS n FROM customers GROUP BY country ORDER BY n DESC LIMIT 1',
+         'SELECT country FROM customers GROUP BY country ORDER BY COUNT(*) DESC LIMIT 1',
+         [
+          'dropped COUNT(*) AS n from the result: it only ranks the rows, and the request '
+          'asks which, not how many']),
+        ('Which country has the most customers, and how many?',
+         'SELECT country, COUNT(*) AS n FROM customers GROUP BY country ORDER BY n DESC LIMIT 1',
+         None,
+         []),
+        ('countries by most customers',
+         'SELECT country, COUNT(*) AS n FROM customers GROUP BY country ORDER BY n DESC',
+         None,
+         []),
+    ],
+}
+
+SCOPE_CASES = {
+    'respell': [
+        ('SELECT orderedOn FROM orders WHERE order_id = 4',
+         'SELECT ordered_on FROM orders WHERE order_id = 4',
+         ['orderedOn -> ordered_on']),
+        ('SELECT COUNT(DISTINCT o.customerid) FROM orders AS o',
+         'SELECT COUNT(DISTINCT o.customer_id) FROM orders AS o',
+         ['customerid -> customer_id']),
+        ('SELECT c.name FROM customers AS c JOIN orders AS o ON c.customerid = o.customer_id',
+         None,
+         []),
+    ],
+    'requalify': [
+        ('SELECT o.name FROM customers AS c JOIN orders AS o ON c.customer_id = o.customer_id',
+         'SELECT c.name FROM customers AS c JOIN orders AS o ON c.customer_id = o.customer_id',
+         ['o.name -> c.name']),
+        ('SELECT orders.country FROM customers',
+         'SELECT customers.country FROM customers',
+         ['orders.country -> customers.country']),
+        ('SELECT o.country, o.amount FROM orders AS o',
+         None,
+         []),
+    ],
+    'swap_table': [
+        ("SELECT name, country FROM orders WHERE country = 'UK'",
+         "SELECT name, country FROM customers WHERE country = 'UK'",
+         ['FROM orders -> FROM customers']),
+        ('SELECT name FROM orders',
+         None,
+         []),
+    ],
+    'join_referenced': [
+        ("SELECT AVG(amount) FROM orders WHERE country = 'UK'",
+         'SELECT AVG(orders.amount) FROM orders JOIN customers AS T1 ON orders.customer_id = '
+         "T1.customer_id WHERE T1.country = 'UK'",
+         ['JOIN customers AS T1 ON orders.customer_id = T1.customer_id (for country)']),
+        ("SELECT customer_id, amount FROM orders WHERE country = 'FI'",
+         'SELECT orders.customer_id, orders.amount FROM orders JOIN customers AS T1 ON '
+         "orders.customer_id = T1.customer_id WHERE T1.country = 'FI'",
+         ['JOIN customers AS T1 ON orders.customer_id = T1.customer_id (for country)']),
+        ('SELECT name FROM customers WHERE amount > 50',
+         None,
+         []),
+    ],
+}
+
+VALUE_CASES = {
+    'stray-spaces': [
+        ("SELECT COUNT(*) FROM flights WHERE dest = 'ATO'",
+         None,
+         [
+          "flights.dest stores ' ATO' with surrounding spaces, so = 'ATO' matches no row; "
+          "TRIM(dest) = 'ATO' would"],
+         {}),
+        ("SELECT COUNT(*) FROM flights WHERE dest = 'aberdeen'",
+         None,
+         [],
+         {}),
+    ],
+    'value-spelling': [
+        ("SELECT name FROM customers WHERE country = ' uk'",
+         None,
+         ["value spelled as stored: customers.country ' uk' -> 'UK'"],
+         {' uk': 'UK'}),
+        ("SELECT COUNT(*) FROM flights WHERE dest = 'ato'",
+         None,
+         ["value spelled as stored: flights.dest 'ato' -> ' ATO'"],
+         {'ato': ' ATO'}),
+        ("SELECT name FROM customers WHERE country = 'Mars'",
+         None,
+         [],
+         {}),
+    ],
+    'value-holder': [
+        ("SELECT name FROM customers WHERE name = 'uk'",
+         "SELECT name FROM customers WHERE country = 'UK'",
+         [
+          "no row of customers.name is 'uk'; compared customers.country instead, which holds "
+          'it: name -> country'],
+         {}),
+        ('SELECT c.name FROM orders AS o JOIN customers AS c ON o.customer_id = '
+         "c.customer_id WHERE o.ordered_on = 'UK' AND o.amount < 15",
+         'SELECT c.name FROM orders AS o JOIN customers AS c ON o.customer_id = '
+         "c.customer_id WHERE c.country = 'UK' AND o.amount < 15",
+         [
+          "no row of orders.ordered_on is 'UK'; compared customers.country instead, which "
+          'holds it: o.ordered_on -> c.country'],
+         {}),
+        ("SELECT COUNT(*) FROM orders WHERE ordered_on = 'Grace'",
+         None,
+         [],
+         {}),
+    ],
+    'value-elsewhere': [
+        ("SELECT COUNT(*) FROM orders WHERE ordered_on = 'Grace'",
+         None,
+         [
+          "no row of orders.ordered_on is 'Grace'; that value is in customers.name: filter "
+          'on that column (join its table if needed)'],
+         {}),
+        ("SELECT name FROM customers WHERE country = 'Mars'",
+         None,
+         [],
+         {}),
+    ],
+}
+
+
+
+@pytest.fixture(scope="module")
+def db():
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(DB)
+    yield conn, describe_connection("conn", conn)
+    conn.close()
+
+
+def one_line(tree):
+    return " ".join(tree.sql(dialect="sqlite").split())
+
+
+def _changed(before, after):
+    """The rewritten SQL on one line, or None when the rule left the query as it was."""
+    return None if one_line(after) == one_line(before) else one_line(after)
+
+
+@pytest.mark.parametrize("name,request_text,sql,expected,messages", [
+    (name, *case) for name, cases in CASES.items() for case in cases])
+def test_each_rule_alone(db, name, request_text, sql, expected, messages):
+    rule = rule_named(name)
+    _, info = db
+    tree = sqlglot.parse_one(sql, read="sqlite")
+    out, fixes = rule.apply(tree.copy(), SqlContext(info, request_text))
+    assert _changed(tree, out) == expected
+    assert [i.message for i in report(rule, fixes)] == messages
+    # the schema slips report the kind of the scope rule that made each fix
+    assert all(f.kind is rule.kind for f in fixes) or rule.kind is SqlKind.SCHEMA_SLIPS
+
+
+@pytest.mark.parametrize("name,sql,expected,changes", [
+    (name, *case) for name, cases in SCOPE_CASES.items() for case in cases])
+def test_each_scope_rule_alone(db, name, sql, expected, changes):
+    rule = next(f for f in SCOPE_RULES if f.__name__ == name)
+    _, info = db
+    tree = sqlglot.parse_one(sql, read="sqlite")
+    out, fixes = schema_slips(tree, SqlContext(info), rules=(rule,))
+    assert _changed(tree, out) == expected
+    assert [f.change for f in fixes] == changes
+
+
+@pytest.mark.parametrize("name,sql,expected,messages,respelled", [
+    (name, *case) for name, cases in VALUE_CASES.items() for case in cases])
+def test_each_value_rule_alone(db, name, sql, expected, messages, respelled):
+    rule = rule_named(name)
+    conn, info = db
+    tree = sqlglot.parse_one(sql, read="sqlite")
+    ctx = SqlContext(info, conn=conn, lookup=Lookup(conn, info, 60.0),
+                     filter=filters(tree, info)[0])
+    out, fixes = rule.apply(tree.copy(), ctx)
+    assert _changed(tree, out) == expected
+    assert [i.message for i in report(rule, fixes)] == messages
+    assert ctx.respell == respelled
+
+
+def test_every_rule_has_its_fixture_table():
+    assert [r.kind.value for r in RULES] == list(CASES)
+    assert [r.kind.value for r in VALUE_RULES] == list(VALUE_CASES)
+    assert [f.__name__ for f in SCOPE_RULES] == list(SCOPE_CASES)
+    assert {r.kind for r in RULES + VALUE_RULES} | {SqlKind.RESPELL, SqlKind.REQUALIFY,
+                                                    SqlKind.SWAP_TABLE,
+                                                    SqlKind.JOIN_REFERENCED} == set(SqlKind)
+
+
+def test_a_rewrite_is_kept_only_when_the_query_then_resolves(db):
+    # the wrong alias alone is fixable, but `bogus` stays unknown: the half-fixed query is
+    # not kept, and the schema's error about the query as written goes to the repair
+    _, info = db
+    sql = "SELECT o.name, bogus FROM customers AS c JOIN orders AS o " \
+          "ON c.customer_id = o.customer_id"
+    r = validate_sql(sql, info)
+    assert not r.ok and " ".join(r.sql.split()) == sql
+    assert [i.kind for i in r.issues] == ["sql"]
+    assert "column 'Name' is not in the table it is taken from" in r.issues[0].message
+
+
+@pytest.fixture(scope="module")
+def box():
+    sb = Sandbox(Limits(timeout_s=8, sample_rows=200))
+    yield sb
+    sb.close()
+
+
+def test_the_rules_together_through_the_pipeline(box, shop_db):
+    # a double-quoted string (read as SQLite does), a column through the wrong alias, and a
+    # count selected only to rank by, in one answer; orders stays joined, since the request
+    # names it
+    conn, _ = shop_db
+    sql = ('SELECT o.country, COUNT(*) AS n FROM customers AS c JOIN orders AS o '
+           'ON c.customer_id = o.customer_id WHERE c.name <> "nobody" '
+           'GROUP BY o.country ORDER BY n DESC LIMIT 1')
+    eng = ScriptedEngine([f"```sql\n{sql}\n```\n"])
+    ans = Copilot(eng, box).ask("Which country has the most orders?", {"conn": conn},
+                                Options(task=Task.SQL))
+    assert ans.ok and ans.repairs == 0
+    assert " ".join(ans.sql.split()) == (
+        "SELECT c.country FROM customers AS c JOIN orders AS o ON c.customer_id = "
+        "o.customer_id WHERE c.name <> 'nobody' GROUP BY c.country ORDER BY COUNT(*) DESC "
+        "LIMIT 1")
+    assert any("o.country -> c.country" in w for w in ans.warnings)
+    assert any("dropped COUNT(*) AS n from the result" in w for w in ans.warnings)
+    assert conn.execute(ans.sql).fetchall() == [("UK",)]
