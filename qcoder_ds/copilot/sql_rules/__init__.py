@@ -37,6 +37,7 @@ RULES: tuple[Rule, ...] = (
     ranking_column.RULE,
 )
 
+#: tried in order on each compared value its column does not hold as written (check_values)
 VALUE_RULES: tuple[Rule, ...] = (
     values.STRAY_SPACES,
     values.VALUE_SPELLING,

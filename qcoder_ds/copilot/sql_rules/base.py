@@ -128,6 +128,15 @@ class State:
         problem = None if self.blocked else self.problem
         return ([problem] if problem is not None else []) + self.findings
 
+    def settle(self, issue: Issue) -> None:
+        """A fix of the schema problem is reported in that problem's place."""
+        self._problem = issue
+
     @property
     def sql(self) -> str:
         return self.tree.sql(dialect=self.ctx.info.dialect, pretty=True)
+
+
+def always(state: State | None, ctx: SqlContext) -> bool:
+    """The gate of a rule that runs whenever it is asked to (the value rules)."""
+    return True

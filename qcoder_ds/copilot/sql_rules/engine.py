@@ -67,7 +67,8 @@ def apply_rule(rule: Rule, state: State) -> None:
     state.fired.add(rule.kind)
     issues = report(rule, fixes)
     if rule.settles:  # the fix takes the place of the problem it solved
-        state._problem, issues = issues[0], issues[1:]
+        state.settle(issues[0])
+        issues = issues[1:]
     state.findings += issues
 
 

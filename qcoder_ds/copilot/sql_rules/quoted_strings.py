@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind, State
 
 
 def quoted_strings(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, list[Fix]]:
@@ -24,7 +24,7 @@ def quoted_strings(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expressio
     return tree.transform(fix), read
 
 
-def _sqlite(state, ctx: SqlContext) -> bool:
+def _sqlite(state: State, ctx: SqlContext) -> bool:
     return ctx.info.dialect == "sqlite"
 
 

@@ -7,7 +7,7 @@ from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from qcoder_ds.copilot.context import ConnectionInfo
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind, always
 from qcoder_ds.copilot.sql_rules.lookup import Filter, compared_texts, is_text
 
 Source = tuple[str, str]  # (alias as spelled, table)
@@ -97,4 +97,4 @@ def _has_column(info: ConnectionInfo, table: str, column: str) -> bool:
     return any(c.lower() == column.lower() for c in cols)
 
 
-RULE = Rule(SqlKind.VALUE_HOLDER, value_holder, lambda state, ctx: True, verify=False)
+RULE = Rule(SqlKind.VALUE_HOLDER, value_holder, always, verify=False)

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind, always
 from qcoder_ds.copilot.sql_rules.lookup import Filter, Lookup, is_text
 from qcoder_ds.copilot.validate import Kind
-
-
-def _always(state, ctx: SqlContext) -> bool:
-    return True
 
 
 def _one_spelling(ctx: SqlContext) -> tuple[Filter, str] | None:
@@ -78,8 +74,8 @@ def _elsewhere(look: Lookup, f: Filter, most: int = 3) -> list[str]:
     return hits
 
 
-STRAY_SPACES = Rule(SqlKind.STRAY_SPACES, stray_spaces, _always, issue=Kind.SQL_VALUE,
+STRAY_SPACES = Rule(SqlKind.STRAY_SPACES, stray_spaces, always, issue=Kind.SQL_VALUE,
                     verify=False)
-VALUE_SPELLING = Rule(SqlKind.VALUE_SPELLING, value_spelling, _always, verify=False)
-VALUE_ELSEWHERE = Rule(SqlKind.VALUE_ELSEWHERE, value_elsewhere, _always,
+VALUE_SPELLING = Rule(SqlKind.VALUE_SPELLING, value_spelling, always, verify=False)
+VALUE_ELSEWHERE = Rule(SqlKind.VALUE_ELSEWHERE, value_elsewhere, always,
                        issue=Kind.SQL_VALUE, severity="error", verify=False)
