@@ -10,8 +10,8 @@ question as the request, then ``check_values`` on the real SQLite database, then
 ``validate_sql`` again when a value fix changed the query, then ``sql_cell``. The final SQL, the
 cell and the issues (kind, severity, message) of each input are written as JSON lines.
 
-    python benchmarks/sql_rules_replay.py --data-dir ../shared/eval --out /tmp/before.jsonl
-    python benchmarks/sql_rules_replay.py --data-dir ../shared/eval --out /tmp/after.jsonl \
+    python benchmarks/sql_rules_replay.py --data-dir DIR --out /tmp/before.jsonl
+    python benchmarks/sql_rules_replay.py --data-dir DIR --out /tmp/after.jsonl \
         --compare /tmp/before.jsonl
 
 The value lookups run with a 60 s budget instead of the pipeline's 2 s, so that a busy machine
