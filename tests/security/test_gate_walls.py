@@ -3,30 +3,15 @@ draft whose reference solution reaches for libc changes nothing outside."""
 
 import pytest
 from escapes import PRELUDE, Target
+from test_model_exercises import GOOD
 
 from qcoder_ds import isolation
 from qcoder_ds.lessons.model_exercises import generate_from_model
 
 ATTACKS = ("ctypes_system", "libc_open_write", "proc_root_and_cwd", "named_pipe", "bashrc")
 
-DRAFT = '''TASK: Total `units` sold per `channel`. Store the Series in `result`.
-
-SOLUTION:
-```python
-{attack}
-result = sales.groupby("channel")["units"].sum()
-```
-
-WRONG:
-```python
-result = sales.groupby("channel")["units"].mean()
-```
-
-TESTS:
-```python
-assert len(result) == 3
-```
-'''
+SOLUTION = 'result = sales.groupby("channel")["units"].sum()'
+assert SOLUTION in GOOD  # a draft the gate accepts, with the attack put before its solution
 
 
 @pytest.mark.skipif(not isolation.available(), reason="no walls here")
@@ -35,7 +20,8 @@ def test_a_drafted_solution_that_reaches_for_libc_is_walled_in(tmp_path):
     try:
         attack = PRELUDE + "".join(target.code(r)[len(PRELUDE):] for r in ATTACKS)
         run = generate_from_model("groupby, coffee shop", n=1, seed=3, out=tmp_path / "out",
-                                  write=lambda messages, seed: DRAFT.format(attack=attack))
+                                  write=lambda messages, seed: GOOD.replace(
+                                      SOLUTION, attack + SOLUTION))
         assert run.accepted == 1  # the solution ran through the gate, attack and all
         assert target.damage() == []
     finally:
