@@ -86,11 +86,16 @@ class Issue:
         return f"{where}{self.message}"
 
 
-def _close(word: str, options: list[str]) -> str:
-    hits = difflib.get_close_matches(word, options, n=3, cutoff=0.5)
-    if not hits:
-        low = {o.lower(): o for o in options}
-        if word.lower() in low:
+def did_you_mean(word: str, options: list[str], ignore_case: bool = False) -> str:
+    """`` (did you mean 'x'?)`` for the options closest to ``word``, or nothing. SQL names
+    match ``ignore_case``; Python names match as spelled, then in another case."""
+    low = {o.lower(): o for o in options}
+    if ignore_case:
+        hits = [low[h] for h in difflib.get_close_matches(word.lower(), list(low), n=3,
+                                                          cutoff=0.5)]
+    else:
+        hits = difflib.get_close_matches(word, options, n=3, cutoff=0.5)
+        if not hits and word.lower() in low:
             hits = [low[word.lower()]]
     return f" (did you mean {', '.join(map(repr, hits))}?)" if hits else ""
 
@@ -138,7 +143,7 @@ def check_names(tree: ast.Module, namespace: Mapping[str, Any]) -> list[Issue]:
             if node.id not in known and node.id not in seen:
                 seen.add(node.id)
                 options = [n for n in namespace if not n.startswith("_")] + sorted(bound)
-                hint = _close(node.id, options)
+                hint = did_you_mean(node.id, options)
                 if node.id in ("pd", "np", "plt", "sns"):
                     hint = f" (add the import for `{node.id}`)"
                 issues.append(Issue("undefined-name",
@@ -243,7 +248,7 @@ class _ColumnChecker:
         self.seen.add((frame, col))
         self.issues.append(Issue(
             "unknown-column",
-            f"`{frame}` has no column {col!r}{_close(col, cols)}; its columns are "
+            f"`{frame}` has no column {col!r}{did_you_mean(col, cols)}; its columns are "
             f"{cols[:30]}", line))
 
     def run(self, tree: ast.Module) -> list[Issue]:

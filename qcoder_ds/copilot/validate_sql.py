@@ -20,8 +20,7 @@ from qcoder_ds.copilot import sql_rules
 from qcoder_ds.copilot.context import ConnectionInfo
 from qcoder_ds.copilot.sql_rules.base import SqlContext
 from qcoder_ds.copilot.sql_rules.engine import run
-from qcoder_ds.copilot.sql_rules.schema import close
-from qcoder_ds.copilot.validate import Issue
+from qcoder_ds.copilot.validate import Issue, did_you_mean
 
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Drop, exp.Create, exp.Alter, exp.Merge,
            exp.TruncateTable)
@@ -89,7 +88,8 @@ def _statement_issues(tree: exp.Expression, info: ConnectionInfo) -> list[Issue]
     tables_lower = {t.lower(): t for t in info.tables}
     unknown = [t.name for t in tree.find_all(exp.Table)
                if t.name and t.name.lower() not in tables_lower and t.name.lower() not in cte_names]
-    return [Issue("sql", f"no table named {name!r}{close(name, list(info.tables))}; "
+    hint = lambda name: did_you_mean(name, list(info.tables), ignore_case=True)  # noqa: E731
+    return [Issue("sql", f"no table named {name!r}{hint(name)}; "
                          f"the tables are {sorted(info.tables)}")
             for name in dict.fromkeys(unknown)]
 

@@ -7,7 +7,6 @@ columns, which is what the repair prompt needs.
 
 from __future__ import annotations
 
-import difflib
 import re
 
 from sqlglot import exp
@@ -15,14 +14,7 @@ from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
 
 from qcoder_ds.copilot.context import ConnectionInfo
-from qcoder_ds.copilot.validate import Issue
-
-
-def close(word: str, options: list[str]) -> str:
-    """`` (did you mean 'x'?)`` for the options closest to ``word``, or nothing."""
-    low = {o.lower(): o for o in options}
-    hits = difflib.get_close_matches(word.lower(), list(low), n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(repr(low[h]) for h in hits)}?)" if hits else ""
+from qcoder_ds.copilot.validate import Issue, did_you_mean
 
 
 def schema_issue(tree: exp.Expression, info: ConnectionInfo) -> Issue | None:
@@ -63,7 +55,7 @@ def column_issue(message: str, tree: exp.Expression, info: ConnectionInfo) -> Is
         head = (f"column {real!r} is not in the table it is taken from; it is a column of "
                 f"{', '.join(owners)} (join that table or use its alias)")
     elif missing:
-        head = f"no column {missing!r}{close(missing, bare)}"
+        head = f"no column {missing!r}{did_you_mean(missing, bare, ignore_case=True)}"
     else:
         head = message.splitlines()[0]
     return Issue("sql", f"{head}; the tables used have columns {sorted(cols)[:60]}")
