@@ -293,6 +293,9 @@ class Copilot:
         answer.cell = _printable(final.code)
         answer.checks = self._checks(final, opts, task)
         if self._wants_example(req.prompt, opts):
+            # the request shows the result it wants: a cell that does not give it is not ok,
+            # however well it ran (on DS-1000, most such cells fail the hidden tests)
+            answer.ok = answer.ok and answer.example_matched
             answer.checks["gives the request's example"] = \
                 "passed" if final.passed and answer.example_matched else "not found"
         answer.warnings = [str(i) for i in final.issues if i.severity == "warning"] + final.notes
