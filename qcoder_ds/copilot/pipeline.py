@@ -22,8 +22,9 @@ from qcoder_ds.copilot import context as ctxmod
 from qcoder_ds.copilot.checks import RUN_RULES, STATIC_RULES, Cell, Rule, apply, named_result
 from qcoder_ds.copilot.errors import CopilotError, UnsafeCodeError
 from qcoder_ds.copilot.examples import confirmed, shows_table
-from qcoder_ds.copilot.extract import drop_context_echo, extract_code, extract_sql
+from qcoder_ds.copilot.extract import extract_code, extract_sql
 from qcoder_ds.copilot.prompts import Prompt, build_prompt, repair_messages
+from qcoder_ds.copilot.python_fixes import PyContext, fix_python
 from qcoder_ds.copilot.repair import Attempt, majority, problems
 from qcoder_ds.copilot.safety import check_safety
 from qcoder_ds.copilot.sandbox import Limits, Sandbox
@@ -33,12 +34,10 @@ from qcoder_ds.copilot.validate import (
     Issue,
     Kind,
     check_uses_data,
-    drop_rebinding,
-    fix_old_pandas,
-    fix_series_logic,
     validate_python,
 )
 from qcoder_ds.copilot.validate_sql import sql_cell, validate_sql
+from qcoder_ds.copilot.words import identifiers
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +222,7 @@ class Copilot:
             text = check_request(text)
         if opts.result_name is None and task in (Task.PANDAS, Task.FIX):
             opts = dataclasses.replace(opts, result_name=named_result(text, namespace))
-        words = frozenset(w.lower() for w in re.findall(r"\w+", text))
+        words = frozenset(w.lower() for w in identifiers(text))
         return Request(text, namespace, opts, ctx, task, words, Answer(task=task, request=text),
                        started, on_token, cancel, code)
 
@@ -298,7 +297,7 @@ class Copilot:
             answer.ok = answer.ok and answer.example_matched
             answer.checks["gives the request's example"] = \
                 "passed" if final.passed and answer.example_matched else "not found"
-        answer.warnings = [str(i) for i in final.issues if i.severity == "warning"] + final.notes
+        answer.warnings = [str(i) for i in final.issues if i.severity == "warning"]
         if final.run is not None and final.run.unavailable:
             answer.warnings.append("not copied into the check (not picklable): "
                                    + ", ".join(final.run.unavailable))
@@ -519,7 +518,7 @@ def _makes_data(req: Request) -> bool:
     not "create a column in `df`")."""
     if not req.words & set(_MAKE_DATA):
         return False
-    names = set(re.findall(r"\w+", req.text)) & set(req.namespace)
+    names = set(identifiers(req.text)) & set(req.namespace)
     return not any(ctxmod.is_data(req.namespace.get(w)) for w in names)
 
 
@@ -541,21 +540,10 @@ def _refuse_without_data(req: Request) -> None:
 
 
 def _fixed_python(text: str, req: Request) -> Attempt:
-    """The answer's code with the fixes that need no model (copied description lines,
-    re-created data, Series logic, removed pandas calls), each said in a note."""
-    code, echoed = drop_context_echo(extract_code(text, "python"), req.prompt.context_text)
-    code, dropped = drop_rebinding(code, req.namespace)
-    code, rewritten = fix_series_logic(code, req.namespace)
-    code, modernized = fix_old_pandas(code)
-    attempt = Attempt(answer=text, code=code)
-    if echoed:
-        attempt.notes.append(f"removed {echoed} line(s) copied from the data description")
-    for done, what in ((dropped, "removed lines that re-created existing data: "),
-                       (rewritten, "combined Series conditions with & and |: "),
-                       (modernized, "rewrote pandas calls the installed pandas no longer has: ")):
-        if done:
-            attempt.notes.append(what + "; ".join(done))
-    return attempt
+    """The answer's code after the fixes that need no model (``python_fixes.RULES``)."""
+    code, fixes = fix_python(extract_code(text, "python"),
+                             PyContext(req.namespace, req.prompt.context_text))
+    return Attempt(answer=text, code=code, issues=fixes)
 
 
 def _takes_prefix(engine: Any) -> bool:

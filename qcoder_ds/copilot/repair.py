@@ -26,7 +26,6 @@ class Attempt:
     code: str
     issues: list[Issue] = field(default_factory=list)
     run: RunResult | None = None
-    notes: list[str] = field(default_factory=list)
     sql: str | None = None  # the query, for SQL answers (``code`` is then the cell around it)
     verdicts: list[Verdict] = field(default_factory=list)  # the rules of checks.py that applied
 

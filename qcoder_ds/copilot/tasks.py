@@ -6,6 +6,7 @@ import enum
 import re
 
 from qcoder_ds.copilot.context import KernelContext
+from qcoder_ds.copilot.words import identifiers
 
 
 class Task(str, enum.Enum):
@@ -41,7 +42,7 @@ def infer_task(request: str, ctx: KernelContext | None = None) -> Task:
     if _PLOT.search(request):
         return Task.PLOT
     if ctx is not None and ctx.connections:
-        words = {w.lower() for w in re.findall(r"[A-Za-z_]\w*", request)}
+        words = {w.lower() for w in identifiers(request)}
         tables = {t.lower() for c in ctx.connections.values() for t in c.tables}
         frames = {n.lower() for n in ctx.dataframes}
         if _SQL.search(request) or (words & tables and not words & frames) or not frames:

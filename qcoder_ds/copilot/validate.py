@@ -53,6 +53,7 @@ class Kind(str, enum.Enum):
     UNSAFE = "unsafe"
     SQL = "sql"
     SQL_FIXED = "sql-fixed"
+    PYTHON_FIXED = "python-fixed"
     SQL_VALUE = "sql-value"
     TRUNCATED = "truncated"  # generation ended at the token budget, not at a stop
     COMPUTES_NOTHING = "computes-nothing"  # imports, comments, pass, string literals only

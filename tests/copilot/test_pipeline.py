@@ -375,7 +375,8 @@ def test_a_description_copied_as_comments_until_the_budget_is_no_answer(box, sal
     assert not ans.ok and ans.cell == "import pandas as pd"
     assert ans.checks["complete answer"] == "failed"
     assert ans.checks["computes something"] == "failed"
-    assert any("copied from the data description" in n for n in ans.attempts[0].notes)
+    assert any("copied from the data description" in i.message and i.kind == "python-fixed"
+               for i in ans.attempts[0].issues)
 
 
 @pytest.mark.parametrize("request_,code", [

@@ -1,5 +1,5 @@
-import os
 import sqlite3
+import tempfile
 
 import pandas as pd
 import pytest
@@ -104,10 +104,10 @@ def test_unpicklable_objects_are_reported_not_fatal(box):
     assert r.unavailable == ["f"] and not r.ok and "NameError" in r.error
 
 
-def test_workdir_is_removed():
-    before = {p for p in os.listdir("/tmp") if p.startswith("qcoder-check-")}
-    sb = Sandbox(Limits(timeout_s=6), prewarm=False)
-    sb.run("1", {})
+def test_workdir_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's own temp folder
+    sb = Sandbox(Limits(timeout_s=6))  # with a spare child, which has a folder too
+    r = sb.run("open('left.txt', 'w').write('x')\n1", {})
+    assert r.ok and any(p.name.startswith("qcoder-check-") for p in tmp_path.iterdir())
     sb.close()
-    after = {p for p in os.listdir("/tmp") if p.startswith("qcoder-check-")}
-    assert after <= before
+    assert list(tmp_path.iterdir()) == []

@@ -10,7 +10,8 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 from qcoder_ds.copilot.context import ConnectionInfo
 from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
 from qcoder_ds.copilot.sql_rules.engine import asked
-from qcoder_ds.copilot.sql_rules.words import column_named, mentioned, words
+from qcoder_ds.copilot.sql_rules.words import column_named, mentioned
+from qcoder_ds.copilot.words import words
 
 
 def unused_joins(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, list[Fix]]:

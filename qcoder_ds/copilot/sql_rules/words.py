@@ -1,26 +1,12 @@
-"""The request's words, and whether they name a table or one of its columns."""
+"""Whether the request's words name a table or one of its columns."""
 
 from __future__ import annotations
 
-import re
-
 from qcoder_ds.copilot.context import ConnectionInfo
+from qcoder_ds.copilot.words import words
 
 _STOP = {"a", "an", "the", "of", "in", "on", "and", "or", "to", "for", "by", "with", "is",
          "are", "has", "have", "id", "ids", "info", "details", "list", "all", "each"}
-
-
-def words(text: str) -> set[str]:
-    """Lower-case words of ``text`` (``Has_Pet``, ``hasPet`` and ``has pet`` alike), each also
-    in a crude singular, so ``visitors`` matches ``visitor`` but not ``visit``."""
-    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", text)
-    out = set()
-    for w in re.findall(r"[a-z0-9]+", spaced.lower()):
-        out.add(w)
-        for suffix in ("ies", "es", "s"):
-            if w.endswith(suffix) and len(w) > len(suffix) + 2:
-                out.add(w[: -len(suffix)] + ("y" if suffix == "ies" else ""))
-    return out
 
 
 def mentioned(table: str, request_words: set[str], others: list[str]) -> bool:
