@@ -1,13 +1,14 @@
 """Kernel launcher that puts a student's kernel behind walls before Jupyter starts it.
 
 Run as ``python -m qcoder_ds.grading.sandbox [options] -- KERNEL_ARGV...``. It sets the
-resource limits (data memory, file size, CPU, no core dumps) and an environment without any
-hint that the notebook is being graded, then becomes the walled kernel: bubblewrap
-(``qcoder_ds.isolation``) shows the kernel a read-only system and Python, its own work
-folder and the folder of its connection file (read-write), a private ``/tmp``, and nothing
-else: not the course folders, the gradebook, other submissions or the instructor's home. It
-runs as nobody, with no network (Jupyter talks to it over ipc sockets), in its own PID
-namespace (it cannot see or signal the grader, and every process it forks dies with it).
+resource limits (data memory, file size, CPU, no core dumps) and a clean environment (no
+paths, no grader variables but the ``NBGRADER_EXECUTION=autograde`` nbgrader itself sets),
+then becomes the walled kernel: bubblewrap (``qcoder_ds.isolation``) shows the kernel a
+read-only system and Python, its own work folder and the folder of its connection file
+(read-write), a private ``/tmp``, and nothing else: not the course folders, the gradebook,
+other submissions or the instructor's home. It runs as nobody, with no network (Jupyter
+talks to it over ipc sockets), in its own PID namespace (it cannot see or signal the grader,
+and every process it forks dies with it).
 
 Without walls (``--reduced-isolation``, which the grader passes only when the instructor
 asked for it) the kernel gets the limits and a socket-blocking ``sitecustomize`` only.
@@ -23,7 +24,10 @@ from pathlib import Path
 
 from qcoder_ds import isolation
 
-# Only these variables reach the kernel: nothing that names the grader, nbgrader or paths.
+# Only these variables reach the kernel: no paths, nothing that names the grader, except what
+# nbgrader itself sets while autograding (its FAQ tells instructors to test for it, e.g. to skip
+# slow cells; hiding it changed such a notebook's score, and the tests are the instructor's
+# copy either way, so knowing it is graded gains a student nothing).
 ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "SYSTEMROOT")
 ENV_FIXED = {
     "OMP_NUM_THREADS": "1",
@@ -77,7 +81,8 @@ class Limits:
     """What one notebook may use. Times in seconds, sizes in MiB / bytes.
 
     ``reduced_isolation``: grade even where the walls cannot be built (the instructor's
-    explicit choice; every report then says so).
+    explicit choice; every report then says so). ``nbgrader_execution``: the kernel's
+    ``NBGRADER_EXECUTION``, as nbgrader sets it ("autograde"; "" for none).
     """
 
     cell_timeout: float = 30.0
@@ -87,6 +92,7 @@ class Limits:
     file_size_mb: int = 256
     network: bool = False
     reduced_isolation: bool = False
+    nbgrader_execution: str = "autograde"
 
 
 def launcher_argv(limits: Limits, work: Path, kernel_argv: list[str], walled: bool) -> list[str]:
@@ -96,6 +102,8 @@ def launcher_argv(limits: Limits, work: Path, kernel_argv: list[str], walled: bo
             "--cpu-s", str(int(limits.notebook_timeout) + 30)]
     if limits.network:
         argv.append("--network")
+    if limits.nbgrader_execution:
+        argv += ["--nbgrader-execution", limits.nbgrader_execution]
     if not walled:
         argv.append("--reduced-isolation")
     return argv + ["--"] + kernel_argv
@@ -105,6 +113,8 @@ def _environment(args) -> dict[str, str]:
     env = {k: os.environ[k] for k in ENV_KEEP if k in os.environ}
     env.update(ENV_FIXED)
     env["HOME"] = args.work
+    if args.nbgrader_execution:
+        env["NBGRADER_EXECUTION"] = args.nbgrader_execution
     env["PYTHONPATH"] = os.environ.get("QCODER_SANDBOX_PYTHONPATH", "")
     if args.reduced_isolation and not args.network:
         site = Path(args.work).parent / "site"
@@ -123,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--file-size-mb", type=int, default=256)
     ap.add_argument("--cpu-s", type=int, default=600)
     ap.add_argument("--network", action="store_true")
+    ap.add_argument("--nbgrader-execution", default="")
     ap.add_argument("--reduced-isolation", action="store_true")
     ap.add_argument("kernel", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
