@@ -1,18 +1,19 @@
 """Code the grader runs *inside* the student's kernel around every test cell.
 
 Its source is sent fresh before and after each test (never imported by the grader, never
-left in the student's namespace). Before a test it undoes what student code may have done
-to the reporting machinery (instance overrides of ``showtraceback``/``run_cell``, custom
-exception handlers, AST/input transformers, event callbacks, trace hooks, patched
-builtins), reports tampering it cannot undo (patched IPython/ipykernel classes, replaced
-streams), and installs an AST transformer that routes every comparison in the test through
-``__qcoder_check__``, which refuses values whose comparison methods were written by the
-student (a rigged ``__eq__``). After the test it checks that nothing was re-patched while
-the test ran. It reports a JSON line prefixed with a one-time nonce on stdout; no nonce
-means the guard itself was prevented from running, which the grader treats as tampering.
+left in the student's namespace). Before a test it undoes what student code may have done to
+the reporting machinery (instance overrides of ``showtraceback``/``run_cell``, custom
+exception handlers, AST/input transformers, event callbacks, trace hooks, methods of
+IPython/ipykernel classes, from a snapshot taken before the notebook ran), reports tampering
+it cannot undo (patched builtins, replaced streams), and installs an AST transformer that
+routes every comparison in the test through ``__qcoder_check__``, which refuses values whose
+comparison methods were written by the student (a rigged ``__eq__``). After the test it
+checks that nothing was re-patched while the test ran. It reports a JSON line prefixed with
+a one-time nonce on stdout; no nonce means the guard itself was prevented from running,
+which the grader treats as tampering.
 
-This limits what student code can do; it is not a proof: code that runs in the same
-process as the test can always, with enough effort, lie. See README "Grading".
+This limits what student code can do; it is not a proof: code that runs in the same process
+as the test can always, with enough effort, lie. See README "Grading".
 """
 
 # ruff: noqa: ANN001, ANN201  (kernel-side helper, kept small)
@@ -276,6 +277,51 @@ def _clean_instance(obj, label, problems):
             problems.append(f"{label}.{name} was replaced by notebook code (undone)")
 
 
+_MISSING = object()
+
+
+def _method_like(v):
+    return isinstance(v, (types.FunctionType, classmethod, staticmethod, property))
+
+
+def _method_trusted(v):
+    if not _method_like(v):
+        return False  # None or any other value put where a method was
+    if isinstance(v, property):
+        return all(f is None or _obj_trusted(f) for f in (v.fget, v.fset, v.fdel))
+    return _obj_trusted(v.__func__ if isinstance(v, (classmethod, staticmethod)) else v)
+
+
+def _snapshot(ip):
+    """The methods of Jupyter's own classes, taken before any notebook code ran, so that a
+    patched class (``InteractiveShell.showtraceback = ...``) can be put back, not just seen."""
+    snap = {}
+    objs = [obj for _, obj in _shell_objects(ip)] + [ip.input_transformer_manager]
+    for obj in objs:
+        for k in type(obj).__mro__:
+            if k is object or k in snap or not _trusted_module(getattr(k, "__module__", "")):
+                continue
+            snap[k] = {n: v for n, v in vars(k).items() if _method_like(v) and _method_trusted(v)}
+    return snap
+
+
+def _restore_classes(snap, problems):
+    """Put back every method of Jupyter's classes that notebook code replaced, set to another
+    value (the ``= None`` variant) or added; a library's own later change is left alone."""
+    for k, methods in snap.items():
+        current = vars(k)
+        for name, orig in methods.items():
+            now = current.get(name, _MISSING)
+            if now is orig or (now is not _MISSING and _method_trusted(now)):
+                continue
+            setattr(k, name, orig)
+            problems.append(f"{k.__qualname__}.{name} was replaced by notebook code (undone)")
+        for name, v in list(current.items()):
+            if name not in methods and _method_like(v) and not _method_trusted(v):
+                delattr(k, name)
+                problems.append(f"{k.__qualname__}.{name} was added by notebook code (undone)")
+
+
 def _check_classes(obj, label, fatal):
     for k in type(obj).__mro__:
         if not _trusted_module(getattr(k, "__module__", "")):
@@ -307,6 +353,9 @@ def _shell_objects(ip):
 
 
 def _sanitize(ip, problems, fatal, keep_transformer=None):
+    snap = ip.__dict__.get("_qcoder_classes")
+    if isinstance(snap, dict):
+        _restore_classes(snap, problems)
     for label, obj in _shell_objects(ip):
         _clean_instance(obj, label, problems)
         _check_classes(obj, label, fatal)
@@ -369,13 +418,16 @@ def _shadowed(ip, names):
 
 
 def run(nonce, phase, names):
-    """Phase "pre" cleans and arms the next test cell; "post" checks and disarms it."""
+    """Phase "init" (before any notebook code) snapshots Jupyter's classes; "pre" cleans and
+    arms the next test cell; "post" checks and disarms it."""
     from IPython import get_ipython
 
     ip = get_ipython()
     problems, fatal = [], []
     state = ip.__dict__.get("_qcoder_guard_state")
-    if phase == "pre":
+    if phase == "init":
+        ip.__dict__["_qcoder_classes"] = _snapshot(ip)
+    elif phase == "pre":
         if state is not None:
             _disarm(ip, state)
         _sanitize(ip, problems, fatal)
