@@ -12,6 +12,7 @@ import copy
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -25,10 +26,14 @@ from nbgrader.preprocessors import (
     ClearSolutions,
     ComputeChecksums,
     IncludeHeaderFooter,
+    InstantiateTests,
     LockCells,
 )
+from nbgrader.preprocessors.base import NbGraderPreprocessor
 
 from qcoder_ds.grading.errors import AssignmentError
+from qcoder_ds.grading.kernel import SandboxedKernel
+from qcoder_ds.grading.sandbox import Limits
 from qcoder_ds.paths import atomic_write_text
 
 __all__ = ["compute_checksum", "generate", "instructor_notebook", "release_notebook"]
@@ -54,13 +59,63 @@ def _run(pre, nb: NotebookNode, resources: dict) -> NotebookNode:
     return nb
 
 
-def _check_supported(nb: NotebookNode, name: str) -> None:
-    for cell in nb.cells:
-        if cell.cell_type == "code" and "AUTOTEST" in cell.source and nbutils.is_grade(cell):
-            raise AssignmentError(
-                f"{name}: AUTOTEST cells need nbgrader's InstantiateTests (a kernel and "
-                "autotests.yml); run `nbgrader generate_assignment` for this notebook"
-            )
+def _has_autotests(nb: NotebookNode) -> bool:
+    return any(c.cell_type == "code" and "AUTOTEST" in c.source for c in nb.cells)
+
+
+def _autotests_dir(source_dir: Path | None) -> Path:
+    """Where ``autotests.yml`` is: the assignment's folder, else the course folder above
+    ``source/``, else the current folder (nbgrader reads the assignment's, then ./)."""
+    places = []
+    if source_dir is not None:
+        places.append(source_dir)
+        if source_dir.parent.name == "source":
+            places.append(source_dir.parent.parent)
+    places.append(Path.cwd())
+    for d in places:
+        if (d / "autotests.yml").is_file():
+            return d
+    raise AssignmentError(
+        "AUTOTEST cells need an autotests.yml (nbgrader's test templates) in "
+        + ", ".join(str(d) for d in places))
+
+
+class WalledInstantiateTests(InstantiateTests):
+    """nbgrader's InstantiateTests (AUTOTEST / HASHED AUTOTEST expanded into asserts, as
+    ``generate_assignment`` does), its kernel started behind our walls like every kernel:
+    it runs the source notebook's code to learn each snippet's type and value."""
+
+    def __init__(self, source_dir: Path | None, **kw) -> None:
+        super().__init__(**kw)
+        self.source_dir = source_dir
+
+    def preprocess(self, nb: NotebookNode, resources: dict) -> tuple[NotebookNode, dict]:
+        """Expand the notebook's autotests; a notebook without any is returned as it is."""
+        if not _has_autotests(nb):
+            return nb, resources
+        kernel_name = nb.metadata.get("kernelspec", {}).get("name", "")
+        if kernel_name not in self.comment_strs or kernel_name not in self.sanitizers:
+            raise ValueError(f"AUTOTEST needs a Python kernel; this notebook's is {kernel_name!r}")
+        resources["kernel_name"] = kernel_name
+        where = _autotests_dir(self.source_dir)
+        self._load_test_template_file({"kernel_name": kernel_name,
+                                       "metadata": {"path": str(where)}})
+        self.global_tests_loaded = True
+        self.sanitizer = self.sanitizers[kernel_name]
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp) / "work"
+            if self.source_dir is not None:
+                shutil.copytree(self.source_dir, work, symlinks=True,
+                                ignore=shutil.ignore_patterns(".*", "*.ipynb"))
+            work.mkdir(exist_ok=True)
+            limits = Limits(nbgrader_execution="")  # generate_assignment sets no variable
+            try:
+                with SandboxedKernel(work, Path(tmp) / "run", limits) as kernel:
+                    self.kc = kernel.kc
+                    nb, resources = NbGraderPreprocessor.preprocess(self, nb, resources)
+            finally:
+                self.kc = self.sanitizer = self.execute_result = None
+        return nb, resources
 
 
 def generate(
@@ -68,6 +123,7 @@ def generate(
     name: str = "notebook",
     header: str | None = None,
     footer: str | None = None,
+    source_dir: str | os.PathLike | None = None,
 ) -> tuple[NotebookNode, NotebookNode]:
     """Return ``(released, instructor)`` for a source notebook; the input is not modified.
 
@@ -78,7 +134,6 @@ def generate(
     IncludeHeaderFooter).
     """
     nb = copy.deepcopy(nb)
-    _check_supported(nb, name)
     resources: dict = {"name": name}
     if header or footer:
         hf = IncludeHeaderFooter(header=str(header or ""), footer=str(footer or ""))
@@ -86,6 +141,8 @@ def generate(
             nb = _run(hf, nb, resources)
         except OSError as e:
             raise AssignmentError(f"header/footer notebook cannot be read: {e}") from e
+    if _has_autotests(nb):
+        nb = _autotest(nb, resources, source_dir)
     for pre in (LockCells(), ClearSolutions(), ClearOutput(), CheckCellMetadata(),
                 ComputeChecksums()):
         pre.log = _log
@@ -96,6 +153,15 @@ def generate(
         nb = _run(pre, nb, resources)
     _check_ids(instructor, name)
     return nb, instructor
+
+
+def _autotest(nb: NotebookNode, resources: dict, source_dir) -> NotebookNode:
+    pre = WalledInstantiateTests(Path(source_dir) if source_dir is not None else None)
+    pre.log = _log
+    try:
+        return _run(pre, nb, resources)
+    except RuntimeError as e:  # the walled kernel could not start
+        raise AssignmentError(f"{resources['name']}: {e}") from e
 
 
 def _check_ids(nb: NotebookNode, name: str) -> None:
@@ -154,7 +220,8 @@ def assign_directory(
         raise AssignmentError(f"{src}: no notebooks to release")
     defs = []
     for p in notebooks:
-        released, instructor = generate(read_notebook(p), p.stem, header=header, footer=footer)
+        released, instructor = generate(read_notebook(p), p.stem, header=header, footer=footer,
+                                        source_dir=src)
         defs.append(NotebookDef(p.stem, instructor, released))
     dst.mkdir(parents=True, exist_ok=True)
     written = []
