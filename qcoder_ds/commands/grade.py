@@ -50,7 +50,9 @@ def register(subparsers) -> None:
                    help="grade even where the kernels cannot be walled in (no bubblewrap or "
                         "no user namespaces): resource limits only, and every report says so")
     g.add_argument("--student", action="append", help="grade only this student (repeatable)")
-    g.add_argument("--force", action="store_true", help="regrade students already graded")
+    g.add_argument("--force", "-f", action="store_true",
+                   help="regrade every submission (by default one is regraded only when its "
+                        "files or timestamp changed since it was graded)")
     _add_gradebook(g)
     g.set_defaults(func=_autograde)
 
@@ -102,22 +104,35 @@ def _autograde(args) -> int:
                     memory_mb=args.memory_mb, output_bytes=args.output_limit,
                     reduced_isolation=args.reduced_isolation)
 
-    def show(result: dict) -> None:
-        total = sum((c["score"] or 0.0) for n in result["notebooks"] for c in n["cells"]
-                    if c["kind"] in ("test", "manual", "task"))
-        worst = [f"{n['notebook']}: {n['reason']}" for n in result["notebooks"] if n["reason"]]
-        reduced = " [" + result["isolation"] + "]" if "REDUCED" in result["isolation"] else ""
-        print(f"{result['student']}: {total:g} points"
-              + (f" ({'; '.join(worst)})" if worst else "") + reduced, flush=True)
-
     s = autograde(args.submissions_dir, args.assignment, args.gradebook, out_dir=args.output,
                   jobs=max(1, args.jobs), limits=limits, force=args.force,
-                  students=args.student, on_result=show)
-    print(f"graded {len(s.graded)}, already graded {len(s.skipped)}, failed {len(s.failed)} "
-          f"in {s.seconds:.1f} s")
+                  students=args.student, on_result=_show)
+    if not (s.graded or s.skipped or s.failed or s.empty):
+        print(f"warning: no submissions of {args.assignment} under {args.submissions_dir} "
+              f"(expected {args.submissions_dir}/<student>/{args.assignment}/*.ipynb)",
+              file=sys.stderr)
+    print(f"graded {len(s.graded)}, already graded {len(s.skipped)}, failed {len(s.failed)}"
+          + (f", no notebook yet {len(s.empty)} ({', '.join(s.empty)})" if s.empty else "")
+          + f" in {s.seconds:.1f} s")
     for student, why in s.failed.items():
         print(f"  {student}: {why.splitlines()[0]}", file=sys.stderr)
     return 1 if s.failed else 0
+
+
+def _show(result: dict) -> None:
+    """One line per graded student, then what the instructor should know: problems with the
+    submission's files and grading the notebook interfered with (undone)."""
+    total = sum((c["score"] or 0.0) for n in result["notebooks"] for c in n["cells"]
+                if c["kind"] in ("test", "manual", "task"))
+    worst = [f"{n['notebook']}: {n['reason']}" for n in result["notebooks"] if n["reason"]]
+    reduced = " [" + result["isolation"] + "]" if "REDUCED" in result["isolation"] else ""
+    print(f"{result['student']}: {total:g} points"
+          + (f" ({'; '.join(worst)})" if worst else "") + reduced, flush=True)
+    notes = list(result.get("problems", []))
+    notes += [f"{n['notebook']}: {e}" for n in result["notebooks"] for e in n["events"]
+              if "interfered with grading" in e]
+    for note in notes:
+        print(f"  note: {note}", flush=True)
 
 
 def _feedback(args) -> int:

@@ -54,8 +54,11 @@ def hidden_region(source: str) -> HiddenRegion:
 
 
 def failing_line(traceback: list[str]) -> int | None:
+    """The line of the test cell that was running: the outermost frame, which is the test
+    cell's own; inner frames are in other cells (a student's function that raised), and
+    their line numbers say nothing about the test's hidden region."""
     hits = _LINE.findall(strip_ansi("\n".join(traceback)))
-    return int(hits[-1]) if hits else None
+    return int(hits[0]) if hits else None
 
 
 class Scrubber:
@@ -127,7 +130,7 @@ def render_notebook(student: str, assignment: str, notebook: str, results: list[
           f"{max_score:g}</b> (cells graded by hand count 0 until graded).</p>"]
     nb_report = next((n for n in (report or {}).get("notebooks", [])
                       if n.get("notebook") == notebook), None)
-    notes = []
+    notes = list((report or {}).get("problems", []))
     if nb_report:
         if nb_report.get("reason"):
             notes.append(nb_report["reason"])

@@ -141,6 +141,11 @@ class GradebookStore:
         if not rows:
             known = [r[0] for r in self._q(
                 "SELECT DISTINCT assignment FROM qcoder_notebook_defs").fetchall()]
+            if name in self.assignments():
+                raise GradebookError(
+                    f"assignment {name!r} in {self.path} was released by nbgrader, which keeps "
+                    "no instructor copy we can restore from; run `qcoder grade assign "
+                    f"source/{name} -o release/{name}` (AUTOTEST cells included) first")
             raise GradebookError(
                 f"assignment {name!r} is not in {self.path}; run `qcoder grade assign` first"
                 + (f" (known: {', '.join(sorted(known))})" if known else ""))
@@ -157,6 +162,13 @@ class GradebookStore:
     def done_students(self, assignment: str) -> set[str]:
         return {r[0] for r in self._q(
             "SELECT student FROM qcoder_submissions WHERE assignment=:a", a=assignment)}
+
+    def graded_fingerprints(self, assignment: str) -> dict[str, str | None]:
+        """Each graded student's fingerprint of what was graded (None: graded before we
+        kept one, so it is regraded once)."""
+        return {s: json.loads(r).get("fingerprint") for s, r in self._q(
+            "SELECT student, report_json FROM qcoder_submissions WHERE assignment=:a",
+            a=assignment)}
 
     def record_submission(self, assignment: str, result: dict) -> None:
         """Write one graded submission: nbgrader grades + our rows, one commit at the end."""
