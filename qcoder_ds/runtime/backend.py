@@ -40,6 +40,10 @@ class DecoderSession(ABC):
     #: a shared prefix shorter than this (or than half the cache) is not worth a cache's
     #: contents: pandas and plot prompts share only their first dozen tokens
     min_shared: int = 64
+    #: True when ``forward(ids, all_logits=True)`` scores every position in one pass (the
+    #: graph has ``logits_to_keep``); else it runs one token at a time, which gives the same
+    #: logits but makes speculative decoding no faster than plain decode
+    scores_all_positions: bool = False
 
     def reset(self) -> None:
         """Forget the KV cache; the next forward starts at position 0."""
@@ -47,14 +51,15 @@ class DecoderSession(ABC):
         self.position = 0
         self.cached_ids = []
 
-    def forward(self, input_ids: np.ndarray) -> np.ndarray:
+    def forward(self, input_ids: np.ndarray, all_logits: bool = False) -> np.ndarray:
         """Append ``input_ids`` (int64, shape ``[n]``) to the cache.
 
-        Returns the float32 logits of the last position, shape ``[vocab_size]``.
-        Raises ContextLengthError if ``position + n > max_context``.
+        Returns the float32 logits of the last position, shape ``[vocab_size]``, or with
+        ``all_logits`` those of every new position, ``[n, vocab_size]`` (a speculative draft
+        is scored in one pass). Raises ContextLengthError if ``position + n > max_context``.
         """
         ids = self.check_input(input_ids)
-        logits = self._forward(ids)
+        logits = self._forward_all(ids) if all_logits else self._forward(ids)
         if len(self.cached_ids) != self.position - ids.size:  # unknown contents: never reused
             self.cached_ids = []
         else:
@@ -62,6 +67,17 @@ class DecoderSession(ABC):
                 self.cached_ids = list(self.cached_ids)
             self.cached_ids.extend(ids.tolist())
         return logits
+
+    def cut(self, n: int) -> bool:
+        """Keep only the first ``n`` cached tokens (a rejected draft's rows go); False when this
+        backend cannot rewind, and then nothing changed (the caller refills the cache)."""
+        if n == self.position:
+            return True
+        if not 0 <= n < self.position or not self.rewind(n):
+            return False
+        self.position = n
+        self.cached_ids = list(self.cached_ids[:n])
+        return True
 
     def rewind(self, n: int) -> bool:
         """Keep only the first ``n`` cached tokens; False when this backend cannot (the caller
@@ -119,6 +135,11 @@ class DecoderSession(ABC):
     @abstractmethod
     def _forward(self, ids: np.ndarray) -> np.ndarray:
         """Backend part of :meth:`forward`: ``ids`` are checked; ``position`` is advanced here."""
+
+    def _forward_all(self, ids: np.ndarray) -> np.ndarray:
+        """Backend part of ``forward(ids, all_logits=True)``. This fallback runs one token at a
+        time: the same logits, for backends whose graph cannot keep several positions."""
+        return np.stack([self._forward(ids[i:i + 1]) for i in range(ids.size)])
 
     def check_input(self, input_ids: np.ndarray) -> np.ndarray:
         """Validate ids before a forward pass, so a bad call never touches the KV cache."""

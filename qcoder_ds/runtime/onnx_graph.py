@@ -35,7 +35,7 @@ from qcoder_ds.models.config import ArchConfig
 from qcoder_ds.runtime.quantize import quantize_blockwise
 
 #: bump when the graph or its weight layout changes, so cached exports are rebuilt
-EXPORTER_VERSION = 2
+EXPORTER_VERSION = 3  # 3: the logits_to_keep input
 WEIGHT_KINDS = ("int4", "int8", "fp32")
 DATA_FILE = "model.onnx.data"
 _ALIGN = 64  # byte alignment of each weight in the data file
@@ -176,6 +176,7 @@ class _Ctx:
     tensor: Callable[[str], np.ndarray]
     opts: OnnxExportOptions
     rope: tuple[str, str] = ("", "")  # the cos/sin cache initializers
+    keep_from: str = ""  # -logits_to_keep: where the last layer's rows start
 
     def linear(self, x: str, w: np.ndarray, name: str, bias: np.ndarray | None = None,
                kind: str | None = None) -> str:
@@ -189,6 +190,7 @@ def build_decoder(cfg: ArchConfig, tensor: Callable[[str], np.ndarray], data: Bi
     c = _Ctx(_Builder(data), cfg, tensor, opts)
     cos, sin = _rope_caches(cfg)
     c.rope = (c.b.init("rope.cos_cache", cos), c.b.init("rope.sin_cache", sin))
+    c.keep_from = c.b.node("Neg", ["logits_to_keep"])[0]
     x = _embedding(c.b, "input_ids", tensor("model.embed_tokens.weight"), opts)
     residual = None
     for i in _layers(cfg.num_layers, progress, f"exporting ONNX ({opts.weights})"):
@@ -222,8 +224,8 @@ def _decoder_block(c: _Ctx, i: int, x: str, residual: str | None) -> tuple[str, 
     h, residual = _norm(c, x, residual, p + "ln1", p + "input_layernorm.weight")
     attn = _attention(c, i, h)
     if i == c.cfg.num_layers - 1:
-        # only the last position needs logits: from here on, compute just that row
-        attn, residual = _last_position(c.b, attn), _last_position(c.b, residual)
+        # only the positions that need logits: from here on, compute just those rows
+        attn, residual = _last_positions(c, attn), _last_positions(c, residual)
     o = c.linear(attn, c.tensor(p + "self_attn.o_proj.weight"), p + "self_attn.o_proj")
     h, residual = _norm(c, o, residual, p + "ln2", p + "post_attention_layernorm.weight")
     return _feed_forward_for(c.cfg, i)(c, p + "mlp.", h), residual
@@ -270,8 +272,10 @@ def _attention(c: _Ctx, i: int, h: str) -> str:
                   rotary_interleaved=0)[0]
 
 
-def _last_position(b: _Builder, t: str) -> str:
-    return b.node("Slice", [t, b.const_i64([-1]), b.const_i64([2**62]), b.const_i64([1])])[0]
+def _last_positions(c: _Ctx, t: str) -> str:
+    """The last ``logits_to_keep`` rows of [1, S, hidden]."""
+    b = c.b
+    return b.node("Slice", [t, c.keep_from, b.const_i64([2**62]), b.const_i64([1])])[0]
 
 
 def _feed_forward_for(cfg: ArchConfig, i: int) -> Callable[[_Ctx, str, str], str]:
@@ -310,9 +314,10 @@ def _model(c: _Ctx, vocab: int) -> onnx.ModelProto:
     f32, i32, i64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
     kv_shape = [1, c.cfg.num_kv_heads, "cache_capacity", c.cfg.head_dim]
     inputs = [helper.make_tensor_value_info("input_ids", i64, [1, "sequence_length"]),
+              helper.make_tensor_value_info("logits_to_keep", i64, [1]),
               helper.make_tensor_value_info("seqlens_k", i32, [1]),
               helper.make_tensor_value_info("total_sequence_length", i32, [])]
-    outputs = [helper.make_tensor_value_info("logits", f32, [1, 1, vocab])]
+    outputs = [helper.make_tensor_value_info("logits", f32, [1, "logits_to_keep", vocab])]
     for i in range(c.cfg.num_layers):
         for kv in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", f32,

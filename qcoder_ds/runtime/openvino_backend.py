@@ -88,6 +88,8 @@ class OpenVINODecoderSession(DecoderSession):
         self._requests = {0: self.compiled.create_infer_request()}
         self.request = self._requests[0]
         self._beam = np.zeros(1, np.int32)
+        self._keep_one = np.ones(1, np.int64)
+        self.scores_all_positions = True  # exporter version 3 has logits_to_keep
 
     def _use_slot(self, slot: int) -> None:
         if slot not in self._requests:
@@ -110,13 +112,20 @@ class OpenVINODecoderSession(DecoderSession):
         return True
 
     def _forward(self, ids: np.ndarray) -> np.ndarray:
+        return self._infer(ids, self._keep_one)[-1]
+
+    def _forward_all(self, ids: np.ndarray) -> np.ndarray:
+        return self._infer(ids, np.array([ids.size], np.int64))
+
+    def _infer(self, ids: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """Run ``ids``; the logits of their last ``keep`` positions, [keep, vocab]."""
         n = ids.size
         pos = np.arange(self.position, self.position + n, dtype=np.int64)[None]
         self.request.infer({"input_ids": ids.astype(np.int64, copy=False)[None],
-                            "position_ids": pos, "beam_idx": self._beam},
-                           share_inputs=True)
+                            "position_ids": pos, "beam_idx": self._beam,
+                            "logits_to_keep": keep}, share_inputs=True)
         self.position += n
-        return self.request.get_output_tensor(0).data[0, -1].copy()
+        return self.request.get_output_tensor(0).data[0].copy()
 
 
 def load_openvino(out_dir: Path, threads: int | None = None,

@@ -16,8 +16,10 @@ Symmetric i4 (no zero point) costs ~1.4x less per token there than u4 with zero 
 is the default. On VNNI/AMX CPUs the same i4 weights qualify for dynamic quantization.
 
 Inputs: ``input_ids`` i64 [1, L], ``position_ids`` i64 [1, L] (consecutive, starting at the
-number of cached tokens), ``beam_idx`` i32 [1] (always 0). Output: ``logits`` f32 [1, 1, vocab],
-the last position only (the lm_head is the largest matrix; prefill never needs the others).
+number of cached tokens), ``beam_idx`` i32 [1] (always 0), ``logits_to_keep`` i64 [1] (1 for
+prefill and decode; k + 1 to score a speculative draft in one pass). Output: ``logits`` f32
+[1, logits_to_keep, vocab], the last positions only (the lm_head is the largest matrix; prefill
+never needs the others).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from qcoder_ds.runtime.export import ExportError, atomic_write_files
 from qcoder_ds.runtime.quantize import OpenVINOWeight, quantize_openvino
 
 #: bump when the graph or the weight format changes, so cached exports are rebuilt
-EXPORTER_VERSION = 2
+EXPORTER_VERSION = 3  # 3: the logits_to_keep input
 WEIGHT_MODES = ("int4", "int8", "fp32")
 #: int4 without zero points (i4, like Q4_0) rather than with them (u4 + u4 zero points)
 SYMMETRIC_INT4 = True
@@ -295,10 +297,10 @@ class _Builder:
         act = ops.multiply(ops.swish(gate), up)
         return self.linear(act, [m + "down_proj"], self.weights)
 
-    def lm_head(self, x):
-        """The last position only, final norm, lm_head: the ``logits`` result."""
+    def lm_head(self, x, keep):
+        """The last ``keep`` positions only, final norm, lm_head: the ``logits`` result."""
         ops, i64 = self.ops, np.int64
-        x = ops.slice(x, self.const(np.array([-1], i64), "s_start"),
+        x = ops.slice(x, ops.negative(keep),
                       self.const(np.array([np.iinfo(np.int64).max], i64), "s_stop"),
                       self.const(np.array([1], i64), "s_step"),
                       self.const(np.array([1], i64), "s_axis"))
@@ -315,13 +317,15 @@ class _Builder:
         ids = ops.parameter([1, -1], ov.Type.i64, name="input_ids")
         pos = ops.parameter([1, -1], ov.Type.i64, name="position_ids")
         beam = ops.parameter([1], ov.Type.i32, name="beam_idx")
-        for p, n in ((ids, "input_ids"), (pos, "position_ids"), (beam, "beam_idx")):
+        keep = ops.parameter([1], ov.Type.i64, name="logits_to_keep")
+        for p, n in ((ids, "input_ids"), (pos, "position_ids"), (beam, "beam_idx"),
+                     (keep, "logits_to_keep")):
             p.output(0).get_tensor().set_names({n})
-        return ids, pos, beam
+        return ids, pos, beam, keep
 
     def build(self, progress: bool):
         cfg = self.cfg
-        ids, pos, beam = self.inputs()
+        ids, pos, beam, keep = self.inputs()
         x = self.embedding(ids)
         cos, sin = self.rope_tables(pos)
         # the value a variable holds after reset: an empty cache [1, kv_heads, 0, head_dim]
@@ -334,7 +338,8 @@ class _Builder:
             layers = tqdm(layers, desc=f"OpenVINO export ({self.weights})", unit="layer")
         for i in layers:
             x = self.decoder_block(i, x, s)
-        return self.ov.Model([self.lm_head(x)], s.sinks, [ids, pos, beam], "qcoder_decoder")
+        return self.ov.Model([self.lm_head(x, keep)], s.sinks, [ids, pos, beam, keep],
+                             "qcoder_decoder")
 
 
 def build_openvino_model(ckpt: Checkpoint, weights: str = "int4", lm_head: str | None = None,

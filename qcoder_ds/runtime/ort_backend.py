@@ -7,7 +7,9 @@ export never leaves a half-written model where the cache would find it.
 ``OrtDecoderSession`` keeps each layer's KV cache as one preallocated OrtValue of
 ``max_context`` positions, bound (IOBinding) both as the layer's past input and its present
 output: GroupQueryAttention appends the new keys/values in place, and nothing is copied
-between steps. The same graph does prefill (any chunk length) and one-token decode.
+between steps. The same graph does prefill (any chunk length), one-token decode, and scoring
+a speculative draft (``logits_to_keep`` = k + 1, bound only for that call). Rewinding the cache
+is free: rows past ``position`` are never read, and the next step overwrites them.
 """
 
 from __future__ import annotations
@@ -133,8 +135,18 @@ class OrtDecoderSession(DecoderSession):
         self._use_slot(0)
         self._logits = ort.OrtValue.ortvalue_from_shape_and_type([1, 1, self.vocab_size],
                                                                  np.float32)
-        self._bind.bind_ortvalue_output("logits", self._logits)
+        # exports before exporter version 3 have no logits_to_keep: they score one at a time
+        self.scores_all_positions = any(i.name == "logits_to_keep"
+                                        for i in self.session.get_inputs())
+        self._keep_one = ort.OrtValue.ortvalue_from_numpy(np.array([1], np.int64))
+        self._bind_last_only()
         self.position = 0
+
+    def _bind_last_only(self) -> None:
+        """The binding plain prefill and decode run with: one row of logits, into one buffer."""
+        if self.scores_all_positions:
+            self._bind.bind_ortvalue_input("logits_to_keep", self._keep_one)
+        self._bind.bind_ortvalue_output("logits", self._logits)
 
     def _use_slot(self, slot: int) -> None:
         """Bind cache ``slot`` (allocated on first use) as every layer's past and present: the
@@ -157,6 +169,26 @@ class OrtDecoderSession(DecoderSession):
         return 0 <= n <= self.position  # the same reason: rows past `n` are overwritten
 
     def _forward(self, ids: np.ndarray) -> np.ndarray:
+        self._run(ids)
+        return self._logits.numpy()[0, 0].copy()
+
+    def _forward_all(self, ids: np.ndarray) -> np.ndarray:
+        """Logits of every new position, bound for this call only (plain decode's binding,
+        one row, is put back, so it pays nothing for this)."""
+        if not self.scores_all_positions:
+            return super()._forward_all(ids)
+        n = ids.size
+        keep = ort.OrtValue.ortvalue_from_numpy(np.array([n], np.int64))
+        out = ort.OrtValue.ortvalue_from_shape_and_type([1, n, self.vocab_size], np.float32)
+        self._bind.bind_ortvalue_input("logits_to_keep", keep)
+        self._bind.bind_ortvalue_output("logits", out)
+        try:
+            self._run(ids)
+        finally:
+            self._bind_last_only()
+        return out.numpy()[0].copy()
+
+    def _run(self, ids: np.ndarray) -> None:
         n = ids.size
         total = self.position + n
         self._bind.bind_cpu_input("input_ids", ids.astype(np.int64).reshape(1, n))
@@ -168,4 +200,3 @@ class OrtDecoderSession(DecoderSession):
             raise QcoderError(f"ONNX Runtime failed on {n} tokens at position "
                               f"{self.position}: {e}") from None
         self.position = total
-        return self._logits.numpy()[0, 0].copy()
