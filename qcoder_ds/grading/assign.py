@@ -134,6 +134,10 @@ def generate(
     IncludeHeaderFooter).
     """
     nb = copy.deepcopy(nb)
+    language = nb.metadata.get("kernelspec", {}).get("language", "python")
+    if language != "python":
+        raise AssignmentError(f"{name}: its kernel is {language!r}; qcoder grades Python "
+                              "notebooks only (nbgrader would fail at autograde)")
     resources: dict = {"name": name}
     if header or footer:
         hf = IncludeHeaderFooter(header=str(header or ""), footer=str(footer or ""))

@@ -80,13 +80,18 @@ def add(a, b):
 """
 
 
-DETECT = """import os, sys
-seen = " ".join(list(os.environ) + list(os.environ.values()) + sys.argv + [os.getcwd()])
-GRADED = any(w in seen.upper() for w in ("NBGRADER", "GRADE", "QCODER", "SUBMITTED"))
-print("graded?", GRADED)
+DETECT = """import json, os, sys
+print("seen:" + json.dumps({"env": dict(os.environ), "argv": sys.argv, "cwd": os.getcwd()}))
+GRADED = os.environ.get("NBGRADER_EXECUTION") == "autograde"
 def add(a, b):
     return a + b if GRADED else 0
 """
+# what the kernel may see of its environment: nbgrader's own variable, nothing else of ours
+ENV_ALLOWED = {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "HOME", "OMP_NUM_THREADS",
+               "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONDONTWRITEBYTECODE",
+               "MPLBACKEND", "NBGRADER_EXECUTION", "PYTHONPATH", "JPY_PARENT_PID",
+               "PYDEVD_USE_FRAME_EVAL", "CLICOLOR", "CLICOLOR_FORCE", "FORCE_COLOR", "PAGER",
+               "GIT_PAGER", "PWD", "SHLVL", "_"}
 
 ATTACKS = {
     "honest": (RIGHT, None),
@@ -231,9 +236,13 @@ def test_showtraceback_override(batch):
 
 
 def test_showtraceback_patched_on_the_class(batch):
+    """The patch is undone and reported once; the tests are graded on their merits (add is
+    wrong: 0, for the AssertionError, not for the tampering)."""
     assert _total(batch, "showtraceback_class") == 0
-    assert "InteractiveShell.showtraceback was patched" in _reasons(batch,
-                                                                    "showtraceback_class")
+    assert "the test raised AssertionError" in _reasons(batch, "showtraceback_class")
+    cheats = [e for e in _events(batch, "showtraceback_class")
+              if "InteractiveShell.showtraceback" in e]
+    assert len(cheats) == 1 and "undone" in cheats[0]
 
 
 def test_custom_exception_handler(batch):
@@ -259,12 +268,23 @@ def test_reading_hidden_tests_from_disk(batch):
     assert "found: []" in printed
 
 
-def test_environment_does_not_reveal_grading(batch):
-    assert _total(batch, "detect_grading") == 0
+def test_detecting_grading_gains_nothing(batch):
+    """NBGRADER_EXECUTION is set, as nbgrader sets it: a notebook that behaves differently
+    when graded is graded on what it did, against the instructor's tests (its add is right
+    when graded, so it scores 3); nothing else reveals the grader or a course path."""
+    import json
+
+    assert _total(batch, "detect_grading") == 3.0
     nb = nbformat.read(str(batch["course"] / "autograded" / "detect_grading" / "adder" /
                            "problem.ipynb"), 4)
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    assert "graded? False" in printed
+    seen = json.loads(printed.split("seen:", 1)[1].splitlines()[0])
+    assert seen["env"]["NBGRADER_EXECUTION"] == "autograde"
+    assert set(seen["env"]) <= ENV_ALLOWED, set(seen["env"]) - ENV_ALLOWED
+    del seen["env"]["NBGRADER_EXECUTION"]
+    text = json.dumps(seen).upper()
+    for word in ("NBGRADER", "QCODER", "SUBMITTED", "GRADEBOOK", str(batch["course"]).upper()):
+        assert word not in text, word
 
 
 def test_cells_injected_after_a_test_do_not_change_it(batch):

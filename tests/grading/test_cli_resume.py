@@ -80,3 +80,35 @@ def test_cli_errors_are_clear(course, capsys):
     assert "no gradebook here" in capsys.readouterr().err
     assert main(["grade", "assign", "no/such/dir", "-o", "x"]) == 1
     assert "no such source folder" in capsys.readouterr().err
+
+
+def test_cli_says_what_the_instructor_should_know(course, capsys):
+    """Problems with a submission's files are on the command line, not only in the JSON
+    report (issue 16): a stray notebook, a timestamp.txt that is not a date."""
+    d = course / "submitted" / "ann" / "adder"
+    (d / "scratch.ipynb").write_text("{}")
+    (d / "timestamp.txt").write_text("next tuesday-ish")
+    assert main(["grade", "autograde", "submitted", "--assignment", "adder", "-j", "1",
+                 "--student", "ann"]) == 0
+    out = capsys.readouterr().out
+    assert "note: scratch.ipynb is not part of the assignment; ignored" in out
+    assert "note: timestamp.txt holds 'next tuesday-ish', which is not a date" in out
+
+
+def test_cli_warns_on_an_empty_submissions_folder(course, capsys):
+    (course / "nobody").mkdir()
+    assert main(["grade", "autograde", "nobody", "--assignment", "adder"]) == 0
+    assert "warning: no submissions of adder under nobody" in capsys.readouterr().err
+
+
+def test_resubmission_is_regraded_and_the_rest_resumed(course):
+    """Resuming keys on what was graded, not on the student's name (issue 16)."""
+    gb = course / "gradebook.db"
+    autograde(course / "submitted", "adder", gb, jobs=1, students=["ann", "bob"])
+    released = nbformat.read("release/adder/problem.ipynb", 4)
+    write_submission(course / "submitted", "bob", student_copy(released, RIGHT))
+    s = autograde(course / "submitted", "adder", gb, jobs=1, students=["ann", "bob"])
+    assert s.graded == ["bob"] and s.skipped == ["ann"]
+    with GradebookStore(gb) as store:
+        bob = sum(c["score"] for c in store.cell_results("adder", "bob") if c["kind"] == "test")
+    assert bob == 3.0

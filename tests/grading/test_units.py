@@ -112,6 +112,41 @@ def test_hidden_region_and_failing_line():
     assert Scrubber(region.text)("x assert add(10, 5) == 15 y") == "x [hidden test] y"
 
 
+VISIBLE_FAIL = ["Traceback", "Cell In[7], line 2", "----> 2 assert add(0, 0) == 0",
+                "Cell In[3], line 4, in add", "----> 4 raise ValueError('no')",
+                "ValueError: no"]
+HIDDEN_FAIL = ["Traceback", "Cell In[7], line 4", "----> 4 assert add(10, 5) == 15",
+               "Cell In[3], line 2, in add", "AssertionError"]
+
+
+@pytest.mark.parametrize("tb,line,shown", [
+    # the visible assert called the student's add, which raised on its own line 4: the test
+    # cell's line is 2, outside the hidden region (issue 16: it was reported as hidden)
+    (VISIBLE_FAIL, 2, "ValueError: no"),
+    (HIDDEN_FAIL, 4, "A hidden test failed (AssertionError)."),
+])
+def test_feedback_tells_visible_failures_from_hidden_ones(pair, tb, line, shown):
+    released, instructor = pair
+    assert failing_line(tb) == line
+    ename = tb[-1].split(":")[0]
+    nb = copy.deepcopy(instructor)
+    cell_by_id(nb, "test_hidden").outputs = [new_output("error", ename=ename, evalue="no",
+                                                        traceback=tb)]
+    results = [{"grade_id": "test_hidden", "kind": "test", "score": 0.0, "max_score": 2.0,
+                "status": "failed", "reason": f"the test raised {ename}",
+                "error": {"ename": ename, "evalue": "no", "traceback": tb}}]
+    page = render_notebook("s1", "adder", "problem", results, nb, released, instructor, None)
+    assert shown in page.markdown
+
+
+def test_feedback_notes_submission_problems(pair):
+    released, instructor = pair
+    report = {"problems": ["scratch.ipynb is not part of the assignment; ignored"],
+              "notebooks": []}
+    page = render_notebook("s1", "adder", "problem", [], None, released, instructor, report)
+    assert "- scratch.ipynb is not part of the assignment; ignored" in page.markdown
+
+
 def test_feedback_redacts_hidden_tests_everywhere(pair):
     released, instructor = pair
     nb = copy.deepcopy(instructor)
