@@ -86,3 +86,20 @@ def reference_greedy(model_dir: Path, input_ids: list[int], steps: int) -> list[
             eos_token_id=None, pad_token_id=0, min_new_tokens=steps,
         )
     return out[0, len(input_ids):].tolist()
+
+
+def build_drafter(target_dir: Path, out_dir: Path, layers: int = 1) -> Path:
+    """A smaller drafter for ``target_dir``: its first ``layers`` layers, with the target's
+    embeddings, final norm and lm_head (one vocabulary), so that its guesses are often right,
+    as a small model of the same family is for a large one."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32)
+    model.model.layers = model.model.layers[:layers]
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:layers]
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir

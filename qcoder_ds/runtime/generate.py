@@ -143,8 +143,16 @@ def generate_tokens(session: DecoderSession, prompt_ids: Sequence[int],
                     **options) -> TokenGeneration:
     """Generate token ids after ``prompt_ids``; see the module docstring for the rules.
 
-    ``options``: ``eos_token_ids``, ``prefill_chunk``, ``truncate`` (see TokenGeneration).
+    ``options``: ``eos_token_ids``, ``prefill_chunk``, ``truncate`` (see TokenGeneration);
+    ``drafter`` (and ``draft_tokens``) for speculative decoding (runtime/speculative.py): the
+    same greedy tokens, the same sampling distribution, fewer target passes.
     """
+    if options.get("drafter") is not None:
+        from qcoder_ds.runtime.speculative import SpeculativeGeneration
+
+        return SpeculativeGeneration(session, prompt_ids, params, cancel, **options)
+    options.pop("drafter", None)
+    options.pop("draft_tokens", None)
     return TokenGeneration(session, prompt_ids, params, cancel, **options)
 
 

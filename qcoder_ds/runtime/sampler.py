@@ -151,3 +151,38 @@ def sample_from_logits(logits: np.ndarray, temperature: float, top_k: int, top_p
     p = e.astype(np.float64) / e.sum(dtype=np.float64)
     i = int(rng.choice(p.shape[0], p=p))
     return i if cand is None else int(cand[i])
+
+
+def token_probabilities(logits: np.ndarray, params: SamplingParams,
+                        history: Iterable[int] = ()) -> np.ndarray:
+    """The distribution :class:`Sampler` draws the next token from, over the whole vocabulary
+    (float64): what speculative sampling's accept/reject rule compares, so that its output has
+    exactly this distribution. Greedy is one-hot at the argmax."""
+    x = np.asarray(logits, dtype=np.float32)
+    if params.repetition_penalty != 1.0:
+        x = apply_repetition_penalty(x, history, params.repetition_penalty)
+    n = x.shape[0]
+    probs = np.zeros(n, dtype=np.float64)
+    if params.greedy:
+        probs[int(np.argmax(x))] = 1.0
+        return probs
+    x = x / np.float32(params.temperature)
+    cand = np.arange(n)
+    if 0 < params.top_k < n:
+        cand = np.argpartition(x, n - params.top_k)[n - params.top_k:]
+    xs = x[cand]
+    e = np.exp(xs - xs.max()).astype(np.float64)
+    if params.top_p < 1.0:
+        order = np.argsort(-xs, kind="stable")
+        cum = np.cumsum(e[order])
+        keep = int(np.searchsorted(cum, params.top_p * cum[-1], side="left")) + 1
+        cand, e = cand[order[:keep]], e[order[:keep]]
+    probs[cand] = e / e.sum()
+    return probs
+
+
+def sample_index(probs: np.ndarray, rng: np.random.Generator) -> int:
+    """One draw from ``probs`` (non-negative, not necessarily normalised)."""
+    cum = np.cumsum(probs, dtype=np.float64)
+    i = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+    return min(i, probs.shape[0] - 1)
