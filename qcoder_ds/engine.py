@@ -9,10 +9,15 @@ This is the one object the copilot, the lessons and the Jupyter server talk to::
 A session has one KV cache, so one generation runs at a time: a second caller waits for the
 first stream to finish (or be closed / cancelled). Cancelling raises GenerationCancelled
 from the stream (see qcoder_ds.runtime.generate).
+
+Speculative decoding (qcoder_ds.runtime.speculative) is off unless asked for: ``drafter=`` a
+model of the same tokenizer (the 0.5B for the 1.5B), ``"prompt-lookup"``, or ``QCODER_DRAFTER``
+in the environment. Greedy answers are the same tokens either way; only the speed differs.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,6 +26,17 @@ from qcoder_ds.errors import QcoderError
 from qcoder_ds.runtime.backend import DecoderSession
 from qcoder_ds.runtime.generate import DEFAULT_PREFILL_CHUNK, TextStream, generate_text
 from qcoder_ds.runtime.sampler import SamplingParams
+from qcoder_ds.runtime.speculative import (
+    DEFAULT_DRAFT_TOKENS,
+    Drafter,
+    ModelDrafter,
+    PromptLookup,
+)
+
+#: the drafter name that needs no model: n-grams of the prompt propose tokens
+PROMPT_LOOKUP = "prompt-lookup"
+#: a probe both tokenizers must encode alike before one model drafts for another
+_PROBE = "df.groupby('region')['revenue'].sum()  # 合计\nSELECT name FROM t WHERE x > 1;"
 
 
 class Engine:
@@ -28,20 +44,24 @@ class Engine:
 
     def __init__(self, session: DecoderSession, tokenizer: Any, chat_template: Any = None,
                  name: str = "model", backend: str = "", weights: str = "",
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, drafter: Drafter | None = None,
+                 draft_tokens: int = DEFAULT_DRAFT_TOKENS):
         self.session = session
         self.tokenizer = tokenizer
         self.template = chat_template  # a ChatTemplate (has .render), or None for base models
         self.name, self.backend, self.weights = name, backend, weights
         self.prefill_chunk = prefill_chunk
+        self.drafter, self.draft_tokens = drafter, draft_tokens
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, model: str | None = None, backend: str = "onnx", weights: str = "int4",
-             threads: int | None = None, progress: bool = True) -> Engine:
+             threads: int | None = None, progress: bool = True, drafter: str | None = None,
+             draft_tokens: int = DEFAULT_DRAFT_TOKENS) -> Engine:
         """Resolve ``model`` (catalogue name, GGUF file, HF directory; None: the default of
         ``models.choice``), export it to ``backend`` once (cached), and load it. ``threads``
-        defaults to the backend's choice (all cores)."""
+        defaults to the backend's choice (all cores). ``drafter`` (default ``QCODER_DRAFTER``,
+        else none): a model name to draft with, ``"prompt-lookup"`` or ``"none"``."""
         from qcoder_ds.models.chat_template import ChatTemplate
         from qcoder_ds.models.choice import default_model
         from qcoder_ds.models.sources import resolve
@@ -56,8 +76,11 @@ class Engine:
             if text else None
         session = load_session(source, backend=backend, weights=weights, threads=threads,
                                progress=progress)
+        draft = load_drafter(drafter or os.environ.get("QCODER_DRAFTER"), session, tokenizer,
+                             backend=backend, weights=weights, threads=threads,
+                             progress=progress)
         return cls(session, tokenizer, template, name=getattr(source, "name", model),
-                   backend=backend, weights=weights)
+                   backend=backend, weights=weights, drafter=draft, draft_tokens=draft_tokens)
 
     @property
     def max_context(self) -> int:
@@ -99,13 +122,37 @@ class Engine:
         # built now, so bad input (empty, too long) fails at the call; the session is only
         # touched when iteration starts, under the lock
         stream = generate_text(self.session, self.tokenizer, ids, params, cancel,
-                               prefill_chunk=self.prefill_chunk, truncate=truncate)
+                               prefill_chunk=self.prefill_chunk, truncate=truncate,
+                               drafter=self.drafter, draft_tokens=self.draft_tokens)
         return _Locked(self._lock, stream)
 
     def generate(self, messages: Sequence[dict], params: SamplingParams | None = None,
                  cancel: threading.Event | None = None) -> str:
         """The whole reply at once (for callers that do not stream)."""
         return "".join(self.chat(messages, params, cancel))
+
+
+def load_drafter(name: str | None, target: DecoderSession, tokenizer: Any,
+                 **load_options) -> Drafter | None:
+    """The drafter ``name`` asks for, checked against the target: prompt lookup, or a model
+    whose tokenizer encodes like the target's (a draft in other ids would be all rejected).
+    ``load_options`` go to ``load_session`` (backend, weights, threads, progress)."""
+    if not name or name.lower() == "none":
+        return None
+    if name == PROMPT_LOOKUP:
+        return PromptLookup()
+    from qcoder_ds.models.sources import resolve
+    from qcoder_ds.runtime.export import load_session
+
+    source = resolve(name)
+    if source.tokenizer().encode(_PROBE) != tokenizer.encode(_PROBE):
+        raise QcoderError(f"{name} cannot draft for this model: its tokenizer differs; "
+                          f"choose a model of the same family or {PROMPT_LOOKUP!r}")
+    session = load_session(source, **load_options)
+    if session.vocab_size != target.vocab_size:
+        raise QcoderError(f"{name} cannot draft for this model: {session.vocab_size} logits "
+                          f"per token, the model has {target.vocab_size}")
+    return ModelDrafter(session)
 
 
 class _Locked:
