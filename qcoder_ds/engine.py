@@ -74,11 +74,12 @@ class Engine:
         text = getattr(tokenizer, "chat_template", None)  # None for base models
         template = ChatTemplate(text, getattr(tokenizer, "special_tokens_map", None)) \
             if text else None
+        drafter = drafter or os.environ.get("QCODER_DRAFTER")
+        options = _turn_taking(backend, drafter)
         session = load_session(source, backend=backend, weights=weights, threads=threads,
-                               progress=progress)
-        draft = load_drafter(drafter or os.environ.get("QCODER_DRAFTER"), session, tokenizer,
-                             backend=backend, weights=weights, threads=threads,
-                             progress=progress)
+                               progress=progress, **options)
+        draft = load_drafter(drafter, session, tokenizer, backend=backend, weights=weights,
+                             threads=threads, progress=progress, **options)
         return cls(session, tokenizer, template, name=getattr(source, "name", model),
                    backend=backend, weights=weights, drafter=draft, draft_tokens=draft_tokens)
 
@@ -130,6 +131,15 @@ class Engine:
                  cancel: threading.Event | None = None) -> str:
         """The whole reply at once (for callers that do not stream)."""
         return "".join(self.chat(messages, params, cancel))
+
+
+def _turn_taking(backend: str, drafter: str | None) -> dict:
+    """Load options for a target and a drafter model that take turns on the same cores: ONNX
+    Runtime's threads must not spin-wait between ops, or each session's idle threads hold the
+    cores the other one needs."""
+    if backend == "onnx" and drafter and drafter.lower() != "none" and drafter != PROMPT_LOOKUP:
+        return {"spinning": False}
+    return {}
 
 
 def load_drafter(name: str | None, target: DecoderSession, tokenizer: Any,

@@ -35,7 +35,7 @@ GREEDY = SamplingParams(max_new_tokens=NEW)
 HOT = SamplingParams(temperature=0.01, max_new_tokens=2)
 
 
-def _load(backend: str, hf, out, max_context: int | None = None):
+def _load(backend: str, hf, out, max_context: int | None = None, spinning: bool = True):
     from qcoder_ds.models.checkpoint import HFCheckpoint
 
     if backend == "onnx":
@@ -43,7 +43,7 @@ def _load(backend: str, hf, out, max_context: int | None = None):
 
         if not (out / "model.onnx").exists():
             export_onnx(HFCheckpoint(hf), out, weights="fp32", progress=False)
-        return load_onnx(out, threads=1, max_context=max_context)
+        return load_onnx(out, threads=1, max_context=max_context, spinning=spinning)
     pytest.importorskip("openvino")
     from qcoder_ds.runtime.openvino_backend import load_openvino
     from qcoder_ds.runtime.openvino_graph import export_openvino
@@ -59,7 +59,7 @@ class Pair:
     def __init__(self, backend: str, target_dir, drafter_dir, tmp):
         self.backend, self.target_dir, self.tmp = backend, target_dir, tmp
         self.target = _load(backend, target_dir, tmp / "target")
-        self.small = _load(backend, drafter_dir, tmp / "drafter")
+        self.small = _load(backend, drafter_dir, tmp / "drafter", spinning=False)
         self.twin = _load(backend, target_dir, tmp / "target")  # the target as its own drafter
         self.plain = self.run(None, GREEDY)
 
@@ -376,7 +376,11 @@ def test_engine_with_a_drafter_streams_the_same_text(pair):
 
 
 def test_engine_drafter_names():
-    from qcoder_ds.engine import load_drafter
+    from qcoder_ds.engine import _turn_taking, load_drafter
 
     assert load_drafter(None, None, None) is None and load_drafter("none", None, None) is None
     assert isinstance(load_drafter("prompt-lookup", None, None), PromptLookup)
+    # a drafter model and its target take turns on the cores: no spin-waiting threads
+    assert _turn_taking("onnx", "qwen2.5-coder-0.5b-instruct") == {"spinning": False}
+    assert _turn_taking("onnx", "prompt-lookup") == {} == _turn_taking("onnx", None)
+    assert _turn_taking("openvino", "qwen2.5-coder-0.5b-instruct") == {}

@@ -79,8 +79,10 @@ class Backend:
     def export(self, ckpt, out_dir: Path, weights: str, progress: bool) -> None:
         self._fn(self.export_fn)(ckpt, out_dir, weights=weights, progress=progress)
 
-    def load(self, out_dir: Path, threads: int | None) -> DecoderSession:
-        return self._fn(self.load_fn)(out_dir, threads=threads)
+    def load(self, out_dir: Path, threads: int | None, **options) -> DecoderSession:
+        """``options``: backend-specific load settings (ONNX Runtime: ``spinning``), passed
+        only when given, so a plugin's ``(out_dir, threads=...)`` keeps working."""
+        return self._fn(self.load_fn)(out_dir, threads=threads, **options)
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -232,11 +234,12 @@ def _remove_superseded(final: Path) -> None:
 
 
 def load_session(source, backend: str = "onnx", weights: str = "int4",
-                 threads: int | None = None, progress: bool = True) -> DecoderSession:
-    """A ready DecoderSession for ``source`` (a Source or a name/path), exporting it if needed."""
+                 threads: int | None = None, progress: bool = True, **options) -> DecoderSession:
+    """A ready DecoderSession for ``source`` (a Source or a name/path), exporting it if needed;
+    ``options`` go to the backend's load function."""
     out = ensure_export(source, backend, weights, progress)
     try:
-        return get_backend(backend).load(out, threads)
+        return get_backend(backend).load(out, threads, **options)
     except QcoderError:
         raise
     except Exception as e:  # a damaged cache entry: say where it is and how to rebuild it

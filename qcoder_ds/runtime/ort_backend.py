@@ -88,9 +88,14 @@ def _config_from_dict(d: dict) -> ArchConfig:
     return ArchConfig(**{k: v for k, v in d.items() if k in fields})
 
 
-def load_onnx(out_dir: Path, threads: int | None = None,
-              max_context: int | None = None) -> OrtDecoderSession:
-    """Open an export made by ``export_onnx``; ``threads`` defaults to the usable CPU cores."""
+def load_onnx(out_dir: Path, threads: int | None = None, max_context: int | None = None,
+              spinning: bool = True) -> OrtDecoderSession:
+    """Open an export made by ``export_onnx``; ``threads`` defaults to the usable CPU cores.
+
+    ``spinning=False`` makes the session's idle threads sleep instead of spin-waiting for the
+    next op: needed where two sessions take turns on the same cores (a speculative drafter and
+    its target), since each one's spinning threads would take the cores from the other. On a
+    loaded 2-core machine this took the 0.5B drafter's step from ~55 ms to ~17 ms."""
     out_dir = Path(out_dir)
     for f in (MODEL_FILE, DATA_FILE, CONFIG_FILE):
         if not (out_dir / f).is_file():
@@ -102,13 +107,15 @@ def load_onnx(out_dir: Path, threads: int | None = None,
     except (ValueError, TypeError) as e:
         raise ModelError(f"{out_dir / CONFIG_FILE}: unreadable export config ({e})") from None
     return OrtDecoderSession(out_dir / MODEL_FILE, cfg, threads or _default_threads(),
-                             max_context or min(cfg.max_position_embeddings, DEFAULT_MAX_CONTEXT))
+                             max_context or min(cfg.max_position_embeddings, DEFAULT_MAX_CONTEXT),
+                             spinning)
 
 
 class OrtDecoderSession(DecoderSession):
     """A decoder on ONNX Runtime's CPU EP, batch 1, with its KV cache bound in place."""
 
-    def __init__(self, model_path: Path, cfg: ArchConfig, threads: int, max_context: int):
+    def __init__(self, model_path: Path, cfg: ArchConfig, threads: int, max_context: int,
+                 spinning: bool = True):
         if max_context > cfg.max_position_embeddings:
             raise ContextLengthError(
                 f"max_context {max_context} exceeds the model's "
@@ -120,6 +127,8 @@ class OrtDecoderSession(DecoderSession):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if not spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(model_path), so,
                                                 providers=["CPUExecutionProvider"])

@@ -133,24 +133,30 @@ def sample_from_logits(logits: np.ndarray, temperature: float, top_k: int, top_p
         x = x[cand]
     e = np.exp(x - x.max())  # unnormalised probabilities
     if top_p < 1.0:
-        total = float(e.sum(dtype=np.float64))
-        order = None
-        if x.shape[0] > _NUCLEUS_CANDIDATES:
-            # the nucleus usually lies among the best few hundred: sort only those when
-            # they already hold top_p of the mass, else sort everything
-            best = np.argpartition(x, -_NUCLEUS_CANDIDATES)[-_NUCLEUS_CANDIDATES:]
-            if e[best].sum(dtype=np.float64) >= top_p * total:
-                order = best[np.argsort(-x[best], kind="stable")]
-        if order is None:
-            order = np.argsort(-x, kind="stable")
-        cum = np.cumsum(e[order], dtype=np.float64)
-        keep = int(np.searchsorted(cum, top_p * total, side="left")) + 1
-        sel = order[:keep]
+        sel = _nucleus_of(x, e, top_p)
         cand = sel if cand is None else cand[sel]
         e = e[sel]
     p = e.astype(np.float64) / e.sum(dtype=np.float64)
     i = int(rng.choice(p.shape[0], p=p))
     return i if cand is None else int(cand[i])
+
+
+def _nucleus_of(x: np.ndarray, e: np.ndarray, top_p: float) -> np.ndarray:
+    """Positions of the nucleus of logits ``x`` (``e`` their unnormalised probabilities)."""
+    total = float(e.sum(dtype=np.float64))
+    order = None
+    if x.shape[0] > _NUCLEUS_CANDIDATES:
+        # the nucleus usually lies among the best few hundred: sort only those when they
+        # already hold top_p of the mass, else sort everything (a full sort of a 150k
+        # vocabulary costs ~10 ms, more than a draft token's whole forward pass)
+        best = np.argpartition(x, -_NUCLEUS_CANDIDATES)[-_NUCLEUS_CANDIDATES:]
+        if e[best].sum(dtype=np.float64) >= top_p * total:
+            order = best[np.argsort(-x[best], kind="stable")]
+    if order is None:
+        order = np.argsort(-x, kind="stable")
+    cum = np.cumsum(e[order], dtype=np.float64)
+    keep = int(np.searchsorted(cum, top_p * total, side="left")) + 1
+    return order[:keep]
 
 
 def token_probabilities(logits: np.ndarray, params: SamplingParams,
@@ -171,13 +177,11 @@ def token_probabilities(logits: np.ndarray, params: SamplingParams,
     if 0 < params.top_k < n:
         cand = np.argpartition(x, n - params.top_k)[n - params.top_k:]
     xs = x[cand]
-    e = np.exp(xs - xs.max()).astype(np.float64)
+    e = np.exp(xs - xs.max())
     if params.top_p < 1.0:
-        order = np.argsort(-xs, kind="stable")
-        cum = np.cumsum(e[order])
-        keep = int(np.searchsorted(cum, params.top_p * cum[-1], side="left")) + 1
-        cand, e = cand[order[:keep]], e[order[:keep]]
-    probs[cand] = e / e.sum()
+        sel = _nucleus_of(xs, e, params.top_p)
+        cand, e = cand[sel], e[sel]
+    probs[cand] = e.astype(np.float64) / e.sum(dtype=np.float64)
     return probs
 
 
