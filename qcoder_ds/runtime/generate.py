@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -138,6 +138,11 @@ class TokenGeneration:
             self.decode_seconds += time.perf_counter() - t
 
 
+#: the speculative generation class; runtime/speculative.py, which builds on this module,
+#: registers it when imported (so this module does not import it back)
+SPECULATIVE: Callable[..., TokenGeneration] | None = None
+
+
 def generate_tokens(session: DecoderSession, prompt_ids: Sequence[int],
                     params: SamplingParams | None = None, cancel: threading.Event | None = None,
                     **options) -> TokenGeneration:
@@ -148,9 +153,10 @@ def generate_tokens(session: DecoderSession, prompt_ids: Sequence[int],
     same greedy tokens, the same sampling distribution, fewer target passes.
     """
     if options.get("drafter") is not None:
-        from qcoder_ds.runtime.speculative import SpeculativeGeneration
-
-        return SpeculativeGeneration(session, prompt_ids, params, cancel, **options)
+        if SPECULATIVE is None:
+            raise QcoderError("a drafter needs qcoder_ds.runtime.speculative imported "
+                              "(Engine.load imports it)")
+        return SPECULATIVE(session, prompt_ids, params, cancel, **options)
     options.pop("drafter", None)
     options.pop("draft_tokens", None)
     return TokenGeneration(session, prompt_ids, params, cancel, **options)

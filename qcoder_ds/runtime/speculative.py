@@ -33,6 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
+from qcoder_ds.runtime import generate as _generate
 from qcoder_ds.runtime.backend import DecoderSession, _shared
 from qcoder_ds.runtime.generate import DEFAULT_PREFILL_CHUNK, TokenGeneration
 from qcoder_ds.runtime.sampler import (
@@ -283,3 +284,6 @@ class SpeculativeGeneration(TokenGeneration):
             return self._greedy(logits, history if self._track else ()), None
         q = token_probabilities(logits, self.params, history if self._track else ())
         return sample_index(q, self.rng), q
+
+
+_generate.SPECULATIVE = SpeculativeGeneration  # generate_tokens(..., drafter=...) uses it
