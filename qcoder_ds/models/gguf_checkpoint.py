@@ -45,7 +45,6 @@ _EXPERTS = {"ffn_gate_exps.weight": "gate_proj", "ffn_up_exps.weight": "up_proj"
 _ARCH_ALIASES = {"qwen3moe": "qwen3_moe"}
 
 
-
 class GGUFCheckpoint(Checkpoint):
     """Weights and ArchConfig of one GGUF file.
 
@@ -60,6 +59,7 @@ class GGUFCheckpoint(Checkpoint):
         self._tensors = {t.name: t for t in self.meta.tensors}
         self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
         self.config = self._read_config()
+        self._check_experts()
         self._names = self._hf_names()
 
     def _read_config(self) -> ArchConfig:
@@ -96,9 +96,60 @@ class GGUFCheckpoint(Checkpoint):
             num_experts=int(meta("expert_count", 0)),
             num_experts_per_tok=int(meta("expert_used_count", 0)),
             moe_intermediate_size=int(meta("expert_feed_forward_length", 0)),
-            # llama.cpp always renormalizes the top-k weights of qwen3moe
-            norm_topk_prob=arch == "qwen3_moe",
+            # llama.cpp always renormalizes the top-k weights of qwen3moe (expert_weights_norm
+            # is written by other MoE converters; honoured if present)
+            norm_topk_prob=bool(meta("expert_weights_norm", arch == "qwen3_moe")),
         )
+
+    def _check_experts(self) -> None:
+        """Merged expert tensors must match the header: llama.cpp reads ``expert_count`` and
+        ``expert_feed_forward_length`` from it, and a GGUF edited or converted by hand whose
+        tensors disagree would otherwise be sliced at the wrong byte offsets."""
+        c = self.config
+        pattern = re.compile(r"blk\.\d+\.(ffn_(gate|up|down)_exps|ffn_gate_inp)\.weight")
+        merged = [t for t in self.meta.tensors if pattern.fullmatch(t.name)]
+        if not merged:
+            return
+        if c.num_experts <= 0:
+            raise ModelError(
+                f"{self.path}: tensor {merged[0].name} holds experts but the header has no "
+                f"{self.meta.architecture}.expert_count; the GGUF is incomplete, convert it again"
+            )
+        if not 0 < c.num_experts_per_tok <= c.num_experts:
+            raise ModelError(
+                f"{self.path}: {self.meta.architecture}.expert_used_count is "
+                f"{c.num_experts_per_tok}, it must be between 1 and expert_count {c.num_experts}"
+            )
+        ff = c.moe_intermediate_size
+        for t in merged:
+            rest = t.name.split(".", 2)[2]
+            layer = int(t.name.split(".")[1])
+            if layer >= c.num_layers:
+                raise ModelError(
+                    f"{self.path}: tensor {t.name} is for layer {layer}, the header's block_count "
+                    f"is {c.num_layers}"
+                )
+            if rest == "ffn_gate_inp.weight":  # router, GGUF order [hidden, experts]
+                want = (c.hidden_size, c.num_experts)
+                what = ("hidden size", "expert count")
+            elif rest == "ffn_down_exps.weight":  # [ff, hidden, experts]
+                want = (ff, c.hidden_size, c.num_experts)
+                what = ("expert_feed_forward_length", "hidden size", "expert count")
+            else:  # gate/up [hidden, ff, experts]
+                want = (c.hidden_size, ff, c.num_experts)
+                what = ("hidden size", "expert_feed_forward_length", "expert count")
+            if len(t.shape) != len(want):
+                raise ModelError(
+                    f"{self.path}: tensor {t.name} has {len(t.shape)} dimensions {t.shape}, "
+                    f"expected {len(want)} {want}"
+                )
+            for got, expected, label in zip(t.shape, want, what, strict=True):
+                if got != expected:
+                    raise ModelError(
+                        f"{self.path}: tensor {t.name} has {label} {got} but the header says "
+                        f"{expected} (shape {t.shape}, GGUF order); the GGUF is inconsistent, "
+                        "convert it again"
+                    )
 
     def _hf_names(self) -> dict[str, tuple[str, int | None]]:
         """HF name -> (GGUF name, expert index or None)."""
@@ -133,6 +184,20 @@ class GGUFCheckpoint(Checkpoint):
         gname, expert = self._names[name]
         t = self._tensors[gname]
         return t.n_bytes // t.shape[-1] if expert is not None else t.n_bytes
+
+    def raw_data(self, name: str) -> tuple[str, np.ndarray]:
+        """(GGUF type, bytes) of one tensor, unconverted: for stacked experts only that expert's
+        rows (a byte range, blocks never span rows), so an expert store can copy or repack a
+        quantized expert without dequantizing the merged tensor."""
+        if name not in self._names:
+            raise ModelError(f"{self.path}: tensor {name} is missing from the GGUF")
+        gname, expert = self._names[name]
+        t = self._tensors[gname]
+        if expert is None:
+            return t.type_name, self._data[t.offset:t.offset + t.n_bytes]
+        share = t.n_bytes // t.shape[-1]
+        start = t.offset + expert * share
+        return t.type_name, self._data[start:start + share]
 
     def tensor(self, name: str) -> np.ndarray:
         from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
