@@ -4,8 +4,16 @@ Data-science questions often show the table they want ("desired output:", as in 
 DS-1000, which is made of such questions). When the checked cell's result, printed the way
 pandas prints it, appears in the request, the answer does what the example asks; the copilot
 then prefers it over candidates whose result the request does not show. Numbers are compared
-to a relative 1e-3 (examples are typed with fewer digits than pandas prints). A result equal to
-the input data is never a confirmation: the input table is usually shown too.
+to a relative 1e-3 (examples are typed with fewer digits than pandas prints).
+
+Two kinds of accidental match are not confirmations:
+
+- the input. A result equal to the input data, or one found only where the request shows the
+  input table (the first rows of the input, a column of it), confirms nothing: the part of
+  the request that prints an input object is masked before the result is looked for.
+- a list that is not one. A result printed as a Python list (``[...]``) confirms only where
+  the request shows that list in brackets, not where its items happen to follow each other
+  in running text ("abc, def, ghi" is one joined string, not four items).
 """
 
 from __future__ import annotations
@@ -18,10 +26,12 @@ from typing import Any
 MIN_TOKENS = 4
 
 
-def tokens(text: str) -> list[str | float]:
-    """Whitespace-separated tokens, numbers as floats; brackets and commas split tokens."""
+def tokens(text: str, brackets: bool = False) -> list[str | float]:
+    """Whitespace-separated tokens, numbers as floats; brackets and commas split tokens.
+    With ``brackets``, square brackets are kept as tokens of their own (to compare lists)."""
     out: list[str | float] = []
-    for t in re.sub(r"[\[\](),]", " ", text).split():
+    text = re.sub(r"([\[\]])", r" \1 ", text) if brackets else text
+    for t in re.sub(r"[(),]" if brackets else r"[\[\](),]", " ", text).split():
         try:
             out.append(float(t))
         except ValueError:
@@ -37,11 +47,29 @@ def _same(a: str | float, b: str | float) -> bool:
     return a == b
 
 
-def appears_in(needle: list[str | float], hay: list[str | float]) -> bool:
-    """Whether ``needle`` is a contiguous run of ``hay``."""
+def _starts(needle: list[str | float], hay: list[str | float]) -> list[int]:
+    """Where ``needle`` occurs as a contiguous run of ``hay``."""
     n = len(needle)
-    return any(all(_same(hay[i + j], needle[j]) for j in range(n))
-               for i in range(len(hay) - n + 1))
+    return [i for i in range(len(hay) - n + 1)
+            if all(_same(hay[i + j], needle[j]) for j in range(n))]
+
+
+def appears_in(needle: list[str | float], hay: list[str | float],
+               masked: frozenset[int] = frozenset()) -> bool:
+    """Whether ``needle`` is a contiguous run of ``hay`` that touches no ``masked`` position."""
+    n = len(needle)
+    return any(not masked.intersection(range(i, i + n)) for i in _starts(needle, hay))
+
+
+def _shown_inputs(hay: list[str | float], inputs: list[str]) -> frozenset[int]:
+    """The positions of ``hay`` where the request prints one of the input objects."""
+    out: set[int] = set()
+    for form in inputs:
+        needle = tokens(form)
+        if len(needle) >= MIN_TOKENS:
+            for i in _starts(needle, hay):
+                out.update(range(i, i + len(needle)))
+    return frozenset(out)
 
 
 _LIST = re.compile(r"\[[^\[\]\n]*,[^\[\]\n]*,[^\[\]\n]*\]")
@@ -77,8 +105,15 @@ def confirmed(request: str, value: dict[str, Any] | None) -> bool:
     if not value or value.get("is_input"):
         return False
     hay = tokens(request)
+    masked = _shown_inputs(hay, value.get("inputs_printed") or [])
+    listed = tokens(request, brackets=True)
     for form in value.get("printed") or []:
+        if form.lstrip().startswith("["):  # a list, or an array as numpy prints it
+            needle = tokens(form, brackets=True)
+            if len(needle) >= MIN_TOKENS + 2 and appears_in(needle, listed):
+                return True
+            continue
         needle = tokens(form)
-        if len(needle) >= MIN_TOKENS and appears_in(needle, hay):
+        if len(needle) >= MIN_TOKENS and appears_in(needle, hay, masked):
             return True
     return False

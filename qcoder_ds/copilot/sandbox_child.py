@@ -123,7 +123,7 @@ def _printed(value, limit=4000):
     return [f for f in forms if len(f) <= limit]
 
 
-def _describe(value, inputs=frozenset()):
+def _describe(value, inputs=frozenset(), inputs_printed=()):
     if value is None:
         return None
     text = repr(value)
@@ -134,6 +134,8 @@ def _describe(value, inputs=frozenset()):
         out["columns"] = [str(c) for c in value.columns][:100]
     out["printed"] = _printed(value)
     out["is_input"] = _fingerprint(value) in inputs  # the data, returned unchanged
+    if out["printed"]:  # where the request shows the inputs, a match confirms nothing
+        out["inputs_printed"] = list(inputs_printed)
     return out
 
 
@@ -277,8 +279,11 @@ def run_job(job_dir):
     os.makedirs(workdir, exist_ok=True)
     os.chdir(workdir)
     ns = _namespace(job)
-    inputs = {_fingerprint(v) for v in job["data"].values()
-              if isinstance(v, (pd.DataFrame, pd.Series, np.ndarray))}
+    data = [v for v in job["data"].values()
+            if isinstance(v, (pd.DataFrame, pd.Series, np.ndarray))]
+    inputs = {_fingerprint(v) for v in data}
+    # as the request would show them (not as lists), before the cell can change them
+    inputs_printed = [f for v in data for f in _printed(v) if not f.lstrip().startswith("[")]
     blocked = []
     _install_guard(workdir, job.get("allowed_dirs", []), blocked)
     _set_limits(job)
@@ -293,7 +298,8 @@ def run_job(job_dir):
             figs = _figures(workdir)
         named = ns.get(job.get("result_name") or "", None)
         shown = named if named is not None else value
-        result.update(value=_describe(shown, inputs), fingerprint=_fingerprint(shown),
+        result.update(value=_describe(shown, inputs, inputs_printed),
+                      fingerprint=_fingerprint(shown),
                       figures=figs)
     except BaseException as e:  # noqa: BLE001 - everything is reported, nothing escapes
         result.update(_failure(e))

@@ -48,3 +48,57 @@ def test_shows_table(request_, shows):
 
 def test_tokens_read_numbers_and_split_brackets():
     assert tokens("[1, 2.50] 'x' NaN") == [1.0, 2.5, "x", pytest.approx(float("nan"), nan_ok=True)]
+
+
+# The input shown in the request, and a wanted result that starts like it: the first rows of
+# the input are found in the request, but only where it prints the input.
+_BINS = """I would like to bin this frame every 4 rows:
+    col1
+0      1
+1      1
+2      4
+3      5
+4      1
+5      4
+and turn it into this:
+    col1
+0     11
+1      5
+"""
+_BINS_INPUT = "   col1\n0     1\n1     1\n2     4\n3     5\n4     1\n5     4"
+
+
+@pytest.mark.parametrize("printed,ok", [
+    ("   col1\n0     1\n1     1", False),  # the first rows of the input: where the input is shown
+    ("   col1\n0    11\n1     5", True),  # the wanted result
+    ("   col1\n0     1\n1     4", False),  # in neither place
+])
+def test_a_match_inside_the_shown_input_confirms_nothing(printed, ok):
+    value = {"printed": [printed], "is_input": False, "inputs_printed": [_BINS_INPUT]}
+    assert confirmed(_BINS, value) is ok
+
+
+def test_without_the_inputs_the_prefix_of_the_input_would_confirm():
+    """The control: what the masking above prevents."""
+    assert confirmed(_BINS, {"printed": ["   col1\n0     1\n1     1"], "is_input": False})
+
+
+_JOINED = """How can I merge these rows into a single row like the following one Series?
+0    abc, def, ghi, jkl
+Name: text, dtype: object
+or, as a list, ['x', 'abc', 'def', 'ghi', 'jkl', 'y']
+"""
+
+
+@pytest.mark.parametrize("request_,printed,ok", [
+    # four items, where the request shows one string that joins them
+    (_JOINED.split("or,")[0], "['abc', 'def', 'ghi', 'jkl']", False),
+    # the same list in brackets is one the request shows
+    ("I want ['abc', 'def', 'ghi', 'jkl'] back", "['abc', 'def', 'ghi', 'jkl']", True),
+    # part of a longer bracketed list is not that list
+    (_JOINED, "['abc', 'def', 'ghi', 'jkl']", False),
+    # numpy's printing of an array against the list the request shows
+    ("the result should be [[1, 2], [3, 4]]", "[[1 2]\n [3 4]]", True),
+])
+def test_a_list_confirms_only_a_bracketed_list(request_, printed, ok):
+    assert confirmed(request_, {"printed": [printed], "is_input": False}) is ok

@@ -111,3 +111,18 @@ def test_workdir_is_removed(tmp_path, monkeypatch):
     assert r.ok and any(p.name.startswith("qcoder-check-") for p in tmp_path.iterdir())
     sb.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_inputs_as_printed_come_back_so_a_shown_input_confirms_nothing(box):
+    """The child reports how the input data print, taken before the cell runs (the cell may
+    change them), so the example check can tell the request's input table from its result."""
+    from qcoder_ds.copilot.examples import confirmed
+
+    df = pd.DataFrame({"col1": [1, 1, 4, 5, 1, 4]})
+    request = f"I have\n{df.to_string()}\nand want every 4 rows summed:\n" \
+              f"{pd.DataFrame({'col1': [11, 5]}).to_string()}\n"
+    head = box.run("df['col1'] = df['col1'] * 1\ndf.head(2)", {"df": df})
+    assert head.ok and head.value["inputs_printed"][0] == df.to_string()
+    assert not confirmed(request, head.value)
+    binned = box.run("df.groupby(df.index // 4).sum()", {"df": df})
+    assert confirmed(request, binned.value)
