@@ -196,9 +196,12 @@ class Copilot:
 
     def ask(self, request: str, namespace: Mapping[str, Any], opts: Options | None = None,
             on_token: Callable[[str], None] | None = None, cancel: Any = None,
-            code: str | None = None) -> Answer:
-        """Serve one request against ``namespace`` (the kernel's user namespace)."""
-        req = self._request(request, namespace, opts or Options(), on_token, cancel, code)
+            code: str | None = None, context: ctxmod.KernelContext | None = None) -> Answer:
+        """Serve one request against ``namespace`` (the kernel's user namespace).
+        ``context``: the context already described where the full objects live (the chat
+        server's ``namespace`` holds only sample copies, so it ships the kernel's own)."""
+        req = self._request(request, namespace, opts or Options(), on_token, cancel, code,
+                            context)
         req.prompt = self._prompt(req)
         req.answer.prompt = req.prompt
         if req.task is Task.EXPLAIN:
@@ -210,11 +213,11 @@ class Copilot:
 
     def _request(self, text: str, namespace: Mapping[str, Any], opts: Options,
                  on_token: Callable[[str], None] | None, cancel: Any,
-                 code: str | None) -> Request:
+                 code: str | None, context: ctxmod.KernelContext | None = None) -> Request:
         """Context: the live objects the request can use, its task, and its words."""
         started = time.perf_counter()
         text = ctxmod.interpolate(text or "", namespace)
-        ctx = ctxmod.collect(namespace, text)
+        ctx = context if context is not None else ctxmod.collect(namespace, text)
         task = opts.task or infer_task(text, ctx)
         if task is Task.FIX and not (text or "").strip():
             text = "fix the cell"
