@@ -70,8 +70,9 @@ class OnnxExportOptions:
 class _Builder:
     """Collects nodes and initializers; big initializers are written to the data file at once."""
 
-    def __init__(self, data: BinaryIO):
+    def __init__(self, data: BinaryIO, location: str = DATA_FILE):
         self.data = data
+        self.location = location  # the data file's name, as the graph refers to it
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[TensorProto] = []
         self._n = 0
@@ -95,7 +96,8 @@ class _Builder:
         t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
         t.dims.extend(arr.shape)
         t.data_location = TensorProto.EXTERNAL
-        for k, v in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(arr.nbytes))):
+        for k, v in (("location", self.location), ("offset", str(offset)),
+                     ("length", str(arr.nbytes))):
             e = t.external_data.add()
             e.key, e.value = k, v
         self.inits.append(t)

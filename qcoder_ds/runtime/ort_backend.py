@@ -59,10 +59,15 @@ def export_onnx(ckpt: Checkpoint, out_dir: Path, weights: str = "int4", progress
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        with open(tmp / DATA_FILE, "wb") as data:
-            model = build_decoder(ckpt.config, ckpt.tensor, data, opts, progress=progress)
-        save_model(model, tmp / MODEL_FILE)
         meta = {**ckpt.config.to_dict(), "export": {"backend": "onnx", **opts.to_dict()}}
+        if ckpt.config.num_experts:  # dense graphs per layer + an expert store
+            from qcoder_ds.runtime.moe_ort import export_moe_onnx
+
+            meta["moe"] = export_moe_onnx(ckpt, tmp, opts, progress=progress)
+        else:
+            with open(tmp / DATA_FILE, "wb") as data:
+                model = build_decoder(ckpt.config, ckpt.tensor, data, opts, progress=progress)
+            save_model(model, tmp / MODEL_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -89,26 +94,52 @@ def _config_from_dict(d: dict) -> ArchConfig:
 
 
 def load_onnx(out_dir: Path, threads: int | None = None, max_context: int | None = None,
-              spinning: bool = True) -> OrtDecoderSession:
+              spinning: bool | None = None, **moe_options) -> DecoderSession:
     """Open an export made by ``export_onnx``; ``threads`` defaults to the usable CPU cores.
 
     ``spinning=False`` makes the session's idle threads sleep instead of spin-waiting for the
     next op: needed where two sessions take turns on the same cores (a speculative drafter and
     its target), since each one's spinning threads would take the cores from the other. On a
-    loaded 2-core machine this took the 0.5B drafter's step from ~55 ms to ~17 ms."""
+    loaded 2-core machine this took the 0.5B drafter's step from ~55 ms to ~17 ms.
+
+    A mixture-of-experts export loads as a MoE session; ``moe_options`` (``expert_ram``,
+    ``policy``, ``prefetch``, ``trace``) go to ``moe_ort.load_moe_onnx`` and are refused for
+    a dense model."""
     out_dir = Path(out_dir)
-    for f in (MODEL_FILE, DATA_FILE, CONFIG_FILE):
+    meta = _read_meta(out_dir)
+    if meta.get("moe"):
+        from qcoder_ds.runtime.moe_ort import load_moe_onnx
+
+        return load_moe_onnx(out_dir, meta, threads or _default_threads(), max_context,
+                             bool(spinning), **moe_options)
+    if moe_options:
+        raise QcoderError(f"{', '.join(sorted(moe_options))}: only for a mixture-of-experts "
+                          f"model, and {out_dir} is a dense export")
+    spinning = True if spinning is None else spinning
+    for f in (MODEL_FILE, DATA_FILE):
         if not (out_dir / f).is_file():
             raise ModelError(f"{out_dir}: no {f}; not a complete ONNX export "
                              f"(run `qcoder export MODEL --backend onnx` again)")
-    try:
-        meta = json.loads((out_dir / CONFIG_FILE).read_text())
-        cfg = _config_from_dict(meta)
-    except (ValueError, TypeError) as e:
-        raise ModelError(f"{out_dir / CONFIG_FILE}: unreadable export config ({e})") from None
+    cfg = _config_from_dict(meta)
     return OrtDecoderSession(out_dir / MODEL_FILE, cfg, threads or _default_threads(),
                              max_context or min(cfg.max_position_embeddings, DEFAULT_MAX_CONTEXT),
                              spinning)
+
+
+def _read_meta(out_dir: Path) -> dict:
+    """The export's config.json (dense or MoE)."""
+    path = out_dir / CONFIG_FILE
+    if not path.is_file():
+        dense = (out_dir / MODEL_FILE).is_file() or (out_dir / "layer_0.onnx").is_file()
+        raise ModelError(f"{out_dir}: no {CONFIG_FILE if dense else MODEL_FILE}; "
+                         f"not a complete ONNX export "
+                         f"(run `qcoder export MODEL --backend onnx` again)")
+    try:
+        meta = json.loads(path.read_text())
+        _config_from_dict(meta)
+    except (ValueError, TypeError) as e:
+        raise ModelError(f"{path}: unreadable export config ({e})") from None
+    return meta
 
 
 class OrtDecoderSession(DecoderSession):

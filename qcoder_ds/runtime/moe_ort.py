@@ -1,0 +1,276 @@
+"""Qwen3-MoE on ONNX Runtime: export (dense graphs + expert store) and the loaded session.
+
+``export_moe_onnx`` writes into an export folder: ``layer_{i}.onnx`` and ``head.onnx`` (their
+weights in ``dense.onnx.data``), ``routers.npy`` (the routers for prefetch), the expert store
+(``experts.bin`` + ``experts.json``) and returns what ``config.json`` records under ``moe``.
+Experts are quantized and written one by one as the export runs.
+
+``load_moe_onnx`` opens it as a :class:`~qcoder_ds.runtime.moe_session.MoeDecoderSession`:
+each layer's KV cache is one preallocated OrtValue bound as that layer's past and present
+(GroupQueryAttention appends in place, as in the dense backend); the RoPE tables are one pair
+of OrtValues bound to every layer; each resident expert is its own InferenceSession with the
+expert's weights as constant initializers, one intra-op thread, no memory arena.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
+from qcoder_ds.models.checkpoint import Checkpoint
+from qcoder_ds.models.config import ArchConfig
+from qcoder_ds.runtime.expert_cache import ExpertCache, parse_budget
+from qcoder_ds.runtime.expert_store import ExpertStore, ExpertStoreWriter
+from qcoder_ds.runtime.moe_onnx import (
+    DENSE_DATA,
+    build_head,
+    build_layer,
+    check_moe,
+    expert_arrays,
+    expert_model,
+)
+from qcoder_ds.runtime.moe_session import MoeDecoderSession
+from qcoder_ds.runtime.onnx_graph import OnnxExportOptions, save_model
+
+ROUTERS = "routers.npy"
+HEAD = "head.onnx"
+
+
+def layer_file(i: int) -> str:
+    return f"layer_{i}.onnx"
+
+
+def new_export_id(cfg: ArchConfig, options: dict) -> str:
+    """An id unique to one export run: a store from any other run is refused."""
+    blob = json.dumps({"config": cfg.to_dict(), "options": options,
+                       "nonce": uuid.uuid4().hex}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def export_moe_onnx(ckpt: Checkpoint, out: Path, opts: OnnxExportOptions,
+                    progress: bool = False) -> dict[str, Any]:
+    """Write the MoE export's files into ``out`` (an empty temp folder the caller renames);
+    return the ``moe`` section of its config.json."""
+    cfg = ckpt.config
+    check_moe(cfg, getattr(ckpt, "hf_config", None))
+    out = Path(out)
+    quant = {"backend": "onnx", "weights": opts.weights, "block_size": opts.block_size,
+             "symmetric": opts.symmetric, "accuracy_level": opts.accuracy_level}
+    export_id = new_export_id(cfg, quant)
+    writer = ExpertStoreWriter(out, cfg.num_layers, cfg.num_experts, export_id, quant)
+    routers = np.empty((cfg.num_layers, cfg.num_experts, cfg.hidden_size), np.float32)
+    layers: Any = range(cfg.num_layers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        layers = tqdm(layers, desc=f"exporting MoE ONNX ({opts.weights})", unit="layer")
+    try:
+        with open(out / DENSE_DATA, "wb") as data:
+            for i in layers:
+                save_model(build_layer(cfg, ckpt.tensor, data, opts, i), out / layer_file(i))
+                p = f"model.layers.{i}.mlp."
+                routers[i] = ckpt.tensor(p + "gate.weight")
+                for e in range(cfg.num_experts):
+                    q = f"{p}experts.{e}."
+                    writer.add(i, e, expert_arrays(
+                        ckpt.tensor(q + "gate_proj.weight"), ckpt.tensor(q + "up_proj.weight"),
+                        ckpt.tensor(q + "down_proj.weight"), opts.weights, opts.block_size,
+                        opts.symmetric))
+            save_model(build_head(cfg, ckpt.tensor, data, opts), out / HEAD)
+        np.save(out / ROUTERS, routers)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    store = ExpertStore(out, export_id, verify=False)
+    meta = {"export_id": export_id, "expert_bytes": store.blob_bytes,
+            "store_bytes": store.total_bytes, "quantization": quant}
+    store.close()
+    return meta
+
+
+def is_moe_export(meta: dict) -> bool:
+    return bool(meta.get("moe"))
+
+
+class _OrtExpert:
+    """One resident expert: its own small session, weights prepacked by ONNX Runtime."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: ort.InferenceSession):
+        self.session = session
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(["y"], {"x": x})[0]
+
+
+def expert_session_options() -> ort.SessionOptions:
+    """One thread (a one-token GEMV gains little from more, and the prefetch thread builds
+    the next experts on the other core), no arena (thousands of sessions must not each keep
+    a grown buffer)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.enable_cpu_mem_arena = False
+    so.enable_mem_pattern = False
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+class OrtExpertBuilder:
+    """Builds an executable expert from its blob in the store."""
+
+    def __init__(self, store: ExpertStore, cfg: ArchConfig):
+        self.store, self.cfg = store, cfg
+        self.options = expert_session_options()
+
+    def __call__(self, layer: int, expert: int) -> tuple[_OrtExpert, int]:
+        arrays = self.store.read(layer, expert)
+        model = expert_model(arrays, self.cfg.hidden_size, self.cfg.moe_intermediate_size,
+                             self.store.quantization)
+        try:
+            session = ort.InferenceSession(model, self.options,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT's own exception types
+            raise ModelError(f"expert ({layer}, {expert}): ONNX Runtime cannot build it "
+                             f"({e})") from None
+        return _OrtExpert(session), self.store.blob_bytes
+
+
+def rope_tables(cfg: ArchConfig, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin [positions, head_dim/2] for GroupQueryAttention (only as many positions as
+    the session's context: the graphs take them as inputs)."""
+    half = cfg.head_dim // 2
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, half, dtype=np.float64) * 2 / cfg.head_dim))
+    ang = np.outer(np.arange(positions, dtype=np.float64), inv_freq)
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+class OrtMoeDense:
+    """The dense graphs of one export, with the KV caches bound in place."""
+
+    def __init__(self, out_dir: Path, cfg: ArchConfig, threads: int, max_context: int,
+                 spinning: bool = False):
+        self.cfg = cfg
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        if not spinning:  # expert sessions and the prefetch thread run between these
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CPUExecutionProvider"]
+        try:
+            self.layers = [ort.InferenceSession(str(out_dir / layer_file(i)), so,
+                                                providers=providers)
+                           for i in range(cfg.num_layers)]
+            self.head_session = ort.InferenceSession(str(out_dir / HEAD), so,
+                                                     providers=providers)
+        except Exception as e:  # ORT's own exception types
+            raise ModelError(f"{out_dir}: ONNX Runtime cannot load this MoE export ({e})"
+                             ) from None
+        self.vocab_size = int(self.head_session.get_outputs()[0].shape[-1])
+        cos, sin = rope_tables(cfg, max_context)
+        self._rope = [ort.OrtValue.ortvalue_from_numpy(cos), ort.OrtValue.ortvalue_from_numpy(sin)]
+        kv_shape = [1, cfg.num_kv_heads, max_context, cfg.head_dim]
+        self._kv = [[ort.OrtValue.ortvalue_from_shape_and_type(kv_shape, np.float32)
+                     for _ in range(2)] for _ in range(cfg.num_layers)]
+        self._binds = []
+        for i, s in enumerate(self.layers):
+            b = s.io_binding()
+            b.bind_ortvalue_input("cos_cache", self._rope[0])
+            b.bind_ortvalue_input("sin_cache", self._rope[1])
+            for name in ("h", "residual", "router_logits"):
+                b.bind_output(name, "cpu")
+            for j, kind in enumerate(("key", "value")):
+                b.bind_ortvalue_input(f"past_key_values.{i}.{kind}", self._kv[i][j])
+                b.bind_ortvalue_output(f"present.{i}.{kind}", self._kv[i][j])
+            self._binds.append(b)
+
+    def layer(self, i: int, x: np.ndarray, position: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = x.shape[0]
+        total = position + n
+        b = self._binds[i]
+        if i == 0:
+            b.bind_cpu_input("input_ids", x.reshape(1, n))
+        else:
+            b.bind_cpu_input("hidden", np.ascontiguousarray(x, np.float32).reshape(1, n, -1))
+        b.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
+        b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        for name in ("h", "residual", "router_logits"):  # fresh: the row count changes
+            b.bind_output(name, "cpu")
+        try:
+            self.layers[i].run_with_iobinding(b)
+        except Exception as e:  # ORT's own types; the cache up to `position` is intact
+            raise QcoderError(f"ONNX Runtime failed in layer {i} on {n} tokens at position "
+                              f"{position}: {e}") from None
+        h, residual, logits = (v.numpy() for v in b.get_outputs()[:3])
+        return h[0], residual[0], logits[0]
+
+    def head(self, hidden: np.ndarray) -> np.ndarray:
+        return self.head_session.run(["logits"], {"hidden": hidden[None]})[0][0]
+
+    def rewind(self, n: int) -> bool:
+        return True  # rows past `n` are never read, and the next step overwrites them
+
+    def reset(self) -> None:
+        pass
+
+
+def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | None = None,
+                  spinning: bool = False, expert_ram: str | int | None = None,
+                  policy: str = "lru", prefetch: bool = True, trace: str | Path | None = None,
+                  record_routing: bool = False) -> MoeDecoderSession:
+    """Open a MoE export: dense graphs, the expert store (checked against this export's id),
+    and an expert cache of ``expert_ram`` (bytes, ``6GB``, ``50%``; default all experts)."""
+    from qcoder_ds.runtime.ort_backend import _config_from_dict
+
+    out_dir = Path(out_dir)
+    cfg = _config_from_dict(meta)
+    moe = meta["moe"]
+    max_context = max_context or min(cfg.max_position_embeddings, 4096)
+    if max_context > cfg.max_position_embeddings:
+        raise ContextLengthError(f"max_context {max_context} exceeds the model's "
+                                 f"{cfg.max_position_embeddings} positions")
+    store = ExpertStore(out_dir, export_id=moe["export_id"])
+    budget = parse_budget(expert_ram, store.total_bytes)
+    cache = ExpertCache(OrtExpertBuilder(store, cfg), store.blob_bytes, budget,
+                        cfg.num_experts_per_tok, policy,
+                        total_experts=cfg.num_layers * cfg.num_experts)
+    dense = OrtMoeDense(out_dir, cfg, threads, max_context, spinning)
+    routers = np.load(out_dir / ROUTERS) if prefetch else None
+    writer = None
+    if trace:
+        from qcoder_ds.runtime.moe_trace import TraceWriter
+
+        writer = TraceWriter(trace, cfg.num_layers, cfg.num_experts, cfg.num_experts_per_tok,
+                             str(meta.get("source") or out_dir.name))
+    return MoeDecoderSession(dense, cache, cfg, max_context, dense.vocab_size, routers,
+                             prefetch=prefetch, trace=writer, record_routing=record_routing)
+
+
+def measure_expert_build(store: ExpertStore, cfg: ArchConfig, n: int = 8) -> dict[str, float]:
+    """Build cost per expert and per-call time of a one-row run (for docs/moe.md)."""
+    build = OrtExpertBuilder(store, cfg)
+    t0 = time.perf_counter()
+    experts = [build(0, e % cfg.num_experts)[0] for e in range(n)]
+    built = (time.perf_counter() - t0) / n
+    x = np.random.default_rng(0).standard_normal((1, cfg.hidden_size)).astype(np.float32)
+    for ex in experts:
+        ex.run(x)
+    t0 = time.perf_counter()
+    rounds = 20
+    for _ in range(rounds):
+        for ex in experts:
+            ex.run(x)
+    return {"build_ms": built * 1e3, "call_us": (time.perf_counter() - t0) / rounds / n * 1e6}

@@ -1,0 +1,148 @@
+"""A mixture-of-experts decoder as a ``DecoderSession``: dense graphs per layer, experts from
+the expert cache, routing in numpy.
+
+Per layer: the backend's dense graph (attention with its in-place KV cache, post-attention
+RMSNorm, router logits), then softmax + top-k over the router logits (renormalized when
+``norm_topk_prob``), as transformers' Qwen3MoeTopKRouter computes them, then each chosen
+expert runs once on the rows routed to it and the weighted outputs are added to the
+residual. Before the experts run, layer l+1's router is applied to layer l's hidden state and
+the experts it picks are handed to the cache's prefetch thread.
+
+Generation, prefix reuse and the Engine see an ordinary DecoderSession.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from qcoder_ds.models.config import ArchConfig
+from qcoder_ds.runtime.backend import DecoderSession
+from qcoder_ds.runtime.expert_cache import ExpertCache
+
+
+class DenseLayers(Protocol):
+    """The backend's dense part: one call per layer, then the head."""
+
+    def layer(self, i: int, x: np.ndarray, position: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Layer i on x (int64 ids [n] for layer 0, else float32 [n, hidden]) at
+        ``position``: (normed hidden [n, H], residual [n, H], router logits [n, E])."""
+
+    def head(self, hidden: np.ndarray) -> np.ndarray:
+        """Final norm + lm_head: [n, H] -> logits [n, V]."""
+
+    def rewind(self, n: int) -> bool: ...
+
+    def reset(self) -> None: ...
+
+
+def route(logits: np.ndarray, top_k: int, norm_topk_prob: bool
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(experts [n, k] by weight descending, weights [n, k] float32) from router logits
+    [n, E]: softmax in float32, top-k, renormalized over the k when ``norm_topk_prob``."""
+    z = logits.astype(np.float32, copy=False)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    # stable sort on -p: among equal probabilities the lower expert index first, as torch
+    top = np.argsort(-p, axis=-1, kind="stable")[:, :top_k]
+    w = np.take_along_axis(p, top, axis=-1)
+    if norm_topk_prob:
+        w = w / w.sum(axis=-1, keepdims=True)
+    return top, w.astype(np.float32)
+
+
+class MoeDecoderSession(DecoderSession):
+    """A Qwen3-MoE decoder: ``dense`` per-layer graphs plus experts from ``cache``.
+
+    ``routers`` [layers, experts, hidden] float32 are the router weights, used in numpy for
+    prefetch only (routing itself uses the graph's logits). ``trace`` is a
+    ``moe_trace.TraceWriter`` (or None) that gets every token's experts per layer.
+    ``record_routing`` keeps the last forward's experts per layer (tests).
+    """
+
+    def __init__(self, dense: DenseLayers, cache: ExpertCache, cfg: ArchConfig,
+                 max_context: int, vocab_size: int, routers: np.ndarray | None = None,
+                 prefetch: bool = True, trace: Any = None, record_routing: bool = False):
+        self.dense, self.cache, self.config = dense, cache, cfg
+        self.max_context, self.vocab_size = max_context, vocab_size
+        self.routers = routers
+        self.prefetch = prefetch and routers is not None and not cache.fully_resident
+        self.trace = trace
+        self.record_routing = record_routing
+        self.last_routing: list[np.ndarray] = []
+        self.scores_all_positions = True
+        self.position = 0
+
+    def _reset(self) -> None:
+        self.dense.reset()
+
+    def rewind(self, n: int) -> bool:
+        return self.dense.rewind(n)
+
+    def _forward(self, ids: np.ndarray) -> np.ndarray:
+        return self._run(ids, 1)[-1]
+
+    def _forward_all(self, ids: np.ndarray) -> np.ndarray:
+        return self._run(ids, ids.size)
+
+    def _run(self, ids: np.ndarray, keep: int) -> np.ndarray:
+        cfg, cache = self.config, self.cache
+        layers = cfg.num_layers
+        x: np.ndarray = ids.astype(np.int64, copy=False)
+        routing: list[np.ndarray] = []
+        for i in range(layers):
+            h, residual, logits = self.dense.layer(i, x, self.position)
+            if (i == layers - 1 and keep < h.shape[0] and self.trace is None
+                    and not self.record_routing):
+                # only the rows that need logits go on (a trace wants every token's experts)
+                h, residual, logits = h[-keep:], residual[-keep:], logits[-keep:]
+            top, weights = route(logits, cfg.num_experts_per_tok, cfg.norm_topk_prob)
+            used = sorted({int(e) for e in np.unique(top)})
+            keys = [(i, e) for e in used]
+            cache.protect(keys)
+            if self.prefetch and i + 1 < layers:
+                self._prefetch(i + 1, h)
+            x = residual + self._experts(i, h, top, weights, used)
+            cache.layer_done(i, keys)
+            routing.append(top)
+        self.position += ids.size
+        if self.trace is not None:
+            self._write_trace(routing, ids.size)
+        if self.record_routing:
+            self.last_routing = routing
+        return self.dense.head(x[-keep:])
+
+    def _experts(self, layer: int, h: np.ndarray, top: np.ndarray, weights: np.ndarray,
+                 used: Sequence[int]) -> np.ndarray:
+        """Sum over each row's experts of weight * expert(row), each expert run once on all
+        of its rows."""
+        out = np.zeros_like(h)
+        for e in used:
+            rows, slot = np.nonzero(top == e)
+            y = self.cache.get((layer, e)).run(np.ascontiguousarray(h[rows]))
+            out[rows] += y * weights[rows, slot][:, None]
+        return out
+
+    def _prefetch(self, layer: int, h: np.ndarray) -> None:
+        """Experts layer ``layer`` will likely use: its router on this layer's hidden state
+        (last row only in prefill: the rows before it are past by the time they matter)."""
+        logits = h[-1:] @ self.routers[layer].T
+        top, _ = route(logits, self.config.num_experts_per_tok, self.config.norm_topk_prob)
+        self.cache.prefetch(layer, [(layer, int(e)) for e in top[0]])
+
+    def _write_trace(self, routing: list[np.ndarray], n: int) -> None:
+        for t in range(n):
+            self.trace.token([[int(e) for e in r[t]] for r in routing])
+
+    def cache_stats(self) -> dict:
+        """The expert cache's counters (hits, misses, bytes read, prefetch accuracy)."""
+        return dict(self.cache.describe())
+
+    def close(self) -> None:
+        self.cache.close()
+        if self.trace is not None:
+            self.trace.close()
+            self.trace = None

@@ -1,0 +1,175 @@
+"""Qwen3-MoE on ONNX Runtime and OpenVINO against transformers' Qwen3MoeForCausalLM, on tiny
+random models: the same experts chosen, fp32 logits within 1e-3, the same 32 greedy tokens,
+with the expert cache holding every expert and a quarter of them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_moe import CONFIGS, build_tiny_moe, reference  # noqa: E402
+
+from qcoder_ds.models.checkpoint import HFCheckpoint  # noqa: E402
+
+PROMPT = [5, 17, 301, 42, 7, 88, 150, 3, 499, 260, 61, 12]
+EXTRA = [9, 400, 33, 128, 77]
+BACKENDS = ["onnx", "openvino"]
+BUDGETS = ["100%", "25%"]
+FAST = ["l2-e8-top2-norm", "l3-e16-top4-raw"]
+
+
+def _export(backend: str, ckpt, out: Path, weights: str = "fp32") -> None:
+    if backend == "onnx":
+        from qcoder_ds.runtime.ort_backend import export_onnx
+
+        export_onnx(ckpt, out, weights=weights, progress=False)
+    else:
+        pytest.importorskip("openvino")
+        from qcoder_ds.runtime.openvino_graph import export_openvino
+
+        export_openvino(ckpt, out, weights=weights, progress=False)
+
+
+def load(backend: str, out: Path, **options):
+    if backend == "onnx":
+        from qcoder_ds.runtime.ort_backend import load_onnx
+
+        return load_onnx(out, threads=1, **options)
+    from qcoder_ds.runtime.openvino_backend import load_openvino
+
+    return load_openvino(out, threads=1, **options)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """models(config, backend) -> (hf_dir, export_dir), each built once per module."""
+    hf_cache: dict = {}
+    cache: dict = {}
+
+    def make(name: str, backend: str = "onnx"):
+        if name not in hf_cache:
+            layers, experts, k, norm = CONFIGS[name]
+            hf_cache[name] = build_tiny_moe(tmp_path_factory.mktemp(f"hf-{name}"), layers,
+                                            experts, k, norm)
+        if (name, backend) not in cache:
+            out = tmp_path_factory.mktemp(f"{backend}-{name}") / "export"
+            _export(backend, HFCheckpoint(hf_cache[name]), out)
+            cache[name, backend] = (hf_cache[name], out)
+        return cache[name, backend]
+
+    return make
+
+
+def greedy(session, prompt: list[int], steps: int) -> list[int]:
+    session.reset()
+    logits = session.forward(np.array(prompt))
+    out = []
+    for _ in range(steps):
+        out.append(int(logits.argmax()))
+        logits = session.forward(np.array([out[-1]]))
+    return out
+
+
+def _check_parity(models, name: str, backend: str, budget: str) -> None:
+    hf, out = models(name, backend)
+    ids = PROMPT + EXTRA
+    ref_logits, ref_experts = reference(hf, ids)
+    s = load(backend, out, expert_ram=budget, record_routing=True)
+    got = s.forward(np.array(PROMPT))
+    assert got.shape == (512,) and got.dtype == np.float32
+    assert np.abs(got - ref_logits[len(PROMPT) - 1]).max() <= 1e-3
+    for layer, routed in enumerate(s.last_routing):
+        assert np.array_equal(np.sort(routed, axis=-1), ref_experts[layer][:len(PROMPT)]), \
+            f"prefill, layer {layer}: other experts than transformers'"
+    for i, tok in enumerate(EXTRA):
+        pos = len(PROMPT) + i
+        got = s.forward(np.array([tok]))
+        diff = np.abs(got - ref_logits[pos]).max()
+        assert diff <= 1e-3, f"decode step {i}: max abs diff {diff}"
+        for layer, routed in enumerate(s.last_routing):
+            assert np.array_equal(np.sort(routed[0]), ref_experts[layer][pos]), \
+                f"decode step {i}, layer {layer}"
+    stats = s.cache_stats()
+    total = CONFIGS[name][0] * CONFIGS[name][1]
+    if budget == "25%":
+        assert stats["capacity_experts"] == total // 4
+        assert stats["evictions"] > 0  # the small cache really evicted and rebuilt
+        assert len(s.cache.resident_keys()) <= total // 4
+    else:
+        assert stats["fully_resident"] and stats["evictions"] == 0
+    s.close()
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", FAST)
+def test_experts_and_logits_match_transformers(models, name, backend, budget):
+    _check_parity(models, name, backend, budget)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_four_layers_match_transformers(models, backend, budget):
+    _check_parity(models, "l4-e16-top4-norm", backend, budget)
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", FAST)
+def test_greedy_matches_transformers_for_32_steps(models, name, backend, budget):
+    from tiny_models import reference_greedy
+
+    hf, out = models(name, backend)
+    expect = reference_greedy(hf, PROMPT, 32)
+    s = load(backend, out, expert_ram=budget)
+    assert greedy(s, PROMPT, 32) == expect
+    assert len(set(expect)) > 3  # a path that moves
+    s.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cache_size_and_prefetch_never_change_the_numbers(models, backend):
+    """The same logits, bit for bit, whatever the budget, the policy or prefetch."""
+    _, out = models("l3-e16-top4-raw", backend)
+    ids = PROMPT + EXTRA
+
+    def run(**options):
+        s = load(backend, out, **options)
+        rows = [s.forward(np.array(ids[:8]))] + [s.forward(np.array([t])) for t in ids[8:]]
+        stats = s.cache_stats()
+        s.close()
+        return np.stack(rows), stats
+
+    full, _ = run(expert_ram="100%", prefetch=False)
+    for options in ({"expert_ram": "25%"}, {"expert_ram": "25%", "prefetch": False},
+                    {"expert_ram": "25%", "policy": "lfu-decay"}):
+        if options.get("policy") == "lfu-decay":
+            pytest.importorskip("qcoder_ds.runtime.expert_policy")
+        got, stats = run(**options)
+        np.testing.assert_array_equal(got, full)
+        if options.get("prefetch", True):
+            assert stats["prefetch_predicted"] > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chunked_prefill_reset_and_all_logits(models, backend):
+    hf, out = models("l2-e8-top2-norm", backend)
+    ref_logits, _ = reference(hf, PROMPT + [9, 400])
+    s = load(backend, out, expert_ram="25%")
+    s.forward(np.array(PROMPT[:5]))
+    got = s.forward(np.array(PROMPT[5:]))
+    assert np.abs(got - ref_logits[len(PROMPT) - 1]).max() <= 1e-3
+    rows = s.forward(np.array([9, 400]), all_logits=True)  # a speculative draft's scoring
+    assert rows.shape == (2, 512)
+    assert np.abs(rows - ref_logits[-2:]).max() <= 1e-3
+    assert s.reuse_prefix(np.array(PROMPT + [1])) == len(PROMPT)  # prefix reuse: rewinds
+    got = s.forward(np.array([1]))
+    again, _ = reference(hf, PROMPT + [1])
+    assert np.abs(got - again[-1]).max() <= 1e-3
+    s.close()
