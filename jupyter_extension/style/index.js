@@ -1,0 +1,2 @@
+import '@jupyter/chat/style/index.js';
+import './base.css';
