@@ -59,7 +59,8 @@ class Engine:
              threads: int | None = None, progress: bool = True, drafter: str | None = None,
              draft_tokens: int = DEFAULT_DRAFT_TOKENS) -> Engine:
         """Resolve ``model`` (catalogue name, GGUF file, HF directory; None: the default of
-        ``models.choice``), export it to ``backend`` once (cached), and load it. ``threads``
+        ``models.choice``), export it to ``backend`` once (cached), and load it
+        (``openai:<model>@<url>``: a ``RemoteEngine`` on that server instead). ``threads``
         defaults to the backend's choice (all cores). ``drafter`` (default ``QCODER_DRAFTER``,
         else none): a model name to draft with, ``"prompt-lookup"`` or ``"none"``."""
         from qcoder_ds.models.chat_template import ChatTemplate
@@ -67,6 +68,10 @@ class Engine:
         from qcoder_ds.models.sources import resolve
 
         model = model or default_model().name
+        if model.startswith("openai:"):  # a model server for the class: see remote_engine
+            from qcoder_ds.remote_engine import RemoteEngine
+
+            return RemoteEngine.connect(model)  # type: ignore[return-value]
         from qcoder_ds.runtime.export import load_session
 
         source = resolve(model)
