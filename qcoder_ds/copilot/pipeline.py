@@ -23,6 +23,7 @@ from qcoder_ds.copilot.checks import RUN_RULES, STATIC_RULES, Cell, Rule, apply,
 from qcoder_ds.copilot.errors import CopilotError, UnsafeCodeError
 from qcoder_ds.copilot.examples import confirmed, shows_table
 from qcoder_ds.copilot.extract import extract_code, extract_sql
+from qcoder_ds.copilot.figure_checks import FIGURE_RULES
 from qcoder_ds.copilot.prompts import Prompt, build_prompt, repair_messages
 from qcoder_ds.copilot.python_fixes import PyContext, fix_python
 from qcoder_ds.copilot.repair import Attempt, majority, problems
@@ -437,7 +438,7 @@ class Copilot:
                 attempt.run.error = "the cell drew no figure; draw the chart with matplotlib"
             if attempt.run.ok:
                 cell.run = attempt.run
-                self._judge(attempt, RUN_RULES, cell)
+                self._judge(attempt, RUN_RULES + FIGURE_RULES, cell)
         return attempt
 
     @staticmethod

@@ -163,6 +163,34 @@ def _plotted(ax):
             "line_ys": [_numbers(line.get_ydata()) for line in ax.lines[:20]]}
 
 
+def _bold(text):
+    weight = text.get_fontweight()
+    return weight in ("bold", "heavy", "extra bold", "black", "semibold", "demibold") or \
+        (isinstance(weight, (int, float)) and weight >= 600)
+
+
+def _legend(legend):
+    if legend is None:
+        return None
+    title = legend.get_title()
+    return {"title": title.get_text(), "title_bold": _bold(title),
+            "texts": [t.get_text() for t in legend.get_texts()][:30]}
+
+
+def _shown(ax):
+    """What an axes shows besides its data, for the checks that compare a chart with the
+    request's words: texts, legend, scales, bold texts and the subplot grid it sits in."""
+    spec = ax.get_subplotspec() if hasattr(ax, "get_subplotspec") else None
+    texts = {"title": ax.title, "xlabel": ax.xaxis.label, "ylabel": ax.yaxis.label}
+    return {"legend": _legend(ax.get_legend()),
+            "texts": [t.get_text() for t in ax.texts][:30],
+            "xticklabels": [t.get_text() for t in ax.get_xticklabels()][:60],
+            "yticklabels": [t.get_text() for t in ax.get_yticklabels()][:60],
+            "xscale": ax.get_xscale(), "yscale": ax.get_yscale(),
+            "bold": sorted(k for k, t in texts.items() if t.get_text() and _bold(t)),
+            "grid": list(spec.get_gridspec().get_geometry()) if spec is not None else None}
+
+
 def _figures(workdir):
     figs = []
     if plt is None:
@@ -175,10 +203,14 @@ def _figures(workdir):
             axes.append({"title": ax.get_title(), "xlabel": ax.get_xlabel(),
                          "ylabel": ax.get_ylabel(), "lines": len(ax.lines),
                          "patches": len(ax.patches), "collections": len(ax.collections),
-                         "images": len(ax.images), **_plotted(ax)})
+                         "images": len(ax.images), **_plotted(ax), **_shown(ax)})
         path = os.path.join(workdir, f"figure{num}.png")
         fig.savefig(path)
-        figs.append({"axes": axes, "png_bytes": os.path.getsize(path)})
+        suptitle = getattr(fig, "_suptitle", None)
+        figs.append({"axes": axes, "png_bytes": os.path.getsize(path),
+                     "suptitle": suptitle.get_text() if suptitle is not None else "",
+                     "suptitle_bold": bool(suptitle is not None and _bold(suptitle)),
+                     "legends": [_legend(g) for g in fig.legends][:5]})
     return figs
 
 

@@ -61,6 +61,7 @@ class Kind(str, enum.Enum):
     NOT_PER_GROUP = "not-per-group"  # a per-group request without one entry per group
     FILTERS_GROUP = "filters-group"  # keeps one value of the column the request groups by
     CONSTANT_PLOT = "constant-plot"  # a comparison drawn with every value the same
+    PLOT_MISSING = "plot-missing"  # the chart lacks a text, legend, scale or layout asked for
     CHECK_FAILED = "check-failed"  # a check itself failed on the answer (a bug, reported)
 
     def __str__(self) -> str:
