@@ -39,6 +39,10 @@ def register(subparsers) -> None:
                    "(default: autograded/ beside SUBMISSIONS_DIR)")
     g.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1,
                    help="submissions graded in parallel (default: CPU count)")
+    g.add_argument("--dask", metavar="SCHEDULER",
+                   help="grade on a Dask cluster (e.g. tcp://lab-pc:8786; default: "
+                        "$QCODER_DASK_SCHEDULER, else the local process pool); workers need "
+                        "the course folder at the same path and bubblewrap")
     g.add_argument("--cell-timeout", type=float, default=30.0, help="seconds per cell")
     g.add_argument("--notebook-timeout", type=float, default=300.0,
                    help="seconds per notebook")
@@ -98,6 +102,7 @@ def _assign(args) -> int:
 def _autograde(args) -> int:
     _quiet()
     from qcoder_ds.grading.autograde import autograde
+    from qcoder_ds.grading.dask_batch import scheduler_address
     from qcoder_ds.grading.sandbox import Limits
 
     limits = Limits(cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
@@ -106,7 +111,8 @@ def _autograde(args) -> int:
 
     s = autograde(args.submissions_dir, args.assignment, args.gradebook, out_dir=args.output,
                   jobs=max(1, args.jobs), limits=limits, force=args.force,
-                  students=args.student, on_result=_show)
+                  students=args.student, on_result=_show,
+                  dask=scheduler_address(args.dask))
     if not (s.graded or s.skipped or s.failed or s.empty):
         print(f"warning: no submissions of {args.assignment} under {args.submissions_dir} "
               f"(expected {args.submissions_dir}/<student>/{args.assignment}/*.ipynb)",

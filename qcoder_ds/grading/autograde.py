@@ -428,8 +428,11 @@ def autograde(submissions: str | os.PathLike, assignment: str, gradebook: str | 
               out_dir: str | os.PathLike | None = None, jobs: int = 1,
               limits: Limits | None = None, force: bool = False,
               students: list[str] | None = None,
-              on_result: Callable[[dict], None] | None = None) -> GradeSummary:
-    """Grade every submission not graded as it now is; each is committed when it finishes."""
+              on_result: Callable[[dict], None] | None = None,
+              dask: str | None = None) -> GradeSummary:
+    """Grade every submission not graded as it now is; each is committed when it finishes.
+    ``dask``: a Dask scheduler's address to grade on its workers instead of a local pool
+    (``dask_batch``); the plan and the gradebook stay here."""
     t0 = time.monotonic()
     submissions = Path(submissions).resolve()
     limits = limits or Limits()
@@ -438,8 +441,8 @@ def autograde(submissions: str | os.PathLike, assignment: str, gradebook: str | 
         defs = store.assignment_defs(assignment)
         todo, skipped, empty = plan(store, submissions, assignment, students, force)
         out_root = Path(out_dir).resolve() if out_dir else submissions.parent / "autograded"
-        if not isolation.available() and not limits.reduced_isolation:
-            raise GradingError(refusal())
+        if not dask and not isolation.available() and not limits.reduced_isolation:
+            raise GradingError(refusal())  # on Dask, each worker is asked instead
         def_rows = [(d.name, nbformat.writes(d.instructor), nbformat.writes(d.released))
                     for d in defs]
         tasks = [{"student": s, "sub_dir": str(d), "assignment": assignment, "defs": def_rows,
@@ -458,7 +461,12 @@ def autograde(submissions: str | os.PathLike, assignment: str, gradebook: str | 
             if on_result is not None:
                 on_result(result)
 
-        _run_tasks(tasks, jobs, record)
+        if dask:
+            from qcoder_ds.grading.dask_batch import run_tasks_on_dask
+
+            run_tasks_on_dask(tasks, dask, record, limits.reduced_isolation)
+        else:
+            _run_tasks(tasks, jobs, record)
         return GradeSummary(graded, skipped, failed, round(time.monotonic() - t0, 3), empty)
     finally:
         store.close()
