@@ -304,10 +304,30 @@ def raw_answer(engine: Any, problem: Problem, data_dir: Path, max_new_tokens: in
     return code, time.perf_counter() - t
 
 
+def pipeline_steps(ans: Any, spider: bool) -> list[dict[str, Any]]:
+    """Every answer the pipeline tried for one problem, in order (first-round candidates,
+    then repairs), each as the model wrote it, as checked, and whether its checks passed: an
+    ablation (no repairs, no extra candidates, no fixes) is then graded from one run's
+    answers file instead of a run per part (``benchmarks/pipeline_ablation.py``)."""
+    out, seen = [], set()
+    steps = [("candidate", a) for a in ans.candidates] + \
+        [("repair", a) for a in ans.attempts[1:]]
+    for stage, a in steps:
+        if id(a) in seen:
+            continue
+        seen.add(id(a))
+        checked = (a.sql or "") if spider else a.code
+        written = extract_sql(a.answer) if spider else extract_code(a.answer, "python")
+        out.append({"stage": stage, "code": checked, "written": written,
+                    "passed_checks": a.passed})
+    return out
+
+
 def pipeline_answer(copilot: Any, problem: Problem, data_dir: Path, repairs: int,
-                    samples: int | None = None) -> tuple[str, float, int, bool]:
-    """(code or SQL, seconds, repairs used, pipeline's own checks passed); ``samples`` None
-    is the pipeline's default."""
+                    samples: int | None = None) -> Any:
+    """The copilot's Answer to one problem, asked the way a notebook user would (``samples``
+    None is the pipeline's default); its ``total_s`` includes setting up the problem's data.
+    :func:`pipeline_steps` lists every answer it tried."""
     from qcoder_ds.copilot.pipeline import Options
     from qcoder_ds.copilot.tasks import Task
 
@@ -320,7 +340,8 @@ def pipeline_answer(copilot: Any, problem: Problem, data_dir: Path, repairs: int
                               Options(task=Task.SQL, repairs=repairs, samples=samples or 1))
         finally:
             conn.close()
-        return ans.sql or "", time.perf_counter() - t, ans.repairs, ans.ok
+        ans.total_s = time.perf_counter() - t
+        return ans
     namespace: dict[str, Any] = {}
     setup = ds1000_setup(problem)
     import matplotlib
@@ -334,7 +355,8 @@ def pipeline_answer(copilot: Any, problem: Problem, data_dir: Path, repairs: int
     ans = copilot.ask(ds1000_request(problem), namespace,
                       Options(task=task, repairs=repairs, samples=samples or 1,
                               result_name=result_variable(problem)))
-    return ans.cell, time.perf_counter() - t, ans.repairs, ans.ok
+    ans.total_s = time.perf_counter() - t
+    return ans
 
 
 # --------------------------------------------------------------------------- the run
@@ -473,13 +495,16 @@ def _answer_and_grade(p: Problem, system: str, data_dir: Path, engine: Any, copi
                       log: Callable[[str], None]) -> dict[str, Any]:
     """One system's answer to one problem, graded: the line written to the answers file."""
     checked_ok = None  # the raw model has no checks
+    steps = None
     try:
         if system == "raw":
             code, secs = raw_answer(engine, p, data_dir)
             nrep = 0
         else:
-            code, secs, nrep, checked_ok = pipeline_answer(copilot, p, data_dir, repairs,
-                                                           samples)
+            ans = pipeline_answer(copilot, p, data_dir, repairs, samples)
+            code = (ans.sql or "") if p.category == "spider" else ans.cell
+            secs, nrep, checked_ok = ans.total_s, ans.repairs, ans.ok
+            steps = pipeline_steps(ans, p.category == "spider")
     except CopilotError as e:
         code, secs, nrep = "", 0.0, 0
         log(f"  {p.id} {system}: {e}")
@@ -492,7 +517,7 @@ def _answer_and_grade(p: Problem, system: str, data_dir: Path, engine: Any, copi
         executed = ok or why.startswith("AssertionError")
     return {"id": p.id, "system": system, "passed": ok, "executed": executed,
             "seconds": round(secs, 2), "repairs": nrep, "error": why, "code": code,
-            "checked_ok": checked_ok}
+            "checked_ok": checked_ok, **({"steps": steps} if steps is not None else {})}
 
 
 def load_answers(path: Path) -> dict[tuple[str, str], dict[str, Any]]:

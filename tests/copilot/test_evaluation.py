@@ -248,3 +248,38 @@ def test_false_confidence_counts_answers_marked_ok_that_fail(data_dir, tmp_path)
     assert p["false_confidence"] == round(1 / 3, 4)
     rows = ev.load_answers(tmp_path / "answers.jsonl")
     assert [rows[(f"spider/{i}", "pipeline")]["checked_ok"] for i in range(3)] == [True] * 3
+
+
+def test_every_answer_the_pipeline_tried_is_recorded_and_ablated(data_dir, tmp_path):
+    """Each pipeline row keeps its steps (candidates, then repairs: as written and as checked),
+    so `benchmarks/pipeline_ablation.py` grades the pipeline without its repairs from the same
+    run: here the repair is what made the answer right."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import pipeline_ablation
+
+    piped = KeyedEngine({"How many": ["```sql\nSELECT count(*) FROM animals\n```",
+                                      "```sql\nSELECT count(*) FROM animal\n```"],
+                         "Names by": ["```sql\nSELECT name FROM animal ORDER BY legs\n```"],
+                         "9 legs": ["```sql\nSELECT name FROM animal WHERE legs = 9\n```"]})
+    box = Sandbox(Limits(timeout_s=10), prewarm=False)
+    answers = tmp_path / "answers.jsonl"
+    try:
+        ev.evaluate(data_dir, ["spider"], None, 0, ["pipeline"], None, Copilot(piped, box),
+                    repairs=1, log=lambda m: None, details=answers)
+    finally:
+        box.close()
+    rows = {r["id"]: r for r in pipeline_ablation.read_answers(answers)}
+    steps = rows["spider/0"]["steps"]
+    assert [(s["stage"], s["passed_checks"]) for s in steps] == [("candidate", False),
+                                                                  ("repair", True)]
+    assert steps[0]["written"] == "SELECT count(*) FROM animals"
+    assert "FROM animal" in steps[1]["code"] and "animals" not in steps[1]["code"]
+    problems = {q.id: q for q in ev.load_spider(data_dir)}
+    report = pipeline_ablation.ablate(list(rows.values()), problems, data_dir)["spider"]
+    assert report["n"] == 3
+    assert report["final"]["passed"] == 3 and report["first answer"]["passed"] == 2
+    assert report["first answer"]["marked_ok"] == 2  # the unrepaired one failed its checks
+    assert report["first answer, as written"]["marked_ok"] is None
