@@ -85,9 +85,12 @@ def _host(address: str) -> str:
 def run_tasks_on_dask(tasks: list[dict], scheduler: str,
                       record: Callable[[dict, dict | None, str | None], None],
                       reduced_isolation: bool = False,
-                      connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+                      connect_timeout: float | None = None) -> None:
     """Grade ``tasks`` (``autograde``'s per-submission dicts) on the cluster at ``scheduler``,
-    calling ``record(task, result, error)`` for each as it finishes, in this process."""
+    calling ``record(task, result, error)`` for each as it finishes, in this process.
+    ``connect_timeout`` (default ``CONNECT_TIMEOUT_S``) bounds reaching the scheduler, the
+    wait for a first worker, and the client's attempts to reconnect to a lost scheduler."""
+    connect_timeout = CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout
     try:
         from distributed import Client, as_completed
     except ImportError as e:
