@@ -94,16 +94,18 @@ def with_cell_error(snap: Snapshot, source: str | None, error: str | None) -> Sn
 
 
 async def take(kernel_manager: Any, kernel_id: str, request: str, rows: int = 2000,
-               timeout: float = KERNEL_TIMEOUT_S) -> Snapshot:
+               timeout: float | None = None) -> Snapshot:
     """Ask the kernel for its snapshot; a missing, dead or busy kernel gives an empty one with
-    a warning that says why (the chat still answers, without the data)."""
+    a warning that says why (the chat still answers, without the data). ``timeout``: default
+    ``KERNEL_TIMEOUT_S``."""
+    timeout = KERNEL_TIMEOUT_S if timeout is None else timeout
     try:
         kernel = kernel_manager.get_kernel(kernel_id)
-    except KeyError:
+    except Exception:  # noqa: BLE001 - KeyError, or Jupyter Server's 404 HTTPError
         return empty(request, f"kernel {kernel_id} is not running; answered without its "
                               "variables")
     args = json.dumps({"request": request, "rows": rows, "deadline": time.time() + timeout})
-    client = kernel.client()
+    client = own_client(kernel)
     client.start_channels()
     try:
         msg_id = client.execute("", silent=True, store_history=False, allow_stdin=False,
@@ -115,6 +117,17 @@ async def take(kernel_manager: Any, kernel_id: str, request: str, rows: int = 20
     finally:
         client.stop_channels()
     return _from_reply(reply, request)
+
+
+def own_client(kernel: Any) -> Any:
+    """A client with a session of its own. ``kernel.client()`` reuses the kernel manager's
+    session, whose id is the ZMQ identity of the shell socket: two clients with one identity
+    steal each other's replies (the other client of that kernel then waits forever)."""
+    from jupyter_client.session import Session
+
+    session = Session(key=kernel.session.key, signature_scheme=kernel.session.signature_scheme,
+                      username="qcoder")
+    return kernel.client(session=session)
 
 
 async def _reply(client: Any, msg_id: str, timeout: float) -> dict:
