@@ -24,8 +24,10 @@ $(VENV)/.base: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[openvino]'
 	touch $@
 
+# CMAKE_ARGS as for bench: llama-cpp-python (the remote engine's test server) is built once
+# with the same flags, and pip's wheel cache serves both targets afterwards
 $(VENV)/.test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install -q -e '.[test]'
 	touch $@
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
