@@ -174,7 +174,11 @@ class RemoteEngine:
     def __init__(self, spec: RemoteSpec, api_key: str | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S, max_context: int | None = None,
                  local_tokenizer: Any = None, busy_retries: int = BUSY_RETRIES):
-        import httpx
+        try:
+            import httpx
+        except ImportError as e:
+            raise RemoteEngineError("a model server needs httpx: pip install "
+                                    "'qcoder-ds[remote]'") from e
 
         self.spec = spec
         self.name = f"{PREFIX}{spec.model}@{spec.base_url}"
