@@ -311,7 +311,7 @@ def pipeline_steps(ans: Any, spider: bool) -> list[dict[str, Any]]:
     answers file instead of a run per part (``benchmarks/pipeline_ablation.py``)."""
     out, seen = [], set()
     steps = [("candidate", a) for a in ans.candidates] + \
-        [("repair", a) for a in ans.attempts[1:]]
+        [("repair", a) for a in [*ans.attempts[1:], *ans.example_repairs]]
     for stage, a in steps:
         if id(a) in seen:
             continue

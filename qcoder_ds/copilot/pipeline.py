@@ -93,6 +93,7 @@ class Answer:
     prompt: Prompt | None = None
     attempts: list[Attempt] = field(default_factory=list)  # the chosen one and its repairs
     candidates: list[Attempt] = field(default_factory=list)  # every first-round answer
+    example_repairs: list[Attempt] = field(default_factory=list)  # tried, none gave the example
     example_matched: bool = False  # the result is one the request shows
     checks: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -287,6 +288,27 @@ class Copilot:
             return answer.attempts[-1]
         if final is not answer.attempts[0]:
             answer.attempts = [final]
+        if not matching and self._wants_example(req.prompt, req.opts):
+            return self._repair_to_example(req, final)
+        return final
+
+    def _repair_to_example(self, req: Request, final: Attempt) -> Attempt:
+        """The request shows the result it wants and no candidate gives it: up to
+        ``opts.repairs`` rounds, each told what the last cell's result was. A repair that
+        gives the example becomes the answer; otherwise the chosen one stays (not ok), and
+        the rounds tried are kept on ``answer.example_repairs``."""
+        answer, last = req.answer, final
+        for round_ in range(1, req.opts.repairs + 1):
+            found = [_example_issue(last)] if last.passed else problems(last)
+            req.say(f"\n\n# repair {round_}: {found[0].splitlines()[0][:200]}\n")
+            last = self._attempt(req, repair_messages(req.prompt, found), 0, round_,
+                                 req.on_token)
+            answer.example_repairs.append(last)
+            if self._matches_example(last, req.text):
+                answer.attempts = [final, *answer.example_repairs]
+                answer.example_repairs = []
+                answer.example_matched = True
+                return last
         return final
 
     def _finish(self, req: Request, final: Attempt) -> Answer:
@@ -503,6 +525,17 @@ class Copilot:
         if Kind.CHECK_FAILED in kinds:
             checks["checks"] = "failed"
         return checks
+
+
+def _example_issue(attempt: Attempt) -> str:
+    """What a repair is told when a cell runs but its result is not the one the request
+    shows: the result it gave, as pandas prints it (the model compares the two tables)."""
+    value = attempt.run.value if attempt.run is not None else None
+    printed = ((value or {}).get("printed") or [(value or {}).get("repr") or ""])[0]
+    shown = "\n".join(printed.splitlines()[:12])[:600]
+    return ("the cell runs, but its result is not the one the request shows"
+            + (f"; it gives:\n{shown}\n" if shown.strip() else "; ")
+            + "Compute exactly the result the request shows, from the data in the kernel")
 
 
 def _cut_issue(opts: Options) -> Issue:

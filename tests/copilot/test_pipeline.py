@@ -231,13 +231,44 @@ def test_without_a_match_the_first_passing_answer_stays(box):
     wrong = fence("result = df.assign(c=df['a'] * df['b'])")
     eng = ScriptedEngine([wrong, wrong, fence("result = df.assign(c=0)")])
     ans = Copilot(eng, box).ask(_EXAMPLE_REQUEST, {"df": df},
-                                Options(task=Task.PANDAS, example_samples=2,
+                                Options(task=Task.PANDAS, example_samples=2, repairs=0,
                                         result_name="result"))
     assert len(eng.calls) == 3 and not ans.example_matched
     assert "*" in ans.cell  # the majority of the passing candidates
     assert ans.checks["gives the request's example"] == "not found"
     assert not ans.ok  # it ran, but it does not give what the request shows
     assert ans.summary() == "NOT passing the checks: gives the request's example"
+
+
+def test_a_repair_told_the_result_it_gave_can_reach_the_example(box):
+    """No candidate gives the example: a repair round is told the result the cell gave (as
+    pandas prints it); the repair that gives the example becomes the answer."""
+    df = pd.DataFrame({"a": [1, 3], "b": [2, 4]})
+    wrong = fence("result = df.assign(c=df['a'] * df['b'])")
+    right = fence("result = df.assign(c=df['a'] + df['b'])")
+    eng = ScriptedEngine([wrong, wrong, right])
+    ans = Copilot(eng, box).ask(_EXAMPLE_REQUEST, {"df": df},
+                                Options(task=Task.PANDAS, example_samples=1, repairs=2,
+                                        result_name="result"))
+    assert len(eng.calls) == 3 and ans.ok and ans.example_matched and "+" in ans.cell
+    told = eng.calls[2][-1]["content"]
+    assert "its result is not the one the request shows" in told
+    assert "0  1  2   2" in told and "1  3  4  12" in told  # the product it computed
+    assert ans.repairs == 1 and not ans.example_repairs
+
+
+def test_repairs_that_miss_the_example_leave_the_chosen_answer(box):
+    df = pd.DataFrame({"a": [1, 3], "b": [2, 4]})
+    wrong = fence("result = df.assign(c=df['a'] * df['b'])")
+    other = fence("result = df.assign(c=df['a'] - df['b'])")
+    eng = ScriptedEngine([wrong, wrong, other, fence("result = df.assign(c=1 +)")])
+    ans = Copilot(eng, box).ask(_EXAMPLE_REQUEST, {"df": df},
+                                Options(task=Task.PANDAS, example_samples=1, repairs=2,
+                                        result_name="result"))
+    assert len(eng.calls) == 4 and not ans.ok and "*" in ans.cell
+    assert ans.repairs == 0 and len(ans.example_repairs) == 2
+    # the second round is told the first repair's result; a failing one, its error
+    assert "0  1  2 -1" in eng.calls[3][-1]["content"]
 
 
 def test_a_request_without_an_example_draws_no_extra_candidates(box, sales):
