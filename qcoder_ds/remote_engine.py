@@ -417,14 +417,22 @@ class RemoteEngine:
         return body
 
     def chat(self, messages: Sequence[dict], params: SamplingParams | None = None,
-             cancel: threading.Event | None = None) -> RemoteStream:
+             cancel: threading.Event | None = None, reply_prefix: str = "") -> RemoteStream:
         """Stream the assistant's reply to ``messages``; ``finish_reason`` after it ends.
 
-        The request is sent when iteration starts, so a stream that is never read costs the
-        server nothing.
+        ``reply_prefix`` (an opening code fence, and imports) is what the local engine puts in
+        the model's mouth; the chat API cannot, so the model opens its own block and the
+        stream starts after that fence, without the prefix's lines it repeats (see
+        ``_AfterPrefix``). Stop strings are then applied here only, after the fence (the
+        server would stop at the model's opening one). The request is sent when iteration
+        starts, so a stream that is never read costs the server nothing.
         """
-        return RemoteStream(self, self.request_body(messages, params or SamplingParams()),
-                            tuple((params or SamplingParams()).stop), cancel)
+        params = params or SamplingParams()
+        body = self.request_body(messages, params)
+        if reply_prefix:
+            body.pop("stop", None)
+        return RemoteStream(self, body, tuple(params.stop), cancel,
+                            _AfterPrefix(reply_prefix) if reply_prefix else None)
 
     def generate(self, messages: Sequence[dict], params: SamplingParams | None = None,
                  cancel: threading.Event | None = None) -> str:
@@ -440,8 +448,9 @@ class RemoteStream:
     engine's stream has them ("stop", "eos", "length", "cancelled")."""
 
     def __init__(self, engine: RemoteEngine, body: dict, stops: tuple[str, ...],
-                 cancel: threading.Event | None):
+                 cancel: threading.Event | None, gate: _AfterPrefix | None = None):
         self.engine = engine
+        self.gate = gate
         self.body = body
         self.stops = stops
         self.cancel = cancel
@@ -541,6 +550,8 @@ class RemoteStream:
                             "and the cell can be run again", partial=self.text + pending)
                     break
                 piece, done = self._parse(value)
+                if piece and self.gate is not None:
+                    piece = self.gate.feed(piece)
                 if piece:
                     pending += piece
                     ready, pending, stopped = _apply_stops(pending, self.stops)
@@ -552,6 +563,11 @@ class RemoteStream:
                         return
                 if done:
                     break
+            if self.gate is not None:
+                ready, held, stopped = _apply_stops(pending + self.gate.finish(), self.stops)
+                pending = ready if stopped else ready + held
+                if stopped:
+                    self.finish_reason = "stop"
             if pending:
                 self.text += pending
                 yield pending
@@ -609,6 +625,46 @@ class RemoteStream:
                             f"({_reason(exc)}): it may have crashed or restarted; what arrived "
                             "is kept and the cell can be run again once it is back",
                             partial=self.text)
+
+
+class _AfterPrefix:
+    """A reply prefix the chat API cannot prefill, emulated on the way out: the model's text
+    up to and including its own opening fence is dropped, then the first lines that repeat the
+    prefix's (``import pandas as pd``), so the stream continues the prefix as the local
+    engine's does. A reply with no fence at all is passed on whole when it ends."""
+
+    def __init__(self, prefix: str):
+        self.repeats = {line.strip() for line in prefix.split("\n")[1:] if line.strip()}
+        self.buf = ""
+        self.state = "fence"  # then "repeats", then "pass"
+
+    def feed(self, text: str) -> str:
+        if self.state == "pass":
+            return text
+        self.buf += text
+        if self.state == "fence":
+            at = self.buf.find("```")
+            end = self.buf.find("\n", at) if at >= 0 else -1
+            if end < 0:
+                return ""  # no fence yet, or its line is not complete
+            self.buf, self.state = self.buf[end + 1:], "repeats"
+        while True:
+            end = self.buf.find("\n")
+            line = (self.buf if end < 0 else self.buf[:end]).strip()
+            if end < 0:
+                if not line or any(r.startswith(line) for r in self.repeats):
+                    return ""  # could still be a repeated line: wait for its end
+                break
+            if line in self.repeats:
+                self.buf = self.buf[end + 1:]
+                continue
+            break
+        out, self.buf, self.state = self.buf, "", "pass"
+        return out
+
+    def finish(self) -> str:
+        out, self.buf, self.state = self.buf, "", "pass"
+        return out
 
 
 def _apply_stops(pending: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:

@@ -131,3 +131,21 @@ def test_stop_strings_split_over_pieces(pieces, stops, shown, stopped):
     if not hit:
         out += pending
     assert (out, hit) == (shown, stopped)
+
+
+@pytest.mark.parametrize("pieces,prefix,shown", [
+    # the model opens its own block: the stream continues the prefix after it
+    (["Here:\n``", "`python\nimport pandas as pd\n", "df.sum()\n```\nDone."],
+     "```python\nimport pandas as pd\n", "df.sum()\n```\nDone."),
+    # a repeated prefix line split over pieces, and a line that only starts like one
+    (["```sql\n", "SEL", "ECT 1;\n"], "```sql\n", "SELECT 1;\n"),
+    (["```python\nimport pan", "das as pd\nimport numpy as np\nx = 1"],
+     "```python\nimport pandas as pd\n", "import numpy as np\nx = 1"),
+    # no fence at all: passed on whole at the end
+    (["x = 1\n", "y = 2"], "```python\n", "x = 1\ny = 2"),
+])
+def test_a_reply_prefix_is_emulated_after_the_models_own_fence(pieces, prefix, shown):
+    from qcoder_ds.remote_engine import _AfterPrefix
+
+    gate = _AfterPrefix(prefix)
+    assert "".join(gate.feed(p) for p in pieces) + gate.finish() == shown
