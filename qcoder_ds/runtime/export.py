@@ -95,8 +95,7 @@ def register_backend(backend: Backend) -> None:
 
 register_backend(Backend("onnx", "qcoder_ds.runtime.ort_backend", "export_onnx", "load_onnx"))
 register_backend(Backend("openvino", "qcoder_ds.runtime.openvino_backend",
-                         "qcoder_ds.runtime.openvino_graph:export_openvino", "load_openvino",
-                         extra="openvino"))
+                         "export_openvino", "load_openvino", extra="openvino"))
 
 
 def load_plugins() -> list[str]:

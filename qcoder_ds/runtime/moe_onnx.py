@@ -29,29 +29,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qcoder_ds.errors import ModelError
 from qcoder_ds.models.config import ArchConfig
 from qcoder_ds.runtime import onnx_graph as g
 from qcoder_ds.runtime.quantize import quantize_blockwise
 
 DENSE_DATA = "dense.onnx.data"
-
-
-def check_moe(cfg: ArchConfig, hf_config: Mapping | None = None) -> None:
-    """Refuse MoE layouts this runtime does not build (dense MLP layers between MoE ones)."""
-    if cfg.arch != "qwen3_moe" or not cfg.num_experts:
-        raise ModelError(f"{cfg.arch!r} is not a mixture-of-experts model")
-    if not 0 < cfg.num_experts_per_tok <= cfg.num_experts or not cfg.moe_intermediate_size:
-        raise ModelError(f"bad MoE config: {cfg.num_experts} experts, "
-                         f"{cfg.num_experts_per_tok} per token, "
-                         f"moe_intermediate_size {cfg.moe_intermediate_size}")
-    hf = hf_config or {}
-    if hf.get("mlp_only_layers") or int(hf.get("decoder_sparse_step", 1) or 1) != 1:
-        raise ModelError("qwen3_moe with dense MLP layers (mlp_only_layers or "
-                         "decoder_sparse_step > 1) is not supported; every layer must be MoE")
-    if cfg.num_heads % cfg.num_kv_heads:
-        raise ModelError(f"num_heads {cfg.num_heads} is not a multiple of "
-                         f"num_kv_heads {cfg.num_kv_heads}")
 
 
 # ----------------------------------------------------------------------------- experts

@@ -14,10 +14,7 @@ expert's weights as constant initializers, one intra-op thread, no memory arena.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,26 +30,23 @@ from qcoder_ds.runtime.moe_onnx import (
     DENSE_DATA,
     build_head,
     build_layer,
-    check_moe,
     expert_arrays,
     expert_model,
 )
-from qcoder_ds.runtime.moe_session import MoeDecoderSession
+from qcoder_ds.runtime.moe_session import (
+    ROUTERS,
+    MoeDecoderSession,
+    check_moe,
+    config_from_meta,
+    new_export_id,
+)
 from qcoder_ds.runtime.onnx_graph import OnnxExportOptions, save_model
 
-ROUTERS = "routers.npy"
 HEAD = "head.onnx"
 
 
 def layer_file(i: int) -> str:
     return f"layer_{i}.onnx"
-
-
-def new_export_id(cfg: ArchConfig, options: dict) -> str:
-    """An id unique to one export run: a store from any other run is refused."""
-    blob = json.dumps({"config": cfg.to_dict(), "options": options,
-                       "nonce": uuid.uuid4().hex}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def export_moe_onnx(ckpt: Checkpoint, out: Path, opts: OnnxExportOptions,
@@ -233,10 +227,8 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
                   record_routing: bool = False) -> MoeDecoderSession:
     """Open a MoE export: dense graphs, the expert store (checked against this export's id),
     and an expert cache of ``expert_ram`` (bytes, ``6GB``, ``50%``; default all experts)."""
-    from qcoder_ds.runtime.ort_backend import _config_from_dict
-
     out_dir = Path(out_dir)
-    cfg = _config_from_dict(meta)
+    cfg = config_from_meta(meta)
     moe = meta["moe"]
     max_context = max_context or min(cfg.max_position_embeddings, 4096)
     if max_context > cfg.max_position_embeddings:

@@ -13,14 +13,54 @@ Generation, prefix reuse and the Engine see an ordinary DecoderSession.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
+from qcoder_ds.errors import ModelError
 from qcoder_ds.models.config import ArchConfig
 from qcoder_ds.runtime.backend import DecoderSession
 from qcoder_ds.runtime.expert_cache import ExpertCache
+
+#: the routers of every layer, [layers, experts, hidden] float32 (for prefetch in numpy)
+ROUTERS = "routers.npy"
+
+
+def check_moe(cfg: ArchConfig, hf_config: Mapping | None = None) -> None:
+    """Refuse MoE layouts this runtime does not build (dense MLP layers between MoE ones)."""
+    if cfg.arch != "qwen3_moe" or not cfg.num_experts:
+        raise ModelError(f"{cfg.arch!r} is not a mixture-of-experts model")
+    if not 0 < cfg.num_experts_per_tok <= cfg.num_experts or not cfg.moe_intermediate_size:
+        raise ModelError(f"bad MoE config: {cfg.num_experts} experts, "
+                         f"{cfg.num_experts_per_tok} per token, "
+                         f"moe_intermediate_size {cfg.moe_intermediate_size}")
+    hf = hf_config or {}
+    if hf.get("mlp_only_layers") or int(hf.get("decoder_sparse_step", 1) or 1) != 1:
+        raise ModelError("qwen3_moe with dense MLP layers (mlp_only_layers or "
+                         "decoder_sparse_step > 1) is not supported; every layer must be MoE")
+    if cfg.num_heads % cfg.num_kv_heads:
+        raise ModelError(f"num_heads {cfg.num_heads} is not a multiple of "
+                         f"num_kv_heads {cfg.num_kv_heads}")
+
+
+def new_export_id(cfg: ArchConfig, options: Mapping) -> str:
+    """An id unique to one export run: a store from any other run is refused."""
+    blob = json.dumps({"config": cfg.to_dict(), "options": dict(options),
+                       "nonce": uuid.uuid4().hex}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def config_from_meta(meta: Mapping) -> ArchConfig:
+    """The ArchConfig an export's config.json records."""
+    fields = ArchConfig.__dataclass_fields__
+    try:
+        return ArchConfig(**{k: v for k, v in meta.items() if k in fields})
+    except TypeError as e:
+        raise ModelError(f"unreadable MoE export config ({e}); export again") from None
 
 
 class DenseLayers(Protocol):

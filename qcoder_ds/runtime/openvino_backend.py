@@ -14,29 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from qcoder_ds.errors import ContextLengthError, ModelError
+from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
 from qcoder_ds.runtime.backend import DecoderSession
-from qcoder_ds.runtime.openvino_graph import (
+from qcoder_ds.runtime.openvino_graph import (  # noqa: F401  (compile_properties: API)
     CACHE_SUBDIR,
     CONFIG_JSON,
     EXPORTER_VERSION,
     MODEL_BIN,
     MODEL_XML,
+    _last_line,
     _ov,
+    compile_properties,
 )
-
-
-def compile_properties(meta: dict, threads: int | None) -> dict:
-    """CPU plugin settings: latency mode with one stream; an fp32 export is also computed and
-    cached in f32 (its point is exact parity), while quantized exports keep the plugin's fast
-    defaults (u8 KV cache on x86, bf16 where the CPU has it)."""
-    props: dict = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
-    if threads:
-        props["INFERENCE_NUM_THREADS"] = int(threads)
-    if meta.get("weights") == "fp32":
-        props["INFERENCE_PRECISION_HINT"] = "f32"
-        props["KV_CACHE_PRECISION"] = "f32"
-    return props
 
 
 class OpenVINODecoderSession(DecoderSession):
@@ -129,13 +118,47 @@ class OpenVINODecoderSession(DecoderSession):
 
 
 def load_openvino(out_dir: Path, threads: int | None = None,
-                  max_context: int | None = None) -> OpenVINODecoderSession:
+                  max_context: int | None = None, **moe_options) -> DecoderSession:
     """Load an export written by ``export_openvino`` for generation on the CPU; ``threads``
-    defaults to OpenVINO's choice (the physical cores)."""
-    return OpenVINODecoderSession(Path(out_dir), threads=threads, max_context=max_context)
+    defaults to OpenVINO's choice (the physical cores). A mixture-of-experts export loads as
+    a MoE session, ``moe_options`` (``expert_ram``, ``policy``, ``prefetch``, ``trace``)
+    going to ``moe_openvino.load_moe_openvino``."""
+    out_dir = Path(out_dir)
+    meta = _moe_meta(out_dir)
+    if meta is not None:
+        from qcoder_ds.runtime.moe_openvino import load_moe_openvino
+
+        return load_moe_openvino(out_dir, meta, threads, max_context, **moe_options)
+    if moe_options:
+        raise QcoderError(f"{', '.join(sorted(moe_options))}: only for a mixture-of-experts "
+                          f"model, and {out_dir} is a dense export")
+    return OpenVINODecoderSession(out_dir, threads=threads, max_context=max_context)
 
 
-def _last_line(e: Exception) -> str:
-    """OpenVINO's messages start with a source location; the useful line is the last one."""
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
+def export_openvino(ckpt, out_dir: Path, weights: str = "int4", progress: bool = True,
+                    **options) -> None:
+    """The backend's export: a dense decoder (``openvino_graph.export_openvino``) or, for a
+    mixture-of-experts model, per-layer models and an expert store
+    (``moe_openvino.export_moe_openvino``); ``options`` as those take them."""
+    if ckpt.config.num_experts:
+        from qcoder_ds.runtime.moe_openvino import export_moe_openvino
+
+        export_moe_openvino(ckpt, Path(out_dir), weights, progress, **options)
+        return
+    from qcoder_ds.runtime.openvino_graph import export_openvino as export_dense
+
+    export_dense(ckpt, Path(out_dir), weights=weights, progress=progress, **options)
+
+
+def _moe_meta(out_dir: Path) -> dict | None:
+    """config.json of a MoE export (checked like a dense one's), else None."""
+    try:
+        meta = json.loads((out_dir / CONFIG_JSON).read_text())
+    except (OSError, ValueError):
+        return None  # the dense session says what is wrong
+    if not isinstance(meta, dict) or not meta.get("moe"):
+        return None
+    if meta.get("backend") != "openvino" or meta.get("exporter_version") != EXPORTER_VERSION:
+        raise ModelError(f"{out_dir}: not an OpenVINO MoE export of exporter version "
+                         f"{EXPORTER_VERSION}; export again")
+    return meta

@@ -122,18 +122,23 @@ class _Builder:
         Convert -> Subtract(zp) -> Multiply(scale) -> (Reshape) -> Convert chain the CPU
         plugin folds into its weight-compressed kernels. An int4 matrix whose width is not a
         multiple of the group is stored in int8."""
-        ops, ov = self.ops, self.ov
         if mode == "fp32":
             return self.const(w.astype(np.float32), name)
         bits = 4 if mode == "int4" and w.shape[1] % self.group == 0 else 8
-        qw = quantize_openvino(w, bits, self.group, self.symmetric)
+        return self.compressed(quantize_openvino(w, bits, self.group, self.symmetric), name,
+                               w.shape)
+
+    def compressed(self, qw: OpenVINOWeight, name: str, shape: tuple[int, ...]):
+        """The decompression chain of an already quantized [out, in] weight (the MoE expert
+        store keeps experts quantized)."""
+        ops, ov = self.ops, self.ov
         wq, zc = self._levels(qw, name)
         x = ops.convert(wq, ov.Type.f16)
         if zc is not None:
             x = ops.subtract(x, ops.convert(zc, ov.Type.f16))
         x = ops.multiply(x, self.const(qw.scale, name + "/scale"))
         if x.get_output_partial_shape(0).rank.get_length() == 3:
-            x = ops.reshape(x, self.const(np.array(w.shape, np.int64), name + "/shape"), False)
+            x = ops.reshape(x, self.const(np.array(shape, np.int64), name + "/shape"), False)
         return ops.convert(x, ov.Type.f32)
 
     def linear(self, x, names: list[str], mode: str, bias: bool = False):
@@ -353,7 +358,8 @@ def build_openvino_model(ckpt: Checkpoint, weights: str = "int4", lm_head: str |
     if cfg.arch not in DENSE_ARCHS:
         kind = " (mixture of experts)" if cfg.num_experts or "moe" in cfg.arch else ""
         raise ModelError(f"the OpenVINO exporter builds dense {', '.join(DENSE_ARCHS)} decoders; "
-                         f"{cfg.arch!r}{kind} is not supported")
+                         f"{cfg.arch!r}{kind} is exported by openvino_backend.export_openvino "
+                         f"(per-layer models and an expert store)")
     if cfg.head_dim % 2:
         raise ModelError(f"RoPE needs an even head_dim, got {cfg.head_dim}")
     lm_head = lm_head or default_lm_head(weights)
@@ -400,3 +406,22 @@ def export_openvino(ckpt: Checkpoint, out_dir: Path, weights: str = "int4",
         atomic_write_files(out_dir, (MODEL_BIN, MODEL_XML, CONFIG_JSON), write)
     except OSError as e:
         raise ExportError(f"could not write the OpenVINO export to {out_dir}: {e}") from None
+
+
+def compile_properties(meta: dict, threads: int | None) -> dict:
+    """CPU plugin settings: latency mode with one stream; an fp32 export is also computed and
+    cached in f32 (its point is exact parity), while quantized exports keep the plugin's fast
+    defaults (u8 KV cache on x86, bf16 where the CPU has it)."""
+    props: dict = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    if threads:
+        props["INFERENCE_NUM_THREADS"] = int(threads)
+    if meta.get("weights") == "fp32":
+        props["INFERENCE_PRECISION_HINT"] = "f32"
+        props["KV_CACHE_PRECISION"] = "f32"
+    return props
+
+
+def _last_line(e: Exception) -> str:
+    """OpenVINO's messages start with a source location; the useful line is the last one."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
