@@ -183,3 +183,20 @@ def test_no_scheduler_and_no_usable_worker_are_clear_errors(tmp_path, cluster):
             str(course / "autograded/ann/adder"), "instructor_dir": None}
     with pytest.raises(DaskGradingError, match="cannot see .*nowhere"):
         dask_batch.run_tasks_on_dask([task], cluster.scheduler_address, lambda *a: None)
+
+
+def test_the_command_line_grades_on_the_scheduler_it_is_given(tmp_path, cluster, monkeypatch,
+                                                               capsys):
+    course = _course(tmp_path, {"ann": RIGHT, "bob": WRONG})
+    monkeypatch.chdir(course)
+    assert main(["grade", "autograde", "submitted", "--assignment", "adder",
+                 "--student", "ann", "--dask", cluster.scheduler_address]) == 0
+    monkeypatch.setenv("QCODER_DASK_SCHEDULER", cluster.scheduler_address)
+    assert main(["grade", "autograde", "submitted", "--assignment", "adder"]) == 0
+    out = capsys.readouterr().out
+    assert "ann: 3 points" in out and "bob: 0 points" in out
+    assert "graded 1, already graded 1" in out  # the second run went on where the first ended
+    monkeypatch.setenv("QCODER_DASK_SCHEDULER", "tcp://127.0.0.1:9")
+    monkeypatch.setattr(dask_batch, "CONNECT_TIMEOUT_S", 2.0)
+    assert main(["grade", "autograde", "submitted", "--assignment", "adder", "--force"]) == 1
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
