@@ -19,7 +19,6 @@ import os
 import pickle
 import shutil
 import sqlite3
-import tempfile
 import time
 import types
 import urllib.parse
@@ -116,7 +115,21 @@ async def take(kernel_manager: Any, kernel_id: str, request: str, rows: int = 20
                               "its variables")
     finally:
         client.stop_channels()
-    return _from_reply(reply, request)
+    said = _from_reply(reply, request)
+    if isinstance(said, Snapshot):
+        return said
+    # unpickling the samples can take a moment for wide frames: off the event loop
+    return await asyncio.get_running_loop().run_in_executor(None, _load_or_say, said, request)
+
+
+def _load_or_say(folder: Path, request: str) -> Snapshot:
+    try:
+        return load(folder, request)
+    except Exception as e:  # noqa: BLE001 - a kernel elsewhere, a folder gone: answer anyway
+        if _ours(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        return empty(request, f"the kernel's description could not be read ({e}); answered "
+                              "without its variables")
 
 
 def own_client(kernel: Any) -> Any:
@@ -155,7 +168,7 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-def _from_reply(reply: dict, request: str) -> Snapshot:
+def _from_reply(reply: dict, request: str) -> Snapshot | Path:
     content = reply.get("content", {})
     result = content.get("user_expressions", {}).get("qcoder", {})
     if result.get("status") != "ok":
@@ -168,19 +181,16 @@ def _from_reply(reply: dict, request: str) -> Snapshot:
         return empty(request, f"the kernel's description could not be read ({e})")
     if "error" in said:
         return empty(request, f"the kernel could not describe its variables: {said['error']}")
-    return load(Path(said["folder"]), request)
+    return Path(said["folder"])
 
 
 def load(folder: Path, request: str = "") -> Snapshot:
     """Rebuild a namespace and context from a snapshot folder written by the kernel. Only a
-    folder this user owns, made by ``mkdtemp`` under the temp dir, is read (its pickles are
-    the kernel's objects)."""
+    private folder (``mkdtemp``: mode 0700) of this user, named as the kernel names it, is
+    read: its pickles are the kernel's objects."""
     folder = Path(folder).resolve()
-    tmp = Path(tempfile.gettempdir()).resolve()
-    st = folder.stat()
-    if folder.parent != tmp or not folder.name.startswith("qcoder-snapshot-") or \
-            (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & 0o077:
-        raise ValueError(f"{folder} is not a snapshot folder of this user")
+    if not _ours(folder):
+        raise ValueError(f"{folder} is not a private snapshot folder of this user")
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     with open(folder / "data.pkl", "rb") as f:
         blobs: dict[str, bytes] = pickle.load(f)
@@ -219,6 +229,15 @@ def load(folder: Path, request: str = "") -> Snapshot:
         ctx.connections[name] = ConnectionInfo(**info)
     ctx.last_error, ctx.last_error_cell = manifest["last_error"], manifest["last_error_cell"]
     return snap
+
+
+def _ours(folder: Path) -> bool:
+    try:
+        st = folder.stat()
+    except OSError:
+        return False
+    return folder.name.startswith("qcoder-snapshot-") and not st.st_mode & 0o077 and \
+        (not hasattr(os, "getuid") or st.st_uid == os.getuid())
 
 
 def _reopen(kind: str, path: str) -> Any:
