@@ -16,8 +16,9 @@ Policies:
 - ``lfu``: least frequently used, counting every access since the key was first seen (counts
   survive eviction, "perfect LFU": an expert's popularity is a property of the router, not of
   its stay in the cache); ties go to the least recently used.
-- ``lfu-decay``: LFU where each access weighs 2^(-age / half_life) (age in accesses), so a
-  change of topic (a new file, a new language) moves the counts within a few hundred tokens.
+- ``lfu-decay``: LFU where each access weighs 2^(-age / half_life), age in tokens (forward
+  passes, counted from the access order), so a change of topic (a new file, a new language)
+  moves the counts within a few half-lives.
 - ``nextuse``: our own; estimates Belady's next-use time. Decode's access order is known in
   shape: layer l is next visited after ``d(l)`` = (l - current layer) mod L layer steps, and
   expert e of layer l is used on a visit with probability p(e|l), estimated as its decayed
@@ -39,7 +40,30 @@ from qcoder_ds.errors import QcoderError
 
 Key = tuple[int, int]  # (layer, expert)
 
-DEFAULT_HALF_LIFE = 4096  # accesses: ~10 tokens of Qwen3-Coder-30B-A3B (48 layers x 8 experts)
+DEFAULT_HALF_LIFE = 64.0  # tokens (the clock of lfu-decay and nextuse counts forward passes)
+
+
+class _TokenClock:
+    """Counts forward passes from the access order alone: a pass ends when an access goes back
+    to a lower layer, or repeats an expert already used on this visit of the layer (which is how
+    a one-layer trace shows its next token). Decay measured in tokens means the same half-life
+    whatever the number of layers."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self._layer = -1
+        self._visit: set[int] = set()
+
+    def see(self, key: Key) -> bool:
+        """Advance on ``key``; True when it starts a new visit of its layer."""
+        layer, expert = key
+        if layer < self._layer or (layer == self._layer and expert in self._visit):
+            self.tokens += 1
+        if layer != self._layer or expert in self._visit:
+            self._layer, self._visit = layer, {expert}
+            return True
+        self._visit.add(expert)
+        return False
 
 
 def _no_victim(name: str, protected: Collection[Key]) -> QcoderError:
@@ -180,9 +204,9 @@ class LFU(_HeapPolicy):
 
 
 class LFUDecay(_HeapPolicy):
-    """LFU where an access ``age`` accesses ago weighs 2^(-age/half_life).
+    """LFU where an access ``age`` tokens ago weighs 2^(-age/half_life).
 
-    Scores are log2(sum over accesses of 2^(t/half_life)) on a global access clock t: every
+    Scores are log2(sum over accesses of 2^(t/half_life)) on a global token clock t: every
     score decays by the same factor per tick, so their order never changes between accesses and
     a heap stays valid; the logs never overflow."""
 
@@ -194,12 +218,15 @@ class LFUDecay(_HeapPolicy):
             raise QcoderError(f"lfu-decay: half_life must be positive, got {half_life}")
         self.half_life = float(half_life)
         self._log_count: dict[Key, float] = {}
+        self._clock = _TokenClock()
 
     def _admit_score(self, key: Key) -> float:
         return self._log_count.get(key, -math.inf)
 
     def _score_after_use(self, key: Key) -> float:
-        score = _log2_add(self._log_count.get(key, -math.inf), self._tick / self.half_life)
+        self._clock.see(key)
+        score = _log2_add(self._log_count.get(key, -math.inf),
+                          self._clock.tokens / self.half_life)
         self._log_count[key] = score
         return score
 
@@ -208,7 +235,7 @@ class NextUse(Policy):
     """Evict the key with the largest estimated distance to its next use (see the module doc).
 
     Layer count L is the largest layer seen + 1; the current layer is the last used key's. A
-    layer visit starts when ``use`` moves to a different layer. p(e|l) = decayed uses of (l, e) /
+    layer visit starts as _TokenClock says. p(e|l) = decayed uses of (l, e) /
     decayed visits of l, both on the same clock, so log p = log count - log visits.
     """
 
@@ -219,6 +246,7 @@ class NextUse(Policy):
             raise QcoderError(f"nextuse: half_life must be positive, got {half_life}")
         self.half_life = float(half_life)
         self._tick = 0
+        self._clock = _TokenClock()
         self._layers = 0
         self._current = -1
         self._log_count: dict[Key, float] = {}
@@ -247,9 +275,10 @@ class NextUse(Policy):
             return
         layer = key[0]
         self._tick += 1
-        now = self._tick / self.half_life
-        if layer != self._current:
-            self._current = layer
+        new_visit = self._clock.see(key)
+        now = self._clock.tokens / self.half_life
+        self._current = layer
+        if new_visit:
             self._log_visits[layer] = _log2_add(self._log_visits.get(layer, -math.inf), now)
         score = _log2_add(self._log_count.get(key, -math.inf), now)
         self._log_count[key] = score
