@@ -57,12 +57,14 @@ class Engine:
     @classmethod
     def load(cls, model: str | None = None, backend: str = "onnx", weights: str = "int4",
              threads: int | None = None, progress: bool = True, drafter: str | None = None,
-             draft_tokens: int = DEFAULT_DRAFT_TOKENS) -> Engine:
+             draft_tokens: int = DEFAULT_DRAFT_TOKENS, moe: dict | None = None) -> Engine:
         """Resolve ``model`` (catalogue name, GGUF file, HF directory; None: the default of
         ``models.choice``), export it to ``backend`` once (cached), and load it
         (``openai:<model>@<url>``: a ``RemoteEngine`` on that server instead). ``threads``
         defaults to the backend's choice (all cores). ``drafter`` (default ``QCODER_DRAFTER``,
-        else none): a model name to draft with, ``"prompt-lookup"`` or ``"none"``."""
+        else none): a model name to draft with, ``"prompt-lookup"`` or ``"none"``. ``moe``:
+        the expert cache of a mixture-of-experts model (``expert_ram``, ``policy``,
+        ``prefetch``, ``trace``; see :func:`moe_options`), ignored for a dense model."""
         from qcoder_ds.models.chat_template import ChatTemplate
         from qcoder_ds.models.choice import default_model
         from qcoder_ds.models.sources import resolve
@@ -81,6 +83,8 @@ class Engine:
             if text else None
         drafter = drafter or os.environ.get("QCODER_DRAFTER")
         options = _turn_taking(backend, drafter)
+        if source.architecture == "qwen3_moe":
+            options.update(moe_options(moe))
         session = load_session(source, backend=backend, weights=weights, threads=threads,
                                progress=progress, **options)
         draft = load_drafter(drafter, session, tokenizer, backend=backend, weights=weights,
@@ -136,6 +140,19 @@ class Engine:
                  cancel: threading.Event | None = None) -> str:
         """The whole reply at once (for callers that do not stream)."""
         return "".join(self.chat(messages, params, cancel))
+
+
+def moe_options(given: dict | None = None) -> dict:
+    """The expert cache's settings for a mixture-of-experts model: ``given`` first, then
+    ``QCODER_EXPERT_RAM`` / ``QCODER_EXPERT_POLICY`` from the environment (so the copilot, the
+    magics and the server get them too), else an automatic budget (``auto``: what fits in
+    60% of the memory available now, at most every expert)."""
+    opts = {k: v for k, v in (given or {}).items() if v is not None}
+    opts.setdefault("expert_ram", os.environ.get("QCODER_EXPERT_RAM") or "auto")
+    policy = os.environ.get("QCODER_EXPERT_POLICY")
+    if policy:
+        opts.setdefault("policy", policy)
+    return opts
 
 
 def _turn_taking(backend: str, drafter: str | None) -> dict:

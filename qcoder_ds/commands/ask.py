@@ -8,6 +8,7 @@ on it and repairs it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 
@@ -54,6 +55,31 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default="int4", choices=("int4", "int8", "fp32"),
                    help="weight format of the export (default int4)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    add_moe_options(p)
+
+
+def add_moe_options(p: argparse.ArgumentParser) -> None:
+    """The expert cache of a mixture-of-experts model (Qwen3-Coder-30B-A3B); see docs/moe.md."""
+    g = p.add_argument_group("mixture-of-experts models")
+    g.add_argument("--expert-ram", metavar="SIZE", default=None,
+                   help="memory for experts: 6GB, 6GiB, 50%% (of all experts), all, or auto "
+                        "(default: $QCODER_EXPERT_RAM, else auto = what fits in 60%% of the "
+                        "memory available)")
+    g.add_argument("--expert-policy", default=None, metavar="NAME",
+                   help="eviction policy: lru, lfu, lfu-decay, nextuse (default: "
+                        "$QCODER_EXPERT_POLICY, else lru)")
+    g.add_argument("--no-prefetch", dest="prefetch", action="store_false",
+                   help="do not build the next layer's likely experts in the background")
+    g.add_argument("--trace", metavar="FILE", default=None,
+                   help="write the routing trace (every token's experts per layer) to FILE")
+
+
+def moe_settings(args: argparse.Namespace) -> dict:
+    """``Engine.load(moe=...)`` from the command line's MoE options."""
+    return {"expert_ram": getattr(args, "expert_ram", None),
+            "policy": getattr(args, "expert_policy", None),
+            "prefetch": getattr(args, "prefetch", True),
+            "trace": getattr(args, "trace", None)}
 
 
 def _backends() -> list[str]:
@@ -72,11 +98,18 @@ def run(args: argparse.Namespace) -> int:
 
     args.model = args.model or default_model().name
     if args.data or args.db:
+        if args.trace or not args.prefetch:
+            raise QcoderError("--trace and --no-prefetch work without --data/--db only")
+        # the pipeline loads its own engine: it reads the budget and policy from here
+        for var, value in (("QCODER_EXPERT_RAM", args.expert_ram),
+                           ("QCODER_EXPERT_POLICY", args.expert_policy)):
+            if value:
+                os.environ[var] = value
         return run_pipeline(args)  # the copilot: the table's context, checks, repair
     messages = build_ask_messages(args.request)
     prefix = REPLY_PREFIX
     engine = Engine.load(args.model, backend=args.backend, weights=args.weights,
-                         threads=args.threads)
+                         threads=args.threads, moe=moe_settings(args))
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature,
                             seed=args.seed)
     cancel = threading.Event()
@@ -103,7 +136,28 @@ def run(args: argparse.Namespace) -> int:
         raise
     if not text.endswith("\n"):
         out.write("\n")
+    _report_experts(engine)
     return 0
+
+
+def _report_experts(engine) -> None:
+    """One line on stderr about the expert cache, for a mixture-of-experts model."""
+    stats = getattr(engine.session, "cache_stats", None)
+    if stats is None:
+        return
+    from qcoder_ds.runtime.expert_cache import human_bytes
+
+    d = stats()
+    rate = d.get("hit_rate")
+    acc = d.get("prefetch_accuracy")
+    print(f"experts: {d['capacity_experts']} resident at most "
+          f"({human_bytes(d['budget_bytes'])}, {d['policy']}), hit rate "
+          f"{'-' if rate is None else f'{rate:.2f}'}, {d['loads']} built "
+          f"({human_bytes(d['bytes_read'])} read), prefetch accuracy "
+          f"{'-' if acc is None else f'{acc:.2f}'}", file=sys.stderr)
+    close = getattr(engine.session, "close", None)
+    if close is not None:
+        close()  # flushes a --trace file
 
 
 def _until_block_end(before: str, piece: str) -> tuple[str, bool]:

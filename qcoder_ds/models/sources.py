@@ -271,6 +271,9 @@ def _local(path: Path, name: str | None, require_tokenizer: bool,
         ggufs = sorted(path.glob("*.gguf"))
         if not (path / "config.json").is_file() and len(ggufs) == 1:
             return GGUFSource(ggufs[0], name, entry, require_tokenizer)
+        if entry is None and name is None:
+            entry = _catalogue_dir(path)
+            name = entry.name if entry is not None else None
         return HFDirSource(path, name, entry, require_tokenizer)
     if path.suffix.lower() != ".gguf":
         with open(path, "rb") as f:
@@ -283,6 +286,19 @@ def _local(path: Path, name: str | None, require_tokenizer: bool,
 
 
 # --------------------------------------------------------------------------- catalogue models
+
+
+def _catalogue_dir(path: Path) -> CatalogueEntry | None:
+    """The catalogue entry a user's Hugging Face directory holds, when it is named as the hub
+    repository is (``.../Qwen3-Coder-30B-A3B-Instruct``, as ``huggingface-cli download`` or a
+    git clone names it), so ``models info`` and the exports call it by its catalogue name."""
+    from qcoder_ds.models.catalogue import CATALOGUE
+
+    for entry in CATALOGUE.values():
+        if entry.hub_id and not entry.parts and \
+                path.name.lower() == entry.hub_id.split("/")[-1].lower():
+            return entry
+    return None
 
 
 def cached_path(entry: CatalogueEntry) -> Path:

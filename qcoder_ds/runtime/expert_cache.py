@@ -50,9 +50,31 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "g": 2**30, "t": 2**40}
 
 
+#: ``auto`` budgets take this share of the memory available when the model loads
+AUTO_SHARE = 0.6
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable), or 0 where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def parse_budget(text: str | int | float | None, total_bytes: int) -> int:
     """``--expert-ram``: bytes (``6GB``, ``6GiB``, ``500MB``, ``123456``) or a share of all
-    expert bytes (``50%``); None or ``all`` is every expert."""
+    expert bytes (``50%``); None or ``all`` is every expert; ``auto`` is what fits in 60% of
+    the memory available now, at most every expert."""
     if text is None:
         return int(total_bytes)
     if isinstance(text, (int, float)):
@@ -60,10 +82,13 @@ def parse_budget(text: str | int | float | None, total_bytes: int) -> int:
     s = str(text).strip().lower().replace(" ", "")
     if s in ("all", "100%"):
         return int(total_bytes)
+    if s == "auto":
+        avail = available_memory()
+        return int(min(total_bytes, avail * AUTO_SHARE)) if avail else int(total_bytes)
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(%|[kmgt]i?b?|b)?", s)
     if not m:
         raise ExpertBudgetError(f"--expert-ram {text!r} is not a size: write e.g. 6GB, 6GiB, "
-                                f"800MB or 50% (of all experts' bytes)")
+                                f"800MB, 50% (of all experts' bytes), all or auto")
     value, unit = float(m.group(1)), m.group(2) or ""
     if unit == "%":
         if not 0 < value <= 100:

@@ -54,6 +54,41 @@ def new_export_id(cfg: ArchConfig, options: Mapping) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def expert_blob_bytes(cfg: ArchConfig, weights: str = "int4", block: int = 32) -> int:
+    """Bytes of one expert's blob in the ONNX Runtime store (gate_up and down, block-wise with
+    zero points, each array 64-byte aligned): what one resident expert counts."""
+    def matrix(n: int, k: int) -> list[int]:
+        kb = -(-k // block)
+        if weights == "fp32":
+            return [n * k * 4]
+        if weights == "int8":
+            return [n * kb * block, n * kb * 4, n * kb]
+        return [n * kb * block // 2, n * kb * 4, n * (-(-kb // 2))]
+
+    h, i = cfg.hidden_size, cfg.moe_intermediate_size
+    total = 0
+    for size in matrix(2 * i, h) + matrix(h, i):
+        total += (-total) % 64 + size
+    return total
+
+
+def moe_sizes(cfg: ArchConfig) -> dict[str, int]:
+    """Parameter counts of a MoE decoder: all of them, the experts', and those one token
+    reads (its top-k experts per layer plus every dense weight, embeddings and lm_head too)."""
+    h, hd, layers = cfg.hidden_size, cfg.head_dim, cfg.num_layers
+    attention = (h * cfg.num_heads * hd * 2 + h * cfg.num_kv_heads * hd * 2
+                 + (2 * hd if cfg.qk_norm else 0) + 2 * h)
+    router = cfg.num_experts * h
+    expert = 3 * h * cfg.moe_intermediate_size
+    embed = cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2) + h
+    dense = embed + layers * (attention + router)
+    return {"total": dense + layers * cfg.num_experts * expert,
+            "experts": layers * cfg.num_experts * expert,
+            "per_expert": expert,
+            "active_per_token": dense + layers * cfg.num_experts_per_tok * expert,
+            "dense": dense}
+
+
 def config_from_meta(meta: Mapping) -> ArchConfig:
     """The ArchConfig an export's config.json records."""
     fields = ArchConfig.__dataclass_fields__

@@ -46,3 +46,27 @@ def reference(model_dir: Path, input_ids: list[int]) -> tuple[np.ndarray, list[n
         probs = torch.softmax(logits.reshape(len(input_ids), -1).float(), dim=-1)
         experts.append(np.sort(torch.topk(probs, k, dim=-1).indices.numpy(), axis=-1))
     return out.logits[0].numpy(), experts
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def add_tiny_tokenizer(model_dir: Path) -> Path:
+    """A byte-level tokenizer of 256 bytes + 3 ChatML specials (ids < 512, the tiny vocab),
+    with a ChatML template: enough for the command line to run a tiny model end to end."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    model_dir = Path(model_dir)
+    tok.save(str(model_dir / "tokenizer.json"))
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({
+        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": CHATML}))
+    return model_dir
