@@ -96,7 +96,14 @@ def installed(name: str) -> bool:
                        for p in entry.parts)
         except metadata.PackageNotFoundError:
             return False
-    return cached_path(entry).exists()
+    if cached_path(entry).exists():
+        return True
+    try:  # a hub model already downloaded
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return bool(entry.hub_id) and isinstance(
+        try_to_load_from_cache(entry.hub_id, "config.json"), str)
 
 
 class ChatService:
