@@ -282,6 +282,18 @@ async def test_explain_gives_the_line_by_line_explanation_the_magic_gives(jp_ws_
     ws.close()
 
 
+async def test_a_selection_is_sent_with_the_request(jp_ws_fetch, chat):
+    engine = use(chat, PacedEngine([MAKE]))
+    ws = await jp_ws_fetch("qcoder", "chat")
+    ws.write_message(json.dumps(ask("make a dataframe like this", id="sel",
+                                    selection="pd.Series([1, 2, 3]).to_frame('n')")))
+    answer = (await until(ws, "sel", "done", "error"))[-1]["answer"]
+    prompt = engine.calls[0][-1]["content"]
+    assert "Selected code:\n```python\npd.Series([1, 2, 3]).to_frame('n')\n```" in prompt
+    assert answer["task"] == "pandas"
+    ws.close()
+
+
 # ---------------------------------------------------------------- history
 
 

@@ -103,6 +103,18 @@ async def test_the_prompt_sees_the_kernels_data_and_the_namespace_is_untouched(
         assert answer["checks"]["names"] == "passed"
         assert "not copied into the check (not picklable): helper" in answer["warnings"]
         assert await state(client) == before
+
+        # explain: the magic's line-by-line explanation, traced on the kernel's data (copies)
+        calls = len(engine.calls)
+        cell = {"source": "top = sales.nlargest(3, 'revenue')", "cell_type": "code",
+                "index": 2, "error": None}
+        ws.write_message(json.dumps(ask("", id="k3", action="explain", cell=cell,
+                                        kernel_id=kid)))
+        answer = (await until(ws, "k3", "done", "error", timeout=120))[-1]["answer"]
+        assert answer["task"] == "explain" and "top" in answer["text"]
+        assert "3 rows" in answer["text"] or "(3, 3)" in answer["text"], answer["text"]
+        assert len(engine.calls) == calls  # no model call
+        assert await state(client) == before
         ws.close()
     finally:
         client.stop_channels()
