@@ -9,7 +9,7 @@ import json
 import time
 
 import pytest
-from conftest import MODEL, PacedEngine, ask, receive, until, use
+from chat_helpers import MODEL, PacedEngine, ask, receive, until, use
 from tornado.httpclient import HTTPClientError
 
 from qcoder_ds.server.handlers import SETTINGS_KEY

@@ -11,7 +11,7 @@ import os
 import tempfile
 
 import pytest
-from conftest import MODEL, PacedEngine, ask, until, use
+from chat_helpers import MODEL, PacedEngine, ask, until, use
 
 from qcoder_ds import paths
 from qcoder_ds.server import context as kctx
