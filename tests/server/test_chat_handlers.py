@@ -282,6 +282,31 @@ async def test_explain_gives_the_line_by_line_explanation_the_magic_gives(jp_ws_
     ws.close()
 
 
+async def test_engines_load_lazily_once_per_model_and_the_setting_picks_one(
+        jp_ws_fetch, jp_fetch, chat):
+    other = "qwen2.5-coder-1.5b-instruct"
+    loaded: list[str] = []
+
+    def load(name: str) -> PacedEngine:
+        loaded.append(name)
+        return PacedEngine(default=MAKE)
+
+    chat.load_engine = load
+    await jp_fetch("qcoder", "models")
+    assert loaded == [] and chat.engines == {}  # nothing loads before a request
+    ws = await jp_ws_fetch("qcoder", "chat")
+    for i, model in enumerate([None, None, other, None]):
+        ws.write_message(json.dumps(ask("make a dataframe of 1 2 3", id=f"l{i}", model=model)))
+        done = (await until(ws, f"l{i}", "done", "error"))[-1]
+        assert done["answer"]["metadata"]["model"] == (model or MODEL)
+    assert loaded == [MODEL, other]
+    await jp_fetch("qcoder", "settings", method="PUT", body=json.dumps({"model": other}))
+    ws.write_message(json.dumps(ask("make a dataframe of 1 2 3", id="l9")))
+    done = (await until(ws, "l9", "done", "error"))[-1]
+    assert done["answer"]["metadata"]["model"] == other and loaded == [MODEL, other]
+    ws.close()
+
+
 async def test_a_selection_is_sent_with_the_request(jp_ws_fetch, chat):
     engine = use(chat, PacedEngine([MAKE]))
     ws = await jp_ws_fetch("qcoder", "chat")
