@@ -4,4 +4,4 @@ A module's ``register`` adds its subparser(s) and sets ``func`` (taking the pars
 returning an exit code) with ``set_defaults``. Add a module name to COMMANDS to ship it.
 """
 
-COMMANDS = ["models", "export", "ask", "bench", "explain", "lessons", "grade", "eval"]
+COMMANDS = ["models", "export", "ask", "bench", "explain", "lessons", "grade", "eval", "trace"]

@@ -3,6 +3,7 @@ Belady above every policy on random traces, and the traces where LRU and LFU eac
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -150,3 +151,27 @@ def test_routing_stats_and_file_round_trip(tmp_path):
     assert s["top10pct_share"] == pytest.approx(0.75)
     assert s["prev_token_reuse"] == pytest.approx(2 / 3)
     assert s["experts_used"] == 2
+
+
+def test_cli_simulate_and_stats(tmp_path, capsys):
+    from qcoder_ds.cli import main
+
+    path = tmp_path / "t.trace"
+    with TraceWriter(path, layers=1, experts=8, top_k=1, model="hand") as w:
+        for e in [0, 1, 2, 0, 1, 2]:
+            w.token([[e]])
+    assert main(["trace", "simulate", str(path), "--budget", "2", "--policy", "lru",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    res = out["budgets"][0]["results"]
+    assert out["budgets"][0]["capacity"] == 2
+    assert (res["lru"]["hits"], res["belady"]["hits"]) == (0, 2)  # the cyclic trace above
+    assert main(["trace", "simulate", str(path), "--budget", "25%", "--expert-bytes", "1000"]) == 0
+    assert "belady" in capsys.readouterr().out
+    assert main(["trace", "simulate", str(path), "--budget", "8GiB"]) == 1
+    assert "--expert-bytes" in capsys.readouterr().err
+    assert main(["trace", "stats", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["experts_used"] == 3
+    (tmp_path / "bad.trace").write_bytes(b"nonsense")
+    assert main(["trace", "stats", str(tmp_path / "bad.trace")]) == 1
+    assert "not a qcoder MoE trace" in capsys.readouterr().err
