@@ -166,13 +166,18 @@ def describe(name: str, full_config: bool = False, expert_ram: str = "auto") -> 
 def describe_experts(cfg, expert_ram: str = "auto") -> dict[str, Any]:
     """Experts, active parameters, and what an expert-RAM budget keeps resident (int4 blobs
     of the ONNX Runtime store; the OpenVINO store's i4 blobs are ~12% smaller)."""
-    from qcoder_ds.runtime.expert_cache import ExpertBudgetError, minimum_budget, parse_budget
+    from qcoder_ds.runtime.expert_cache import (
+        ExpertBudgetError,
+        minimum_budget,
+        parse_budget,
+        resident_cost,
+    )
     from qcoder_ds.runtime.moe_session import expert_blob_bytes, moe_sizes
 
     sizes = moe_sizes(cfg)
     blob = expert_blob_bytes(cfg, "int4")
+    cost = resident_cost(blob, "onnx", "int4")
     count = cfg.num_layers * cfg.num_experts
-    total = blob * count
     out: dict[str, Any] = {
         "layers_x_experts": f"{cfg.num_layers} x {cfg.num_experts} = {count}",
         "routed_per_token": f"{cfg.num_experts_per_tok} per layer"
@@ -180,13 +185,14 @@ def describe_experts(cfg, expert_ram: str = "auto") -> dict[str, Any]:
         "parameters": f"{_count(sizes['total'])} ({_count(sizes['experts'])} in experts)",
         "active_parameters_per_token": f"{_count(sizes['active_per_token'])} (top-k experts "
                                        f"+ attention, router, embeddings, lm_head)",
-        "expert_bytes_int4": f"{blob:,} per expert, {_human(total)} in all",
-        "minimum_expert_ram": _human(minimum_budget(cfg.num_experts_per_tok, blob)),
+        "expert_bytes_int4": f"{blob:,} per expert on disk, {_human(blob * count)} in all; "
+                             f"~{_human(cost)} in memory when resident",
+        "minimum_expert_ram": _human(minimum_budget(cfg.num_experts_per_tok, cost)),
     }
     try:
-        budget = min(parse_budget(expert_ram, total), total)
-        resident = budget // blob
-        out["budget"] = (f"--expert-ram {expert_ram}: {_human(resident * blob)} resident, "
+        budget = min(parse_budget(expert_ram, cost * count), cost * count)
+        resident = budget // cost
+        out["budget"] = (f"--expert-ram {expert_ram}: {_human(resident * cost)} resident, "
                          f"{resident:,} of {count:,} experts ({resident / count:.0%})")
     except ExpertBudgetError as e:
         out["budget"] = str(e)

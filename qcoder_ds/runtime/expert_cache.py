@@ -6,8 +6,10 @@ backend executes at full speed (an ONNX Runtime session or an OpenVINO compiled 
 the weights as constants: ONNX Runtime prepacks only constants, and an int4 MatMulNBits fed
 its weights as an input ran ~100x slower), and builds a missing one from the expert store.
 
-- **Budget**: bytes of expert blobs held (each expert counts its blob's size). The minimum is
-  one layer's top-k experts: below that a single token could not keep its own experts.
+- **Budget**: bytes of memory for resident experts; each counts what it really takes
+  (``resident_cost``: ~2.0-2.5x its blob, measured), and a share (``50%``) is a share of all
+  experts. The minimum is one layer's top-k experts: below that a single token could not keep
+  its own experts.
 - **Eviction**: through a ``Policy`` of ``qcoder_ds.runtime.expert_policy`` (``admit``,
   ``use``, ``victim(protected)``, ``evict``); the experts the current layer needs are
   protected.
@@ -103,6 +105,22 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1000
     return f"{n} B"
+
+
+#: memory a resident expert takes, per byte of its blob in the store: live RSS (after
+#: malloc_trim) of experts built at Qwen3-Coder-30B-A3B's shape, measured by
+#: ``python benchmarks/moe_experts.py`` (benchmarks/results/moe-experts.json, "resident").
+#: The runtimes keep a copy of the constants beside the prepacked weights, so a budget in
+#: bytes of memory holds fewer experts than bytes of blobs would suggest.
+RESIDENT_FACTOR: dict[tuple[str, str], float] = {
+    ("onnx", "int4"): 2.45, ("onnx", "int8"): 2.25, ("onnx", "fp32"): 2.05,
+    ("openvino", "int4"): 2.45, ("openvino", "int8"): 2.15, ("openvino", "fp32"): 2.05,
+}
+
+
+def resident_cost(blob_bytes: int, backend: str, weights: str) -> int:
+    """Bytes of memory one resident expert counts against the budget."""
+    return int(blob_bytes * RESIDENT_FACTOR.get((backend, weights), 2.5))
 
 
 def minimum_budget(top_k: int, expert_bytes: int) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 from qcoder_ds.errors import ContextLengthError, ModelError
 from qcoder_ds.models.checkpoint import Checkpoint
 from qcoder_ds.models.config import ArchConfig
-from qcoder_ds.runtime.expert_cache import ExpertCache, parse_budget
+from qcoder_ds.runtime.expert_cache import ExpertCache, parse_budget, resident_cost
 from qcoder_ds.runtime.expert_store import ExpertStore, ExpertStoreWriter
 from qcoder_ds.runtime.moe_session import (
     ROUTERS,
@@ -215,8 +215,11 @@ class OvExpertBuilder:
         if self.quant["weights"] == "fp32":
             return b.const(arrays[name + ".weight"], name)
         m = self.matrices[name]
-        qw = OpenVINOWeight(m["element"], tuple(m["shape"]), arrays[name + ".q"],
-                            arrays[name + ".scale"], arrays.get(name + ".zp"))
+        q = arrays[name + ".q"]
+        if m["element"] == "u8":  # a u8 constant takes its shape from the array
+            q = q.reshape(m["shape"])
+        qw = OpenVINOWeight(m["element"], tuple(m["shape"]), q, arrays[name + ".scale"],
+                            arrays.get(name + ".zp"))
         return b.compressed(qw, name, tuple(m["out_in"]))
 
     def __call__(self, layer: int, expert: int) -> tuple[_OvExpert, int]:
@@ -313,8 +316,9 @@ def load_moe_openvino(out_dir: Path, meta: dict, threads: int | None = None,
         raise ContextLengthError(f"max_context {max_context} exceeds the model's "
                                  f"{positions} positions")
     store = ExpertStore(out_dir, export_id=meta["moe"]["export_id"])
-    budget = parse_budget(expert_ram, store.total_bytes)
-    cache = ExpertCache(OvExpertBuilder(store, cfg, meta), store.blob_bytes, budget,
+    cost = resident_cost(store.blob_bytes, "openvino", str(store.quantization["weights"]))
+    budget = parse_budget(expert_ram, cost * cfg.num_layers * cfg.num_experts)
+    cache = ExpertCache(OvExpertBuilder(store, cfg, meta), cost, budget,
                         cfg.num_experts_per_tok, policy,
                         total_experts=cfg.num_layers * cfg.num_experts)
     dense = OvMoeDense(out_dir, cfg, meta, threads)

@@ -24,7 +24,7 @@ import onnxruntime as ort
 from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
 from qcoder_ds.models.checkpoint import Checkpoint
 from qcoder_ds.models.config import ArchConfig
-from qcoder_ds.runtime.expert_cache import ExpertCache, parse_budget
+from qcoder_ds.runtime.expert_cache import ExpertCache, parse_budget, resident_cost
 from qcoder_ds.runtime.expert_store import ExpertStore, ExpertStoreWriter
 from qcoder_ds.runtime.moe_onnx import (
     DENSE_DATA,
@@ -235,8 +235,9 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
         raise ContextLengthError(f"max_context {max_context} exceeds the model's "
                                  f"{cfg.max_position_embeddings} positions")
     store = ExpertStore(out_dir, export_id=moe["export_id"])
-    budget = parse_budget(expert_ram, store.total_bytes)
-    cache = ExpertCache(OrtExpertBuilder(store, cfg), store.blob_bytes, budget,
+    cost = resident_cost(store.blob_bytes, "onnx", str(store.quantization["weights"]))
+    budget = parse_budget(expert_ram, cost * cfg.num_layers * cfg.num_experts)
+    cache = ExpertCache(OrtExpertBuilder(store, cfg), cost, budget,
                         cfg.num_experts_per_tok, policy,
                         total_experts=cfg.num_layers * cfg.num_experts)
     dense = OrtMoeDense(out_dir, cfg, threads, max_context, spinning)

@@ -16,7 +16,11 @@ from tiny_moe import build_tiny_moe  # noqa: E402
 
 from qcoder_ds.errors import ModelError, QcoderError  # noqa: E402
 from qcoder_ds.models.checkpoint import HFCheckpoint  # noqa: E402
-from qcoder_ds.runtime.expert_cache import ExpertBudgetError, parse_budget  # noqa: E402
+from qcoder_ds.runtime.expert_cache import (  # noqa: E402
+    ExpertBudgetError,
+    parse_budget,
+    resident_cost,
+)
 from qcoder_ds.runtime.expert_store import (  # noqa: E402
     BLOB_ALIGN,
     STORE_BIN,
@@ -145,7 +149,7 @@ def test_missing_store_and_bad_index(two_exports, tmp_path):
 def test_budget_below_one_layers_top_k_names_the_minimum(two_exports):
     _, a, _ = two_exports
     store = ExpertStore(a)
-    minimum = 2 * store.blob_bytes
+    minimum = 2 * resident_cost(store.blob_bytes, "onnx", "fp32")
     with pytest.raises(ExpertBudgetError, match=f"below the minimum of .*{minimum} bytes"):
         load_onnx(a, expert_ram=str(minimum - 1))
     with pytest.raises(ExpertBudgetError, match="top-2 experts"):

@@ -182,3 +182,63 @@ def test_chunked_prefill_reset_and_all_logits(models, backend):
     again, _ = reference(hf, PROMPT + [1])
     assert np.abs(got - again[-1]).max() <= 1e-3
     s.close()
+
+
+def _silu_ffn(x, gate, up, down):
+    g = x @ gate.T
+    return ((g / (1 + np.exp(-g))) * (x @ up.T)) @ down.T
+
+
+@pytest.mark.parametrize("weights", ["int4", "int8"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_quantized_experts_compute_with_their_stored_weights(tmp_path, backend, weights):
+    """Each executable expert equals the float FFN of its dequantized weights: the store's
+    layout and the backend's reading of it agree (ONNX Runtime with fp32 activations)."""
+    from qcoder_ds.runtime import quantize as q
+
+    hf = build_tiny_moe(tmp_path / "hf", layers=2, experts=4, top_k=2)
+    ckpt = HFCheckpoint(hf)
+    out = tmp_path / "export"
+    bits = 4 if weights == "int4" else 8
+    if backend == "onnx":
+        from qcoder_ds.runtime.ort_backend import export_onnx
+
+        export_onnx(ckpt, out, weights=weights, progress=False, accuracy_level=0)
+
+        def deq(w):
+            return q.dequantize_blockwise(q.quantize_blockwise(w, bits=bits))
+        tol = 1e-4
+    else:
+        _export(backend, ckpt, out, weights)
+
+        def deq(w):
+            return q.dequantize_openvino(q.quantize_openvino(w, bits, 32, symmetric=True))
+        tol = 3e-2  # bf16 / int8 activations where the CPU has them (a wrong layout: ~100%)
+    s = load(backend, out)
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    for layer, e in [(0, 0), (1, 3)]:
+        p = f"model.layers.{layer}.mlp.experts.{e}."
+        gate, up, down = (ckpt.tensor(p + f"{n}_proj.weight") for n in ("gate", "up", "down"))
+        gate_up = deq(np.concatenate([gate, up]))
+        ref = _silu_ffn(x, gate_up[:32], gate_up[32:], deq(down))
+        got = s.cache._load(layer, e)[0].run(x)
+        assert np.abs(got - ref).max() <= tol * np.abs(ref).max(), (layer, e)
+        if backend == "onnx":  # exact enough to tell: not the float weights
+            assert np.abs(got - _silu_ffn(x, gate, up, down)).max() > tol * np.abs(ref).max()
+    s.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int8_stays_close_to_fp32(models, tmp_path, backend):
+    hf, fp32 = models("l2-e8-top2-norm", backend)
+    _export(backend, HFCheckpoint(hf), tmp_path / "int8", "int8")
+    ref, got = load(backend, fp32), load(backend, tmp_path / "int8", expert_ram="25%")
+    path = greedy(ref, PROMPT, 24)
+    got.reset()
+    logits = got.forward(np.array(PROMPT))
+    assert np.corrcoef(logits, load(backend, fp32).forward(np.array(PROMPT)))[0, 1] > 0.999
+    hits = 0
+    for tok in path:  # teacher-forced: the fp32 path fed to int8
+        hits += int(logits.argmax()) == tok
+        logits = got.forward(np.array([tok]))
+    assert hits / len(path) >= 0.9, f"int8 agrees with fp32 on {hits}/{len(path)} tokens"
