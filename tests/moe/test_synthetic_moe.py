@@ -100,3 +100,24 @@ def test_routing_is_skewed_and_local_by_default_and_uniform_without():
     # a layer reuses 8/128 = 6% of its experts from the previous token when uniform
     assert skewed["prev_token_reuse"] > 0.18
     assert flat["prev_token_reuse"] < 0.09
+
+
+def test_llama_cpp_reads_the_gguf_as_transformers_reads_the_hf_directory(tmp_path):
+    """The generator's qwen3moe GGUF (merged experts, q/k norms, no_vocab) is what llama.cpp
+    expects: its logits equal transformers' on the HF directory of the same weights."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    spec = syn.SyntheticSpec(layers=2, hidden=256, experts=16, top_k=4, moe_ff=64, heads=4,
+                             kv_heads=2, head_dim=64, vocab=1024, dense_ff=512)
+    w = syn.write_synthetic(spec, tmp_path, gguf_types=("F32",), hf_dtype="F32")
+    ids = syn.token_stream(spec, 6)
+    llm = llama_cpp.Llama(str(w.gguf["F32"]), n_ctx=32, n_threads=1, verbose=False)
+    assert llm.n_vocab() == 1024
+    llm.eval(ids)
+    got = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+    model = transformers.AutoModelForCausalLM.from_pretrained(w.hf_dir, dtype=torch.float32)
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0, -1].numpy()
+    assert np.abs(ref).max() > 0.3
+    np.testing.assert_allclose(got, ref, atol=1e-3 * np.abs(ref).max())
