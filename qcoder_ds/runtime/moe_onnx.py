@@ -164,3 +164,51 @@ def _model(c, name: str, inputs: list, outputs: list) -> onnx.ModelProto:
                               producer_name="qcoder-ds")
     model.ir_version = 9
     return model
+
+
+def fused_layer_model(arrays: list[Mapping[str, np.ndarray]], hidden: int, inter: int,
+                      top_k: int, normalize: bool, quant: Mapping[str, object]) -> bytes:
+    """Every expert of one layer in ONNX Runtime's ``QMoE`` contrib op (the fully resident
+    alternative to one session per expert): x [n, hidden], router logits [n, experts] ->
+    y [n, hidden]. The CPU kernel wants gate and up rows interleaved (swiglu_fusion=1), so
+    the store's [gate | up] rows are reordered (exact: quantization runs along each row)."""
+    weights = str(quant["weights"])
+    if weights not in ("int4", "int8"):
+        raise ValueError(f"QMoE takes int4/int8 experts, not {weights}")
+    bits = 4 if weights == "int4" else 8
+    block = int(quant["block_size"])
+    e_n = len(arrays)
+    perm = np.stack([np.arange(inter), np.arange(inter) + inter], 1).reshape(-1)
+
+    def stack(name: str, rows: int, fc1: bool) -> np.ndarray:
+        return np.ascontiguousarray(np.stack(
+            [a[name].reshape(rows, -1)[perm] if fc1 else a[name].reshape(rows, -1)
+             for a in arrays]))
+
+    names = {"fc1_w": stack("gate_up.packed", 2 * inter, True),
+             "fc1_s": stack("gate_up.scales", 2 * inter, True),
+             "fc2_w": stack("down.packed", hidden, False),
+             "fc2_s": stack("down.scales", hidden, False)}
+    zp = "gate_up.zp" in arrays[0]
+    if zp:
+        names["fc1_z"] = stack("gate_up.zp", 2 * inter, True)
+        names["fc2_z"] = stack("down.zp", hidden, False)
+    inits = [numpy_helper.from_array(v, k) for k, v in names.items()]
+    ins = ["x", "router", "fc1_w", "fc1_s", "", "fc2_w", "fc2_s", "", "", "", "",
+           "fc1_z" if zp else "", "fc2_z" if zp else ""]
+    node = helper.make_node(
+        "QMoE", ins, ["y"], domain="com.microsoft", k=top_k, activation_type="swiglu",
+        swiglu_fusion=1, activation_alpha=1.0, activation_beta=0.0,
+        normalize_routing_weights=int(normalize), expert_weight_bits=bits, block_size=block,
+        accuracy_level=int(quant["accuracy_level"]))
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node], "qcoder_fused_experts",
+        [helper.make_tensor_value_info("x", f32, ["n", hidden]),
+         helper.make_tensor_value_info("router", f32, ["n", e_n])],
+        [helper.make_tensor_value_info("y", f32, ["n", hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="qcoder-ds")
+    model.ir_version = 9
+    return model.SerializeToString()

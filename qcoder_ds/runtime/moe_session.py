@@ -140,7 +140,8 @@ class MoeDecoderSession(DecoderSession):
 
     def __init__(self, dense: DenseLayers, cache: ExpertCache, cfg: ArchConfig,
                  max_context: int, vocab_size: int, routers: np.ndarray | None = None,
-                 prefetch: bool = True, trace: Any = None, record_routing: bool = False):
+                 prefetch: bool = True, trace: Any = None, record_routing: bool = False,
+                 fused: Any = None):
         self.dense, self.cache, self.config = dense, cache, cfg
         self.max_context, self.vocab_size = max_context, vocab_size
         self.routers = routers
@@ -148,6 +149,11 @@ class MoeDecoderSession(DecoderSession):
         self.trace = trace
         self.record_routing = record_routing
         self.last_routing: list[np.ndarray] = []
+        #: the backend's fused layers (``run(i, h, logits, weights)``) in the fully resident
+        #: mode, else None: experts come one by one from the cache
+        self.fused = fused
+        if fused is not None:
+            self.prefetch = False
         self.scores_all_positions = True
         self.position = 0
 
@@ -175,6 +181,10 @@ class MoeDecoderSession(DecoderSession):
                 # only the rows that need logits go on (a trace wants every token's experts)
                 h, residual, logits = h[-keep:], residual[-keep:], logits[-keep:]
             top, weights = route(logits, cfg.num_experts_per_tok, cfg.norm_topk_prob)
+            routing.append(top)
+            if self.fused is not None:
+                x = residual + self.fused.run(i, h, logits, weights)
+                continue
             used = sorted({int(e) for e in np.unique(top)})
             keys = [(i, e) for e in used]
             cache.protect(keys)
@@ -182,7 +192,6 @@ class MoeDecoderSession(DecoderSession):
                 self._prefetch(i + 1, h)
             x = residual + self._experts(i, h, top, weights, used)
             cache.layer_done(i, keys)
-            routing.append(top)
         self.position += ids.size
         if self.trace is not None:
             self._write_trace(routing, ids.size)
@@ -214,7 +223,7 @@ class MoeDecoderSession(DecoderSession):
 
     def cache_stats(self) -> dict:
         """The expert cache's counters (hits, misses, bytes read, prefetch accuracy)."""
-        return dict(self.cache.describe())
+        return {**self.cache.describe(), "fused": self.fused is not None}
 
     def close(self) -> None:
         self.cache.close()

@@ -242,3 +242,28 @@ def test_int8_stays_close_to_fp32(models, tmp_path, backend):
         hits += int(logits.argmax()) == tok
         logits = got.forward(np.array([tok]))
     assert hits / len(path) >= 0.9, f"int8 agrees with fp32 on {hits}/{len(path)} tokens"
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_fused_qmoe_layers_equal_per_expert_sessions(models, tmp_path, name):
+    """ONNX Runtime's fully resident mode (one QMoE op per layer, the default when every int4
+    expert fits) against one session per expert on the same export: the same numbers (to
+    float rounding) and the same greedy tokens, with and without norm_topk_prob."""
+    from qcoder_ds.runtime.ort_backend import export_onnx
+
+    hf, _ = models(name, "onnx")
+    out = tmp_path / "int4"
+    export_onnx(HFCheckpoint(hf), out, weights="int4", progress=False, accuracy_level=0)
+    fused, single = load("onnx", out), load("onnx", out, fused=False)
+    assert fused.cache_stats()["fused"] and not single.cache_stats()["fused"]
+    ids = PROMPT + EXTRA
+    for s in (fused, single):
+        s.reset()
+    a = [fused.forward(np.array(ids[:8]))] + [fused.forward(np.array([t])) for t in ids[8:]]
+    b = [single.forward(np.array(ids[:8]))] + [single.forward(np.array([t])) for t in ids[8:]]
+    assert np.abs(np.stack(a) - np.stack(b)).max() <= 1e-4
+    assert greedy(fused, PROMPT, 32) == greedy(single, PROMPT, 32)
+    from qcoder_ds.errors import QcoderError
+
+    with pytest.raises(QcoderError, match="fused experts need every expert resident"):
+        load("onnx", out, expert_ram="50%", fused=True)
