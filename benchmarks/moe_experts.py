@@ -223,6 +223,18 @@ def main() -> int:
             "call_us_one_row": call * 1e6,
             "layer_us_one_token_top8": call * k * 1e6,
         }
+        # the same expert without prepacking: what feeding weights as they lie costs
+        import onnxruntime as ort
+
+        from qcoder_ds.runtime.moe_onnx import expert_model
+
+        so = expert_session_options()
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        raw = ort.InferenceSession(expert_model(store.read(0, 0), hidden, inter,
+                                                store.quantization), so,
+                                   providers=["CPUExecutionProvider"])
+        res["ort_per_expert_session"]["call_us_one_row_without_prepacking"] = \
+            per_call(lambda: raw.run(None, {"x": x1}), 5) * 1e6
         tiny_store = ort_store(tmp / "tiny", [weights(rng, 64, 32)])
         tiny = OrtExpertBuilder(tiny_store, config(64, 32, 1, 1))(0, 0)[0]
         xt = rng.standard_normal((1, 64)).astype(np.float32)

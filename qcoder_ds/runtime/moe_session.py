@@ -129,6 +129,14 @@ def route(logits: np.ndarray, top_k: int, norm_topk_prob: bool
     return top, w.astype(np.float32)
 
 
+#: prefetch switches itself off when, after this many predicted experts, fewer than
+#: MIN_PREDICTION_ACCURACY of them were used: wrong guesses cost builds that compete with the
+#: decoder for the cores and evict experts that were needed (a random-weight model's
+#: predictions are no better than chance: benchmarks/results/moe-cache.json)
+PREFETCH_PROBATION = 512
+MIN_PREDICTION_ACCURACY = 0.3
+
+
 class MoeDecoderSession(DecoderSession):
     """A Qwen3-MoE decoder: ``dense`` per-layer graphs plus experts from ``cache``.
 
@@ -149,6 +157,7 @@ class MoeDecoderSession(DecoderSession):
         self.trace = trace
         self.record_routing = record_routing
         self.last_routing: list[np.ndarray] = []
+        self.prefetch_off = ""  # why prefetch switched itself off, if it did
         #: the backend's fused layers (``run(i, h, logits, weights)``) in the fully resident
         #: mode, else None: experts come one by one from the cache
         self.fused = fused
@@ -188,7 +197,7 @@ class MoeDecoderSession(DecoderSession):
             used = sorted({int(e) for e in np.unique(top)})
             keys = [(i, e) for e in used]
             cache.protect(keys)
-            if self.prefetch and i + 1 < layers:
+            if self.prefetch and i + 1 < layers and self._prefetch_pays():
                 self._prefetch(i + 1, h)
             x = residual + self._experts(i, h, top, weights, used)
             cache.layer_done(i, keys)
@@ -210,6 +219,17 @@ class MoeDecoderSession(DecoderSession):
             out[rows] += y * weights[rows, slot][:, None]
         return out
 
+    def _prefetch_pays(self) -> bool:
+        """False (for good) once prefetch has shown that its guesses are mostly wrong."""
+        st = self.cache.stats
+        if st.prefetch_predicted >= PREFETCH_PROBATION and \
+                st.prefetch_predicted_used < MIN_PREDICTION_ACCURACY * st.prefetch_predicted:
+            self.prefetch = False
+            self.prefetch_off = (f"prefetch switched off: {st.prefetch_predicted_used} of "
+                                 f"{st.prefetch_predicted} predicted experts were used")
+            return False
+        return True
+
     def _prefetch(self, layer: int, h: np.ndarray) -> None:
         """Experts layer ``layer`` will likely use: its router on this layer's hidden state
         (last row only in prefill: the rows before it are past by the time they matter)."""
@@ -223,7 +243,11 @@ class MoeDecoderSession(DecoderSession):
 
     def cache_stats(self) -> dict:
         """The expert cache's counters (hits, misses, bytes read, prefetch accuracy)."""
-        return {**self.cache.describe(), "fused": self.fused is not None}
+        d = {**self.cache.describe(), "fused": self.fused is not None,
+             "prefetch": self.prefetch, "prefetch_off": self.prefetch_off}
+        if self.fused is not None:  # every expert resident, none looked up one by one
+            d["hit_rate"] = None
+        return d
 
     def close(self) -> None:
         self.cache.close()

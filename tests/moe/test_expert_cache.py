@@ -135,3 +135,24 @@ def test_policies_from_expert_policy():
             assert c.resident <= 3
     with pytest.raises(Exception, match="lru"):
         ExpertCache(Loader(), 100, 300, 2, "no-such-policy")
+
+
+def test_prefetch_switches_itself_off_when_its_guesses_are_wrong(monkeypatch):
+    """Wrong guesses cost builds and evictions: after the probation, below 30% used, off."""
+    from qcoder_ds.runtime import moe_session
+
+    monkeypatch.setattr(moe_session, "PREFETCH_PROBATION", 10)
+    c = ExpertCache(Loader(), 100, 1000, 2, "lru")
+
+    class Session(moe_session.MoeDecoderSession):
+        def __init__(self):
+            self.cache, self.prefetch, self.prefetch_off = c, True, ""
+
+    s = Session()
+    c.stats.prefetch_predicted, c.stats.prefetch_predicted_used = 8, 0
+    assert s._prefetch_pays()  # still on probation
+    c.stats.prefetch_predicted, c.stats.prefetch_predicted_used = 12, 4  # 33%: pays
+    assert s._prefetch_pays()
+    c.stats.prefetch_predicted_used = 3  # 25%
+    assert not s._prefetch_pays() and not s.prefetch
+    assert "3 of 12 predicted experts were used" in s.prefetch_off

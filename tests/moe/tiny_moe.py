@@ -23,11 +23,13 @@ CONFIGS = {
 
 
 def build_tiny_moe(out_dir: Path, layers: int = 2, experts: int = 8, top_k: int = 2,
-                   norm_topk_prob: bool = True, seed: int = 0) -> Path:
-    """Save a tiny random Qwen3MoeForCausalLM (every layer MoE) to ``out_dir``."""
+                   norm_topk_prob: bool = True, seed: int = 0, **overrides) -> Path:
+    """Save a tiny random Qwen3MoeForCausalLM (every layer MoE) to ``out_dir``; ``overrides``
+    are further config fields (hidden_size, moe_intermediate_size, ...)."""
+    overrides.setdefault("moe_intermediate_size", 32)
     return build_tiny("qwen3_moe", Path(out_dir), seed=seed, num_hidden_layers=layers,
                       num_experts=experts, num_experts_per_tok=top_k,
-                      norm_topk_prob=norm_topk_prob, moe_intermediate_size=32)
+                      norm_topk_prob=norm_topk_prob, **overrides)
 
 
 def reference(model_dir: Path, input_ids: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
