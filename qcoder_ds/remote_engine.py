@@ -238,6 +238,11 @@ class RemoteEngine:
         if isinstance(exc, httpx.ConnectError):
             return ServerUnreachable(f"cannot reach {self._where()} ({_reason(exc)}): is the "
                                      "server running, and are the host and port right?")
+        if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)):
+            # e.g. a server being killed: its port still takes the connection, then resets it
+            return ServerUnreachable(f"{self._where()} closed the connection without answering "
+                                     f"({_reason(exc)}): it may have crashed or be restarting; "
+                                     "run the cell again once it is up")
         return RemoteEngineError(f"{self._where()} failed: {type(exc).__name__}: "
                                  f"{_reason(exc)}")
 
