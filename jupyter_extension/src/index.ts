@@ -17,7 +17,7 @@ import { Cell, CodeCell } from '@jupyterlab/cells';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { LabIcon } from '@jupyterlab/ui-components';
-import { BoxPanel } from '@lumino/widgets';
+import { Panel } from '@lumino/widgets';
 
 import { ChatConnection } from './api';
 import { QcoderCellManager } from './cells';
@@ -110,12 +110,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
       welcomeMessage:
         'Ask about the data in the open notebook, e.g. *plot the monthly average of `temp` ' +
         'per city*. Answers are checked against your live DataFrames before they are shown; ' +
-        '**Insert below** or **Run** puts the cell under the active cell.',
+        '**Insert below** or **Run** puts the cell under the active cell.\n\n',
       area: 'sidebar'
     });
     chat.addClass('jp-qcoder-chat');
 
-    const panel = new BoxPanel({ direction: 'top-to-bottom', spacing: 0 });
+    // a plain Panel laid out by CSS (flex column): the header takes the height it needs
+    const panel = new Panel();
     panel.id = 'qcoder-chat';
     panel.addClass('jp-qcoder-panel');
     panel.title.icon = qcoderIcon;
@@ -123,8 +124,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const header = new QcoderHeader(model);
     panel.addWidget(header);
     panel.addWidget(chat);
-    BoxPanel.setStretch(header, 0);
-    BoxPanel.setStretch(chat, 1);
     app.shell.add(panel, 'right', { rank: 100 });
     restorer?.add(panel, 'qcoder-chat');
 

@@ -231,6 +231,9 @@ export class QcoderChatModel extends AbstractChatModel {
   private _onEvent(event: ServerEvent): void {
     const state = this._states.get(event.id);
     if (!state) {
+      if (event.type === 'error' && !event.id) {
+        this._problem.emit(event.message); // about no request (a message it could not read)
+      }
       return; // another panel's (or a forgotten) request
     }
     this._apply(event.id, reduce(state, event));

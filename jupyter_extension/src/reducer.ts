@@ -11,7 +11,7 @@ export interface IAnswerState {
   id: string;
   action: Action;
   status: Status;
-  /** 1-based place in the server's queue while `queued`, else null. */
+  /** While `queued`: how many requests are ahead of it (0: next), else null. */
   position: number | null;
   /** The tokens streamed so far. */
   text: string;
@@ -106,7 +106,7 @@ export function renderAnswer(state: IAnswerState): string {
     case 'sending':
       return '_Sending…_';
     case 'queued':
-      return `_Queued: position ${state.position ?? '?'}_`;
+      return `_${queuedText(state.position)}_`;
     case 'running':
       return state.text ? `_Writing…_${streamed}` : '_Started; waiting for the first token…_';
     case 'stopped':
@@ -316,6 +316,20 @@ export function chatSocketUrl(wsUrl: string, token: string): string {
   return token ? `${url}?token=${encodeURIComponent(token)}` : url;
 }
 
+/**
+ * The queue position as words. The server counts the requests ahead of this one (the one
+ * running included): 0 is next.
+ */
+export function queuedText(position: number | null): string {
+  if (position === null) {
+    return 'Queued';
+  }
+  if (position <= 0) {
+    return 'Queued: next';
+  }
+  return `Queued: position ${position} (${position} ahead)`;
+}
+
 /** The queue line for the header: what is running or waiting, across this panel's requests. */
 export function queueLine(states: IAnswerState[]): string {
   const active = states.filter(isActive);
@@ -329,8 +343,7 @@ export function queueLine(states: IAnswerState[]): string {
   }
   const queued = active.filter(s => s.status === 'queued' && s.position !== null);
   if (queued.length) {
-    const first = Math.min(...queued.map(s => s.position as number));
-    return `Queued: position ${first}`;
+    return queuedText(Math.min(...queued.map(s => s.position as number)));
   }
   return 'Sending…';
 }

@@ -92,8 +92,9 @@ describe('reduce', () => {
 describe('renderAnswer', () => {
   it('shows the queue position', () => {
     expect(renderAnswer(run([{ type: 'queued', id: 'a', position: 3 }]))).toBe(
-      '_Queued: position 3_'
+      '_Queued: position 3 (3 ahead)_'
     );
+    expect(renderAnswer(run([{ type: 'queued', id: 'a', position: 0 }]))).toBe('_Queued: next_');
   });
 
   it('puts the summary above the code block, then checks and warnings', () => {
@@ -178,7 +179,7 @@ describe('helpers', () => {
     const running = run([{ type: 'started', id: 'c' }], 'c');
     const done = run([{ type: 'done', id: 'd', answer: ANSWER }], 'd');
     expect(queueLine([done])).toBe('');
-    expect(queueLine([queued2, queued])).toBe('Queued: position 2');
+    expect(queueLine([queued2, queued])).toBe('Queued: position 2 (2 ahead)');
     expect(queueLine([running, queued])).toBe('Writing… (1 more queued)');
   });
 });
