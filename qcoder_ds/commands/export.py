@@ -33,7 +33,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if a cached export exists")
     p.add_argument("--check", action="store_true",
                    help="load each export afterwards and run one forward pass")
+    p.add_argument("--expert-ram", metavar="SIZE", default=None,
+                   help="mixture-of-experts models, with --check: the expert cache's memory "
+                        "(default: the recipe's [moe] expert_ram, else auto)")
     p.set_defaults(func=run)
+
+
+def read_moe_section(path: Path, data: dict, weights: list[str]) -> dict:
+    """A recipe's ``[moe]``: expert_weights (the experts are stored as the export's weights,
+    so it must agree), expert_ram, policy, prefetch (the cache --check loads with)."""
+    moe = data.get("moe") or {}
+    if not isinstance(moe, dict):
+        raise RecipeError(f"{path}: [moe] must be a table")
+    unknown = set(moe) - {"expert_weights", "expert_ram", "policy", "prefetch"}
+    if unknown:
+        raise RecipeError(f"{path}: [moe] has unknown keys {', '.join(sorted(unknown))}")
+    ew = moe.get("expert_weights")
+    if ew is not None and any(w != ew for w in weights):
+        raise RecipeError(f"{path}: [moe] expert_weights {ew!r} differs from an export's "
+                          f"weights ({', '.join(weights)}); experts are stored as the "
+                          f"export's weights")
+    return {k: moe[k] for k in ("expert_ram", "policy", "prefetch") if k in moe}
 
 
 def read_recipe(path: Path) -> tuple[str, str | None, list[dict]]:
@@ -62,7 +82,18 @@ def read_recipe(path: Path) -> tuple[str, str | None, list[dict]]:
             raise RecipeError(f"{path}: export {i}: backend must be one of {', '.join(BACKENDS)}")
         if e.get("weights") not in WEIGHTS:
             raise RecipeError(f"{path}: export {i}: weights must be one of {', '.join(WEIGHTS)}")
+    read_moe_section(path, data, [e["weights"] for e in exports])
     return source, model.get("sha256"), exports
+
+
+def recipe_moe(path: Path) -> dict:
+    """The cache settings of a recipe's ``[moe]`` (empty when it has none)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    data = tomllib.loads(Path(path).read_text())
+    return read_moe_section(path, data, [e.get("weights") for e in data.get("export") or []])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,13 +106,16 @@ def run(args: argparse.Namespace) -> int:
         name, sha, todo = args.model, None, [(args.backend, args.weights)]
     else:
         raise QcoderError("say what to export: a MODEL, or --recipe FILE")
+    moe = recipe_moe(args.recipe) if args.recipe else {}
+    if args.expert_ram:
+        moe["expert_ram"] = args.expert_ram
     source = resolve(name, require_tokenizer=False)  # an export needs only the weights
     if sha and source.identity != sha:
         raise RecipeError(f"{name}: sha256 {source.identity} differs from the recipe's {sha}")
     for backend, weights in todo:
         out = _export_one(source, backend, weights, args.force)
         if args.check:
-            _check(backend, out)
+            _check(backend, out, moe if source.architecture == "qwen3_moe" else {})
         print(out)
     return 0
 
@@ -99,13 +133,15 @@ def _export_one(source, backend: str, weights: str, force: bool) -> Path:
     return out
 
 
-def _check(backend: str, out: Path) -> None:
+def _check(backend: str, out: Path, moe: dict | None = None) -> None:
+    """Load the export and run one forward pass; a MoE export loads with ``moe`` (its cache
+    settings; the budget defaults to auto, never every expert of a model that may not fit)."""
     import numpy as np
 
     from qcoder_ds.runtime.export import get_backend
 
     t = time.perf_counter()
-    session = get_backend(backend).load(out, None)
+    session = get_backend(backend).load(out, None, **(moe or {}))
     load_s = time.perf_counter() - t
     session.reset()
     logits = session.forward(np.array([1, 2, 3], dtype=np.int64))

@@ -317,7 +317,9 @@ def load_moe_openvino(out_dir: Path, meta: dict, threads: int | None = None,
                                  f"{positions} positions")
     store = ExpertStore(out_dir, export_id=meta["moe"]["export_id"])
     cost = resident_cost(store.blob_bytes, "openvino", str(store.quantization["weights"]))
-    budget = parse_budget(expert_ram, cost * cfg.num_layers * cfg.num_experts)
+    # default auto, never "all": a 30B whose experts do not fit must not try to hold them
+    budget = parse_budget("auto" if expert_ram is None else expert_ram,
+                          cost * cfg.num_layers * cfg.num_experts)
     cache = ExpertCache(OvExpertBuilder(store, cfg, meta), cost, budget,
                         cfg.num_experts_per_tok, policy,
                         total_experts=cfg.num_layers * cfg.num_experts)

@@ -270,7 +270,8 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
                   record_routing: bool = False, fused: bool | None = None
                   ) -> MoeDecoderSession:
     """Open a MoE export: dense graphs, the expert store (checked against this export's id),
-    and an expert cache of ``expert_ram`` (bytes, ``6GB``, ``50%``; default all experts).
+    and an expert cache of ``expert_ram`` (bytes, ``6GB``, ``50%``, ``all``; default ``auto``:
+    what fits in 60% of the memory available).
 
     ``fused``: run each layer's experts in one QMoE op instead of one session per expert;
     only when every expert fits (the op holds them all) and they are int4/int8. Default
@@ -284,7 +285,9 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
                                  f"{cfg.max_position_embeddings} positions")
     store = ExpertStore(out_dir, export_id=moe["export_id"])
     cost = resident_cost(store.blob_bytes, "onnx", str(store.quantization["weights"]))
-    budget = parse_budget(expert_ram, cost * cfg.num_layers * cfg.num_experts)
+    # default auto, never "all": a 30B whose experts do not fit must not try to hold them
+    budget = parse_budget("auto" if expert_ram is None else expert_ram,
+                          cost * cfg.num_layers * cfg.num_experts)
     cache = ExpertCache(OrtExpertBuilder(store, cfg), cost, budget,
                         cfg.num_experts_per_tok, policy,
                         total_experts=cfg.num_layers * cfg.num_experts)

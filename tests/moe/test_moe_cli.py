@@ -115,3 +115,31 @@ def test_the_environment_sets_the_budget_for_every_front_end(model_dir, monkeypa
         max_new_tokens=4)))
     assert isinstance(text, str)
     engine.session.close()
+
+
+def test_export_recipe_moe_section(model_dir, capsys, tmp_path):
+    good = tmp_path / "moe.toml"
+    good.write_text(f'[model]\nsource = "{model_dir}"\n[[export]]\nbackend = "onnx"\n'
+                    f'weights = "int4"\n[moe]\nexpert_weights = "int4"\nexpert_ram = "50%"\n'
+                    f'policy = "lfu-decay"\nprefetch = true\n')
+    code, out, err = run(capsys, "export", "--recipe", str(good), "--check")
+    assert code == 0, err
+    assert "check ok" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text().replace('expert_weights = "int4"', 'expert_weights = "int8"'))
+    code, _, err = run(capsys, "export", "--recipe", str(bad))
+    assert code == 1 and "expert_weights 'int8' differs" in err
+    bad.write_text(good.read_text() + 'cache = "lots"\n')
+    code, _, err = run(capsys, "export", "--recipe", str(bad))
+    assert code == 1 and "[moe] has unknown keys cache" in err
+    code, _, err = run(capsys, "export", str(model_dir), "--check", "--expert-ram", "1%")
+    assert code == 1 and "below the minimum" in err
+
+
+def test_the_shipped_recipe_reads():
+    from qcoder_ds.commands.export import read_recipe, recipe_moe
+
+    recipe = Path(__file__).resolve().parents[2] / "export" / "qwen3-coder-30b-a3b.toml"
+    source, _, exports = read_recipe(recipe)
+    assert source == "qwen3-coder-30b-a3b-instruct" and exports[0]["weights"] == "int4"
+    assert recipe_moe(recipe)["expert_ram"] == "8GiB"
