@@ -267,3 +267,21 @@ def test_fused_qmoe_layers_equal_per_expert_sessions(models, tmp_path, name):
 
     with pytest.raises(QcoderError, match="fused experts need every expert resident"):
         load("onnx", out, expert_ram="50%", fused=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_qwen3moe_gguf_exports_like_its_safetensors(models, tmp_path, backend):
+    """The GGUF reader presents llama.cpp's merged expert tensors under Hugging Face names,
+    so the MoE exporters need no GGUF code: an F32 GGUF gives transformers' logits too."""
+    pytest.importorskip("gguf")
+    from test_gguf_moe import write_qwen3moe_gguf
+
+    from qcoder_ds.models.gguf_checkpoint import GGUFCheckpoint
+
+    hf, _ = models("l2-e8-top2-norm", backend)
+    gguf = write_qwen3moe_gguf(hf, tmp_path / "m.gguf")
+    _export(backend, GGUFCheckpoint(gguf), tmp_path / "export")
+    ref, _ = reference(hf, PROMPT)
+    s = load(backend, tmp_path / "export", expert_ram="25%")
+    assert np.abs(s.forward(np.array(PROMPT)) - ref[-1]).max() <= 1e-3
+    s.close()
