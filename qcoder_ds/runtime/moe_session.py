@@ -250,7 +250,15 @@ class MoeDecoderSession(DecoderSession):
         return d
 
     def close(self) -> None:
+        """Stop the prefetch thread and finish the trace file."""
         self.cache.close()
         if self.trace is not None:
             self.trace.close()
             self.trace = None
+
+    def __del__(self):
+        # the prefetch thread holds the cache (and its experts) until told to stop
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
