@@ -170,6 +170,7 @@ class RemoteEngine:
 
     backend = "openai"
     weights = "server"
+    session: Any = None  # no local decoder session (callers that look for one find None)
 
     def __init__(self, spec: RemoteSpec, api_key: str | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S, max_context: int | None = None,
