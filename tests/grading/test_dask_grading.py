@@ -18,7 +18,7 @@ from helpers import student_copy, write_source, write_submission
 
 from qcoder_ds.cli import main
 from qcoder_ds.grading import dask_batch
-from qcoder_ds.grading.autograde import autograde
+from qcoder_ds.grading.autograde import autograde, spawn_context
 from qcoder_ds.grading.dask_batch import DaskGradingError
 from qcoder_ds.grading.gradebook import GradebookStore
 
@@ -73,10 +73,18 @@ def _submission_rows(gradebook) -> dict[str, int]:
     return dict(rows)
 
 
+def _local_cluster(workers: int = 2):
+    """A real LocalCluster of worker processes. Its nannies spawn them, which fails where an
+    IPython shell (another test module's) has replaced ``__main__``; spawn_context() makes
+    that safe, as it does for the local pool."""
+    spawn_context()
+    return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                    dashboard_address=":0")
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as c:
+    with _local_cluster() as c:
         yield c
 
 
@@ -143,8 +151,7 @@ def test_a_rerun_after_the_scheduler_stops_grades_only_what_is_missing(tmp_path,
     course = _course(tmp_path, answers)
     monkeypatch.setattr(dask_batch, "CONNECT_TIMEOUT_S", 5.0)
     first: list[str] = []
-    doomed = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=":0")
+    doomed = _local_cluster()
     stopper: list[threading.Thread] = []
 
     def stop_after_first(result: dict) -> None:
@@ -165,8 +172,7 @@ def test_a_rerun_after_the_scheduler_stops_grades_only_what_is_missing(tmp_path,
     with GradebookStore(course / "gradebook.db") as store:
         assert store.done_students("adder") == set(first)  # each committed as it arrived
 
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as again:
+    with _local_cluster() as again:
         s = autograde(course / "submitted", "adder", course / "gradebook.db",
                       dask=again.scheduler_address)
     assert sorted(s.skipped) == sorted(first)

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-from conftest import KEY, MODEL, free_port, start_server
+from real_server import KEY, MODEL, free_port, start_server
 
 from qcoder_ds.copilot.validate import check_columns, check_names
 from qcoder_ds.engine import Engine
