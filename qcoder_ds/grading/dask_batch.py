@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import socket
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -189,4 +188,4 @@ def _why(e: BaseException) -> str:
     if name == "KilledWorker":
         return (f"{name}: every worker that took this submission died while grading it "
                 "(distributed.scheduler.allowed-failures times); look at the workers' logs")
-    return f"{name}: {e}\n{''.join(traceback.format_exception_only(type(e), e)).strip()}"
+    return f"{name}: {e}"
