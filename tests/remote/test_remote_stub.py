@@ -17,6 +17,7 @@ from qcoder_ds.remote_engine import (
     RemoteEngineError,
     ServerBusy,
     ServerTimeout,
+    StreamBroken,
     _apply_stops,
     is_remote,
     parse_spec,
@@ -45,6 +46,13 @@ class _Stub(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+        elif self.mode == "stall":  # one piece of an answer, then nothing: a timeout mid-way
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n')
+            self.wfile.flush()
+            self.release.wait(30)
         else:  # "silent": take the request, then send nothing until the test ends
             self.release.wait(30)
 
@@ -82,6 +90,16 @@ def test_a_silent_server_times_out_with_a_clear_error(stub, monkeypatch):
     with pytest.raises(ServerTimeout, match=r"sent nothing for 1 s.*QCODER_REMOTE_TIMEOUT"):
         list(engine.chat(ASK))
     assert time.monotonic() - t0 < 10
+
+
+def test_a_server_stalling_mid_answer_times_out_keeping_what_arrived(stub, monkeypatch):
+    _Stub.mode = "stall"
+    engine = _engine(stub, monkeypatch, timeout_s=1.0)
+    got = []
+    with pytest.raises(StreamBroken, match="sent nothing for 1 s") as info:
+        for piece in engine.chat(ASK):
+            got.append(piece)
+    assert got == ["Hel"] and info.value.partial == "Hel"
 
 
 def test_model_names_and_where_the_key_may_come_from(monkeypatch):
