@@ -18,7 +18,7 @@ import qcoder_ds
 PKG = Path(qcoder_ds.__file__).resolve().parent
 SHARED = ("paths", "errors", "isolation")  # usable from any layer; they import only each other
 # CONTRIBUTING.md's picture, bottom up: a module imports its own layer or lower ones only.
-LAYERS = (("models",), ("runtime",), ("engine",), ("copilot", "lessons", "grading"),
+LAYERS = (("models",), ("runtime",), ("engine", "remote_engine"), ("copilot", "lessons", "grading"),
           ("commands", "cli", "magics", "server"))
 
 

@@ -464,7 +464,7 @@ def autograde(submissions: str | os.PathLike, assignment: str, gradebook: str | 
         if dask:
             from qcoder_ds.grading.dask_batch import run_tasks_on_dask
 
-            run_tasks_on_dask(tasks, dask, record, limits.reduced_isolation)
+            run_tasks_on_dask(tasks, dask, grade_submission, record, limits.reduced_isolation)
         else:
             _run_tasks(tasks, jobs, record)
         return GradeSummary(graded, skipped, failed, round(time.monotonic() - t0, 3), empty)

@@ -81,11 +81,12 @@ def _host(address: str) -> str:
     return urlsplit(address).hostname or address
 
 
-def run_tasks_on_dask(tasks: list[dict], scheduler: str,
+def run_tasks_on_dask(tasks: list[dict], scheduler: str, grade: Callable[[dict], dict],
                       record: Callable[[dict, dict | None, str | None], None],
                       reduced_isolation: bool = False,
                       connect_timeout: float | None = None) -> None:
-    """Grade ``tasks`` (``autograde``'s per-submission dicts) on the cluster at ``scheduler``,
+    """Grade ``tasks`` (``autograde``'s per-submission dicts) on the cluster at ``scheduler``
+    with ``grade`` (``autograde.grade_submission``, passed in: autograde calls this module),
     calling ``record(task, result, error)`` for each as it finishes, in this process.
     ``connect_timeout`` (default ``CONNECT_TIMEOUT_S``) bounds reaching the scheduler, the
     wait for a first worker, and the client's attempts to reconnect to a lost scheduler."""
@@ -95,8 +96,6 @@ def run_tasks_on_dask(tasks: list[dict], scheduler: str,
     except ImportError as e:
         raise DaskGradingError("grading on Dask needs the distributed package: "
                                "pip install 'qcoder-ds[dask]'") from e
-    from qcoder_ds.grading.autograde import grade_submission
-
     if not tasks:
         return
     try:
@@ -109,7 +108,7 @@ def run_tasks_on_dask(tasks: list[dict], scheduler: str,
         hosts = _usable_hosts(client, tasks, reduced_isolation, connect_timeout)
         futures = {}
         for t in tasks:
-            fut = client.submit(grade_submission, t, key=f"qcoder-grade-{t['student']}-"
+            fut = client.submit(grade, t, key=f"qcoder-grade-{t['student']}-"
                                 f"{(t.get('fingerprint') or '')[:12]}-{os.urandom(4).hex()}",
                                 pure=False, retries=TASK_RETRIES, workers=hosts,
                                 allow_other_workers=False)

@@ -223,8 +223,8 @@ def test_chat_answers_inserts_and_runs_and_the_magic_streams(lab, tmp_path):
 
             # the notebook, its kernel, and the DataFrame
             expect(_cell(page, 0)).to_be_visible(timeout=START_S * 1000)
-            expect(page.locator(".jp-StatusBar").get_by_text("Idle")).to_be_visible(
-                timeout=START_S * 1000)  # the kernel is up
+            expect(page.get_by_role("button", name="Python 3 (ipykernel) | Idle")).to_be_visible(
+                timeout=START_S * 1000)  # the kernel is up (the status bar)
             _run_cell(page, 0)
             _wait_executed(page, 0, START_S + RUN_S)
             expect(_cell(page, 0).locator(".jp-OutputArea-output")).to_contain_text("Oslo")

@@ -18,7 +18,7 @@ from helpers import student_copy, write_source, write_submission
 
 from qcoder_ds.cli import main
 from qcoder_ds.grading import dask_batch
-from qcoder_ds.grading.autograde import autograde, spawn_context
+from qcoder_ds.grading.autograde import autograde, grade_submission, spawn_context
 from qcoder_ds.grading.dask_batch import DaskGradingError
 from qcoder_ds.grading.gradebook import GradebookStore
 
@@ -184,11 +184,12 @@ def test_no_scheduler_and_no_usable_worker_are_clear_errors(tmp_path, cluster):
     course = _course(tmp_path, {"ann": RIGHT})
     with pytest.raises(DaskGradingError, match="cannot reach the Dask scheduler"):
         dask_batch.run_tasks_on_dask([{"student": "ann"}], "tcp://127.0.0.1:9",
-                                     lambda *a: None, connect_timeout=2)
+                                     grade_submission, lambda *a: None, connect_timeout=2)
     task = {"student": "ann", "sub_dir": str(tmp_path / "nowhere"), "out_dir":
             str(course / "autograded/ann/adder"), "instructor_dir": None}
     with pytest.raises(DaskGradingError, match="cannot see .*nowhere"):
-        dask_batch.run_tasks_on_dask([task], cluster.scheduler_address, lambda *a: None)
+        dask_batch.run_tasks_on_dask([task], cluster.scheduler_address, grade_submission,
+                                     lambda *a: None)
 
 
 def test_the_command_line_grades_on_the_scheduler_it_is_given(tmp_path, cluster, monkeypatch,
