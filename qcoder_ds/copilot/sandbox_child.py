@@ -225,15 +225,31 @@ def _warning_entry(message):
 
 
 def _run_cell(code, ns):
-    """Like a notebook cell: the last expression's value is the cell's output."""
+    """Like a notebook cell: the last expression's value is the cell's output. A cell that
+    ends by printing or displaying one object, or by assigning one name, shows that object:
+    a cell ending ``print(weather['temp'].mean())`` for "the mean temp per city" is checked
+    on the number it printed, as if it had shown it."""
     tree = ast.parse(code, "<cell>")
-    last = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
+    tail = tree.body[-1] if tree.body else None
+    if isinstance(tail, ast.Assign) and len(tail.targets) == 1 and \
+            isinstance(tail.targets[0], ast.Name):
+        exec(compile(tree, "<cell>", "exec"), ns)
+        return ns.get(tail.targets[0].id)
+    if not isinstance(tail, ast.Expr):
+        exec(compile(tree, "<cell>", "exec"), ns)
+        return None
+    last = tree.body.pop().value
     exec(compile(tree, "<cell>", "exec"), ns)
-    if last is not None:
-        return eval(compile(last, "<cell>", "eval"), ns)
-    return None
+    if isinstance(last, ast.Call) and isinstance(last.func, ast.Name) and \
+            last.func.id in ("print", "display") and len(last.args) == 1 and \
+            not isinstance(last.args[0], ast.Starred):
+        shown = eval(compile(ast.Expression(last.args[0]), "<cell>", "eval"), ns)
+        ns["_qcoder_shown"] = shown
+        last.args = [ast.copy_location(ast.Name("_qcoder_shown", ast.Load()), last.args[0])]
+        eval(compile(ast.Expression(last), "<cell>", "eval"), ns)
+        del ns["_qcoder_shown"]
+        return shown
+    return eval(compile(ast.Expression(last), "<cell>", "eval"), ns)
 
 
 def _connect(spec):

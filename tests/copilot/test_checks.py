@@ -8,7 +8,8 @@ fields this module asks the child for (``warnings``, ``bar_heights``, ``line_ys`
 
 from __future__ import annotations
 
-import ast
+import contextlib
+import io
 import warnings
 
 import matplotlib
@@ -20,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.container import BarContainer  # noqa: E402
 
+from qcoder_ds.copilot import sandbox_child  # noqa: E402
 from qcoder_ds.copilot.checks import (  # noqa: E402
     Cell,
     assigns_result,
@@ -59,12 +61,10 @@ def ran(code: str, ns: dict, rows: int = 2000) -> RunResult:
     plt.close("all")
     env = {k: sample_copy(v, rows) for k, v in ns.items()}
     env.update(pd=pd, np=np, plt=plt)
-    tree = ast.parse(code, "<cell>")
-    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, \
+            contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("always")
-        exec(compile(tree, "<cell>", "exec"), env)
-        value = eval(compile(ast.Expression(last.value), "<cell>", "eval"), env) if last else None
+        value = sandbox_child._run_cell(code, env)  # what the child reports as the result
     figures = [{"axes": [_axes(ax) for ax in plt.figure(n).get_axes()]}
                for n in plt.get_fignums()]
     plt.close("all")
@@ -208,10 +208,17 @@ _BAR = "import matplotlib.pyplot as plt\n"
      True),
     ("mean revenue per region as a bar chart", _BAR + "plt.bar(['a', 'b', 'c'], [1, 2, 3])",
      Task.PLOT, True),
+    # the overall number printed, or left in a name, is the result all the same
+    ("the mean units per region", "m = sales['units'].mean()\nprint(m)", Task.PANDAS, True),
+    ("the mean units per region", "print(sales['units'].mean())", Task.PANDAS, True),
+    ("the mean units per region", "mean_units_per_region = sales['units'].mean()",
+     Task.PANDAS, True),
     # honest answers in the shapes people write them
     ("total revenue per region", "sales.groupby('region')['revenue'].sum()", Task.PANDAS,
      False),
     ("total revenue per region", "sales.groupby('region', as_index=False)['revenue'].sum()",
+     Task.PANDAS, False),
+    ("total revenue per region", "t = sales.groupby('region')['revenue'].sum()\nprint(t)",
      Task.PANDAS, False),
     ("revenue per region and product", "sales.pivot_table(index='region', columns='product', "
      "values='revenue', aggfunc='sum')", Task.PANDAS, False),
