@@ -163,7 +163,8 @@ def _cell(page, index: int):
 def _run_cell(page, index: int) -> None:
     cell = _cell(page, index)
     cell.locator(".jp-InputArea-editor").click()
-    page.keyboard.press("Shift+Enter")
+    # run in place: Shift+Enter on the last cell would append an empty cell of its own
+    page.keyboard.press("Control+Enter")
 
 
 def _wait_executed(page, index: int, timeout_s: float) -> None:
@@ -322,8 +323,9 @@ def test_chat_answers_inserts_and_runs_and_the_magic_streams(lab, tmp_path):
             page.reload()
             expect(_cell(page, 0)).to_be_visible(timeout=START_S * 1000)
             panel = _open_panel(page)
+            # the request, and the answer whose cell header repeats it
             expect(panel.locator(".jp-chat-rendered-message").filter(has_text=REQUEST)
-                   ).to_be_visible(timeout=60_000)
+                   ).to_have_count(2, timeout=60_000)
             expect(panel.locator(".jp-qcoder-insert").last).to_be_visible()
         finally:
             browser.close()
