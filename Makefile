@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench lint clean labextension jstest
+.PHONY: demo lab test bench lint clean labextension jstest
 
 # The chat's JupyterLab extension (TypeScript, jupyter_extension/), built with the jlpm of the
 # JupyterLab in $(VENV) and node >= 20; rebuilt only when its sources change.
@@ -30,11 +30,16 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# what `make lab` needs: the package with OpenVINO and Jupyter (JupyterLab brings jlpm)
+$(VENV)/.jupyter: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[openvino,jupyter]'
+	touch $@
+
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
-$(EXT)/node_modules/.installed: $(EXT)/package.json $(EXT)/yarn.lock | $(VENV)/.test
+$(EXT)/node_modules/.installed: $(EXT)/package.json $(EXT)/yarn.lock | $(VENV)/.jupyter
 	cd $(EXT) && $(JLPM) install --immutable
 	touch $@
 
@@ -44,7 +49,7 @@ $(EXT_BUILT): $(EXT_SOURCES) $(EXT)/node_modules/.installed
 
 # An editable install does not install data files: link the built extension and the config
 # that enables the server extension where `pip install` would put them.
-$(VENV)/.jupyter-dev: $(EXT_BUILT) jupyter-config/jupyter_server_config.d/qcoder_ds.json | $(VENV)/.test
+$(VENV)/.jupyter-dev: $(EXT_BUILT) jupyter-config/jupyter_server_config.d/qcoder_ds.json | $(VENV)/.jupyter
 	rm -rf $(LABEXT_LINK) $(SERVER_CONFIG)
 	mkdir -p $(dir $(LABEXT_LINK)) $(dir $(SERVER_CONFIG))
 	ln -s $(abspath $(EXT)/labextension/qcoder-ds) $(LABEXT_LINK)
@@ -63,6 +68,9 @@ jstest: $(EXT)/node_modules/.installed
 
 demo: $(VENV)/.base
 	$(BIN)/qcoder ask --data examples/data/sales.csv "total revenue per region as a bar chart"
+
+lab: $(VENV)/.jupyter-dev
+	$(BIN)/jupyter lab examples/copilot.ipynb
 
 test: $(VENV)/.test $(VENV)/.jupyter-dev | /usr/bin/chromium
 	$(BIN)/ruff check qcoder_ds tests benchmarks
