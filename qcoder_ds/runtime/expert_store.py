@@ -17,8 +17,9 @@ Layout of a store folder::
 Every expert of a store has the same layout (one shape per array), so the index holds it once.
 The export id ties the store to the graphs of the same export: a store copied from another
 export (or another model) is refused, as is a truncated one, rather than run with wrong
-weights. Each blob's sha256 is checked when it is read (``verify``), so a damaged blob is an
-error, never different numbers.
+weights. Each blob's sha256 is checked the first time it is read (``verify``), so a damaged
+blob is an error, never different numbers; an expert evicted and read again is not hashed
+again (the hash cost as much as building the expert).
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ class ExpertStore:
                  verify: bool = True):
         self.dir = Path(directory)
         self.verify = verify
+        self._verified: set[tuple[int, int]] = set()
         index_path, bin_path = self.dir / STORE_INDEX, self.dir / STORE_BIN
         if not index_path.is_file() or not bin_path.is_file():
             raise ExpertStoreError(f"{self.dir}: no expert store here (expected {STORE_INDEX} "
@@ -221,9 +223,12 @@ class ExpertStore:
         if got != self.blob_bytes:
             raise ExpertStoreError(f"{self.dir / STORE_BIN}: expert ({layer}, {expert}) is cut "
                                    f"short ({got} of {self.blob_bytes} bytes); export again")
-        if self.verify and hashlib.sha256(buf).hexdigest() != self._sha[layer][expert]:
-            raise ExpertStoreError(f"{self.dir / STORE_BIN}: expert ({layer}, {expert}) is "
-                                   f"damaged (sha256 differs from the index); export again")
+        if self.verify and (layer, expert) not in self._verified:
+            if hashlib.sha256(buf).hexdigest() != self._sha[layer][expert]:
+                raise ExpertStoreError(f"{self.dir / STORE_BIN}: expert ({layer}, {expert}) "
+                                       f"is damaged (sha256 differs from the index); export "
+                                       f"again")
+            self._verified.add((layer, expert))
         return {s.name: np.frombuffer(buf, s.dtype, int(np.prod(s.shape, dtype=np.int64)),
                                       s.offset).reshape(s.shape)
                 for s in self.layout}

@@ -62,6 +62,32 @@ def expert_model(arrays: Mapping[str, np.ndarray], hidden: int, inter: int,
                  quant: Mapping[str, object]) -> bytes:
     """The serialized graph ``y = down(SiLU(gate(x)) * up(x))`` for x [n, hidden], with this
     expert's weights as constant initializers (so ONNX Runtime prepacks them)."""
+    return _expert_proto(arrays, hidden, inter, quant).SerializeToString()
+
+
+#: where an expert template's weights say they live; never read: every session built from the
+#: template is handed the weights with ``SessionOptions.add_external_initializers``
+TEMPLATE_WEIGHTS = "qcoder-expert-weights-given-at-load"
+
+
+def expert_template(arrays: Mapping[str, np.ndarray], hidden: int, inter: int,
+                    quant: Mapping[str, object]) -> bytes:
+    """:func:`expert_model` with the weights left out (external data, named by
+    ``TEMPLATE_WEIGHTS``): one small graph serialized once for every expert of a store, each
+    session then given its own expert's arrays as external initializers. Serializing ~3 MB of
+    weights into a protobuf per expert cost more than building the session itself."""
+    model = _expert_proto(arrays, hidden, inter, quant)
+    for t in model.graph.initializer:
+        if t.name in arrays:
+            t.ClearField("raw_data")
+            t.data_location = TensorProto.EXTERNAL
+            entry = t.external_data.add()
+            entry.key, entry.value = "location", TEMPLATE_WEIGHTS
+    return model.SerializeToString()
+
+
+def _expert_proto(arrays: Mapping[str, np.ndarray], hidden: int, inter: int,
+                  quant: Mapping[str, object]) -> onnx.ModelProto:
     weights = str(quant["weights"])
     nodes, inits = [], []
 
@@ -97,7 +123,7 @@ def expert_model(arrays: Mapping[str, np.ndarray], hidden: int, inter: int,
                                                     helper.make_opsetid("com.microsoft", 1)],
                               producer_name="qcoder-ds")
     model.ir_version = 9
-    return model.SerializeToString()
+    return model
 
 
 # ----------------------------------------------------------------------------- dense part

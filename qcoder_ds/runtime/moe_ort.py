@@ -31,7 +31,7 @@ from qcoder_ds.runtime.moe_onnx import (
     build_head,
     build_layer,
     expert_arrays,
-    expert_model,
+    expert_template,
     fused_layer_model,
 )
 from qcoder_ds.runtime.moe_session import (
@@ -97,12 +97,13 @@ def is_moe_export(meta: dict) -> bool:
 
 
 class _OrtExpert:
-    """One resident expert: its own small session, weights prepacked by ONNX Runtime."""
+    """One resident expert: its own small session, weights prepacked by ONNX Runtime. The
+    arrays it was built from are ONNX Runtime's external initializers: they must outlive it."""
 
-    __slots__ = ("session",)
+    __slots__ = ("session", "arrays")
 
-    def __init__(self, session: ort.InferenceSession):
-        self.session = session
+    def __init__(self, session: ort.InferenceSession, arrays: list[ort.OrtValue]):
+        self.session, self.arrays = session, arrays
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(["y"], {"x": x})[0]
@@ -123,23 +124,31 @@ def expert_session_options() -> ort.SessionOptions:
 
 
 class OrtExpertBuilder:
-    """Builds an executable expert from its blob in the store."""
+    """Builds an executable expert from its blob in the store: one graph template for the
+    whole store (serialized once), each session given its expert's arrays as external
+    initializers, so a build is a read and ONNX Runtime's prepacking, no protobuf copy."""
 
     def __init__(self, store: ExpertStore, cfg: ArchConfig):
         self.store, self.cfg = store, cfg
-        self.options = expert_session_options()
+        self._template: bytes | None = None
 
     def __call__(self, layer: int, expert: int) -> tuple[_OrtExpert, int]:
         arrays = self.store.read(layer, expert)
-        model = expert_model(arrays, self.cfg.hidden_size, self.cfg.moe_intermediate_size,
-                             self.store.quantization)
+        if self._template is None:
+            self._template = expert_template(arrays, self.cfg.hidden_size,
+                                             self.cfg.moe_intermediate_size,
+                                             self.store.quantization)
+        names = list(arrays)
+        values = [ort.OrtValue.ortvalue_from_numpy(arrays[n]) for n in names]
+        options = expert_session_options()
+        options.add_external_initializers(names, values)
         try:
-            session = ort.InferenceSession(model, self.options,
+            session = ort.InferenceSession(self._template, options,
                                            providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT's own exception types
             raise ModelError(f"expert ({layer}, {expert}): ONNX Runtime cannot build it "
                              f"({e})") from None
-        return _OrtExpert(session), self.store.blob_bytes
+        return _OrtExpert(session, values), self.store.blob_bytes
 
 
 class OrtFusedLayers:
