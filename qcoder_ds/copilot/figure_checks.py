@@ -266,6 +266,188 @@ def log_scale(cell: Cell) -> Verdict | None:
         "plt.loglog)")])
 
 
+# --------------------------------------------------------------------------- legend layout
+
+_NEGATE = r"\b(?:no|remove[sd]?|hide|hidden|without|not|don't|never|turn\s+off|get\s+rid\s+of)\b"
+_LEGEND_COLUMNS = re.compile(rf"\b{_N}[- ]columns?\s+legend\b|\blegends?\b(?:\s+[\w-]+){{0,4}}?"
+                             rf"\s+(?:in|with|of|into|having)\s+{_N}\s+columns?\b", re.I)
+_LEGEND_FRAME = re.compile(rf"{_NEGATE}(?:\s+[\w-]+){{0,5}}?\s+(?:frame|border|box|edge)s?\b"
+                           rf"(?:\s+[\w-]+){{0,3}}?\s+legends?\b|\blegends?\b(?:\s+[\w-]+){{0,3}}?"
+                           rf"\s+(?:without|with\s+no|no)\s+(?:\w+\s+)?(?:frame|border|box)\b|"
+                           rf"\bframeless\s+legend\b", re.I)
+_HIDE_LEGEND = re.compile(rf"{_NEGATE}(?:\s+(?:the|a|any|its|this))?\s+legends?\b(?!\s+"
+                          rf"(?:frame|border|box|title|edge))", re.I)
+
+
+def _legends(cell: Cell) -> list[dict[str, Any]]:
+    return [a["legend"] for a in _axes(cell) if a.get("legend")] + \
+        [g for f in cell.run.figures for g in f.get("legends") or [] if g]
+
+
+def legend_layout(cell: Cell) -> Verdict | None:
+    """"A two columns legend" / "remove the legend's frame" / "hide the legend": the legend
+    the chart draws has that many columns, has no frame, or is not shown at all."""
+    if not _applies(cell):
+        return None
+    clauses = list(_clauses(cell.request))
+    legends = [g for g in _legends(cell) if g.get("visible", True)]
+    for clause in clauses:
+        m = _LEGEND_COLUMNS.search(clause)
+        if m:
+            n = _number(next(g for g in m.groups() if g))
+            verified = f"a legend in {n} columns"
+            if any(g.get("columns") == n for g in legends):
+                return Verdict(verified)
+            return Verdict(verified, [Issue(
+                Kind.PLOT_MISSING, f"the request asks for a legend in {n} columns but "
+                + ("the chart has no legend" if not legends else "its legend has "
+                   f"{legends[0].get('columns', 1)}") + f"; use plt.legend(ncol={n})")])
+        if _LEGEND_FRAME.search(clause):
+            verified = "a legend without a frame"
+            if legends and not any(g.get("frame", True) for g in legends):
+                return Verdict(verified)
+            return Verdict(verified, [Issue(
+                Kind.PLOT_MISSING, "the request asks for a legend without its frame but "
+                + ("the chart has no legend" if not legends else "the legend's frame is "
+                   "drawn") + "; use plt.legend(frameon=False)")])
+        if _HIDE_LEGEND.search(clause):
+            verified = "no legend"
+            if not legends:
+                return Verdict(verified)
+            return Verdict(verified, [Issue(
+                Kind.PLOT_MISSING, "the request asks for no legend but the chart shows one; "
+                "remove it (ax.get_legend().remove(), or legend=False in pandas/seaborn)")])
+    return None
+
+
+# --------------------------------------------------------------------------- ticks and grid
+
+_AXIS = re.compile(r"\b([xy])[- ]?ax[ie]s\b|\b([xy])ticks?\b|\b([xy])tick\s*labels?\b", re.I)
+_MINOR_TICKS = re.compile(r"\bminor\s+ticks?\b", re.I)
+_GRID_WORDS = re.compile(r"\bgrid(?:\s*lines?)?\b", re.I)
+_NOT_A_GRID = re.compile(r"subplot|gridspec|layout|\d\s*(?:x|by|×)\s*\d|grid\s+of", re.I)
+
+
+def _named_axes(clause: str) -> set[str]:
+    return {next(g for g in m.groups() if g).lower() for m in _AXIS.finditer(clause)}
+
+
+def minor_ticks(cell: Cell) -> Verdict | None:
+    """"Turn on minor ticks (on the y axis only)": the axes show minor ticks where asked,
+    and with "only", not on the other axis."""
+    if not _applies(cell):
+        return None
+    for clause in _clauses(cell.request):
+        if not _MINOR_TICKS.search(clause) or re.search(
+                rf"{_NEGATE}(?:\s+[\w-]+){{0,3}}?\s+minor\s+ticks?", clause, re.I):
+            continue
+        named = _named_axes(clause)
+        only = len(named) == 1 and re.search(r"\bonly\b", clause, re.I)
+        axes = _axes(cell)
+
+        def has(a: dict, axis: str) -> bool:
+            return bool((a.get(f"{axis}axis") or {}).get("minor"))
+
+        if named:
+            ok = any(all(has(a, x) for x in named) for a in axes)
+            if only:
+                other = ({"x", "y"} - named).pop()
+                ok = ok and not any(has(a, other) for a in axes)
+            where = f"on the {' and '.join(sorted(named))} axis" + (" only" if only else "")
+        else:
+            ok = any(has(a, "x") or has(a, "y") for a in axes)
+            where = ""
+        verified = f"minor ticks {where}".strip()
+        if ok:
+            return Verdict(verified)
+        fix = ("plt.minorticks_on(), then switch them off on the other axis "
+               "(ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator()) or the same on "
+               "yaxis)") if only else "plt.minorticks_on()"
+        return Verdict(verified, [Issue(
+            Kind.PLOT_MISSING, f"the request asks for minor ticks {where}".rstrip() + " but the "
+            f"axes do not show them so; use {fix}")])
+    return None
+
+
+def grid_lines(cell: Cell) -> Verdict | None:
+    """"Show grid lines" / "show minor grid lines" / "do not show major grid lines": the
+    axes draw (or do not draw) the grid lines asked for."""
+    if not _applies(cell):
+        return None
+    wants: list[tuple[str, bool]] = []  # ("major" | "minor" | "any", shown)
+    for clause in _clauses(cell.request):
+        if not _GRID_WORDS.search(clause) or _NOT_A_GRID.search(clause):
+            continue
+        negated = re.search(rf"{_NEGATE}(?:\s+[\w-]+){{0,4}}?\s+grid", clause, re.I) is not None
+        kind = "minor" if re.search(r"\bminor\s+grid", clause, re.I) else \
+            "major" if re.search(r"\bmajor\s+grid", clause, re.I) else "any"
+        wants.append((kind, not negated))
+    if not wants:
+        return None
+    axes = _axes(cell)
+
+    def shown(kind: str) -> bool:
+        keys = ("grid", "minor_grid") if kind == "any" else \
+            ("grid",) if kind == "major" else ("minor_grid",)
+        return any((a.get(f"{x}axis") or {}).get(k) for a in axes for x in "xy" for k in keys)
+
+    wrong = [(k, want) for k, want in wants if shown(k) != want]
+    verified = "; ".join(("" if want else "no ") + ("" if k == "any" else k + " ")
+                         + "grid lines" for k, want in wants)
+    if not wrong:
+        return Verdict(verified)
+    k, want = wrong[0]
+    name = ("" if k == "any" else k + " ") + "grid lines"
+    return Verdict(verified, [Issue(
+        Kind.PLOT_MISSING, f"the request asks for {'' if want else 'no '}{name} but the axes "
+        + ("do not draw them" if want else "draw them") + "; use "
+        + (f"plt.grid(True, which='{'both' if k == 'any' else k}')" if want else
+           f"plt.grid(False, which='{'both' if k == 'any' else k}')"))])
+
+
+_SIDES = {"bottom": ("x", 0), "top": ("x", 1), "left": ("y", 0), "right": ("y", 1)}
+_TICK_SIDE = re.compile(r"\b([xy])[- ]?axis\s+(tick\s*labels|ticklabels|ticks)\b(.*?)"
+                        r"(?=\b(?:and|but)\s+(?:the\s+)?(?:[xy][- ]?axis|axis|labels?)\b|$)",
+                        re.I)
+
+
+def _drawn_on(a: dict[str, Any], axis: str, key: str, wanted: set[int], only: bool) -> bool:
+    drawn = (a.get(f"{axis}axis") or {}).get(key) or [False, False]
+    return all(drawn[i] for i in wanted) and \
+        (not only or not any(drawn[i] for i in {0, 1} - wanted))
+
+
+def tick_sides(cell: Cell) -> Verdict | None:
+    """"Move the y axis ticks to the right" / "show x axis tick labels on both top and bottom":
+    the ticks or tick labels are drawn on the sides asked (only there, for "move")."""
+    if not _applies(cell):
+        return None
+    for clause in _clauses(cell.request):
+        for m in _TICK_SIDE.finditer(clause):
+            axis, what, rest = m.group(1).lower(), m.group(2).lower(), m.group(3).lower()
+            sides = [w for w in re.findall(r"\b(top|bottom|left|right)\b", rest)
+                     if _SIDES[w][0] == axis]
+            if not sides:
+                continue
+            moved = re.search(r"\bmove[sd]?\b|\bonly\b", clause, re.I) is not None
+            key = "labels" if "label" in what else "ticks"
+            wanted = {_SIDES[w][1] for w in sides}
+            names = " and ".join(sorted(set(sides)))
+            label = "tick labels" if key == "labels" else "ticks"
+            verified = f"{axis} axis {label} on the {names}" + (" only" if moved else "")
+            if any(_drawn_on(a, axis, key, wanted, moved) for a in _axes(cell)):
+                return Verdict(verified)
+            prefix = "label" if key == "labels" else ""
+            fix = f"ax.tick_params(axis='{axis}', " + ", ".join(
+                f"{prefix}{side}={side in sides}" for side, (x, _) in _SIDES.items()
+                if x == axis and (side in sides or moved)) + ")"
+            return Verdict(verified, [Issue(
+                Kind.PLOT_MISSING, f"the request asks for the {axis} axis {label} on the "
+                f"{names} but the axes draw them elsewhere; use {fix}")])
+    return None
+
+
 #: run after the sandbox, on what the check child reported about the figures
 FIGURE_RULES: tuple[Rule, ...] = (shows_quoted_texts, subplot_layout, has_legend,
-                                  bold_where_asked, log_scale)
+                                  bold_where_asked, log_scale, legend_layout, minor_ticks,
+                                  grid_lines, tick_sides)

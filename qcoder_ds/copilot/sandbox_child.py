@@ -173,8 +173,33 @@ def _legend(legend):
     if legend is None:
         return None
     title = legend.get_title()
+    frame = legend.get_frame()
+    edge = frame.get_edgecolor()
     return {"title": title.get_text(), "title_bold": _bold(title),
-            "texts": [t.get_text() for t in legend.get_texts()][:30]}
+            "texts": [t.get_text() for t in legend.get_texts()][:30],
+            "visible": bool(legend.get_visible()),
+            # matplotlib has no public getter for the column count
+            "columns": int(getattr(legend, "_ncols", getattr(legend, "_ncol", 1)) or 1),
+            "frame": bool(legend.get_frame_on() and frame.get_linewidth() > 0
+                          and len(edge) == 4 and edge[3] > 0)}
+
+
+def _ticks(axis):
+    """Which sides of an axis draw tick marks and tick labels (1: bottom/left, 2: top/right),
+    whether it has minor ticks, and whether its major and minor grid lines show."""
+    major = axis.get_major_ticks()[:1]
+    minor = axis.get_minor_ticks()
+
+    def marks(line):
+        return bool(line.get_visible() and line.get_markersize() > 0)
+
+    return {"ticks": [any(marks(t.tick1line) for t in major),
+                      any(marks(t.tick2line) for t in major)],
+            "labels": [any(t.label1.get_visible() for t in major),
+                       any(t.label2.get_visible() for t in major)],
+            "minor": len(axis.get_minorticklocs()) > 0,
+            "grid": any(t.gridline.get_visible() for t in major),
+            "minor_grid": any(t.gridline.get_visible() for t in minor)}
 
 
 def _shown(ax):
@@ -188,7 +213,8 @@ def _shown(ax):
             "yticklabels": [t.get_text() for t in ax.get_yticklabels()][:60],
             "xscale": ax.get_xscale(), "yscale": ax.get_yscale(),
             "bold": sorted(k for k, t in texts.items() if t.get_text() and _bold(t)),
-            "grid": list(spec.get_gridspec().get_geometry()) if spec is not None else None}
+            "grid": list(spec.get_gridspec().get_geometry()) if spec is not None else None,
+            "xaxis": _ticks(ax.xaxis), "yaxis": _ticks(ax.yaxis)}
 
 
 def _figures(workdir):

@@ -11,11 +11,15 @@ from qcoder_ds.copilot.figure_checks import (
     FIGURE_RULES,
     asked_subplots,
     bold_where_asked,
+    grid_lines,
     has_legend,
+    legend_layout,
     log_scale,
+    minor_ticks,
     quoted_texts,
     shows_quoted_texts,
     subplot_layout,
+    tick_sides,
 )
 from qcoder_ds.copilot.sandbox import Limits, RunResult, Sandbox
 from qcoder_ds.copilot.tasks import Task
@@ -52,8 +56,15 @@ def test_asked_subplots(request_, asked):
     assert asked_subplots(request_) == asked
 
 
+def _ticks(ticks=(True, False), labels=(True, False), minor=False, grid=False,
+           minor_grid=False):
+    return {"ticks": list(ticks), "labels": list(labels), "minor": minor, "grid": grid,
+            "minor_grid": minor_grid}
+
+
 def _axes(**kw):
-    base = {"title": "", "xlabel": "", "ylabel": "", "lines": 1, "legend": None, "texts": [],
+    base = {"xaxis": _ticks(), "yaxis": _ticks(), "title": "", "xlabel": "", "ylabel": "",
+            "lines": 1, "legend": None, "texts": [],
             "xticklabels": ["0", "5"], "yticklabels": ["0", "5"], "xscale": "linear",
             "yscale": "linear", "bold": [], "grid": [1, 1]}
     return {**base, **kw}
@@ -98,6 +109,57 @@ _CASES = [
     (log_scale, "revenue on a log scale", [_axes(yscale="log")], {}, True),
     (log_scale, "revenue on a log scale", [_axes()], {}, False),
     (log_scale, "plot the log of revenue", [_axes()], {}, None),
+    (legend_layout, "# Show a two columns legend of this plot",
+     [_axes(legend={**_LEGEND_Y, "columns": 2})], {}, True),
+    (legend_layout, "# Show a two columns legend of this plot",
+     [_axes(legend={**_LEGEND_Y, "columns": 1})], {}, False),
+    (legend_layout, "put the legend in 3 columns", [_axes()], {}, False),
+    (legend_layout, "# Remove the border of frame of legend",
+     [_axes(legend={**_LEGEND_Y, "frame": False})], {}, True),
+    (legend_layout, "# Remove the border of frame of legend",
+     [_axes(legend={**_LEGEND_Y, "frame": True})], {}, False),
+    (legend_layout, "a legend without a frame", [_axes(legend={**_LEGEND_Y, "frame": True})],
+     {}, False),
+    (legend_layout, "# Hide the legend in the output figure", [_axes()], {}, True),
+    (legend_layout, "# Hide the legend in the output figure", [_axes(legend=_LEGEND_Y)], {},
+     False),
+    (legend_layout, "# Hide the legend in the output figure",
+     [_axes(legend={**_LEGEND_Y, "visible": False})], {}, True),
+    (legend_layout, "plot y over x and show the legend", [_axes(legend=_LEGEND_Y)], {}, None),
+    (legend_layout, "hide the legend title", [_axes(legend=_LEGEND_Y)], {}, None),
+    (minor_ticks, "# how to turn on minor ticks on y axis only",
+     [_axes(yaxis=_ticks(minor=True))], {}, True),
+    (minor_ticks, "# how to turn on minor ticks on y axis only",
+     [_axes(xaxis=_ticks(minor=True), yaxis=_ticks(minor=True))], {}, False),
+    (minor_ticks, "# how to turn on minor ticks", [_axes(xaxis=_ticks(minor=True))], {}, True),
+    (minor_ticks, "# how to turn on minor ticks", [_axes()], {}, False),
+    (minor_ticks, "show minor ticks on the x axis", [_axes(yaxis=_ticks(minor=True))], {},
+     False),
+    (minor_ticks, "turn off the minor ticks", [_axes()], {}, None),
+    (grid_lines, "# Turn minor ticks on and show gray dashed minor grid lines\n"
+     "# Do not show any major grid lines",
+     [_axes(xaxis=_ticks(minor=True, minor_grid=True))], {}, True),
+    (grid_lines, "# Turn minor ticks on and show gray dashed minor grid lines\n"
+     "# Do not show any major grid lines",
+     [_axes(xaxis=_ticks(minor=True, minor_grid=True, grid=True))], {}, False),
+    (grid_lines, "plot revenue per month with grid lines", [_axes(yaxis=_ticks(grid=True))],
+     {}, True),
+    (grid_lines, "plot revenue per month with grid lines", [_axes()], {}, False),
+    (grid_lines, "plot revenue per month, no grid", [_axes(yaxis=_ticks(grid=True))], {},
+     False),
+    (grid_lines, "a 2 by 2 grid of subplots", [_axes()], {}, None),
+    (tick_sides, "# Plot y over x\n# move the y axis ticks to the right",
+     [_axes(yaxis=_ticks(ticks=(False, True), labels=(False, True)))], {}, True),
+    (tick_sides, "# move the y axis ticks to the right",
+     [_axes(yaxis=_ticks(ticks=(True, True)))], {}, False),
+    (tick_sides, "# move the y axis ticks to the right", [_axes()], {}, False),
+    (tick_sides, "# Show x axis tick labels on both top and bottom of the figure.",
+     [_axes(xaxis=_ticks(labels=(True, True)))], {}, True),
+    (tick_sides, "# Show x axis tick labels on both top and bottom of the figure.",
+     [_axes()], {}, False),
+    (tick_sides, "# Show y axis ticks on the left and y axis label on the right",
+     [_axes()], {}, True),
+    (tick_sides, "plot y over x", [_axes()], {}, None),
 ]
 
 
@@ -151,6 +213,36 @@ def test_on_figures_the_check_child_drew(box, code, failing):
                             for rule in FIGURE_RULES) if v is not None]
     assert {v.verified for v in verdicts if not v.passed} == failing
     assert len(verdicts) == 4  # texts, legend, bold, log scale apply; subplots do not
+
+
+@pytest.mark.parametrize("request_,code,passes", [
+    ("# move the y axis ticks to the right", "ax = plt.gca()\nax.yaxis.tick_right()", True),
+    ("# move the y axis ticks to the right", "ax = plt.gca()", False),
+    ("# Show x axis tick labels on both top and bottom",
+     "plt.tick_params(axis='x', labeltop=True, labelbottom=True)", True),
+    ("# how to turn on minor ticks on x axis only",
+     "plt.minorticks_on()\nplt.gca().yaxis.set_minor_locator(NullLocator())", True),
+    ("# how to turn on minor ticks on x axis only", "plt.minorticks_on()", False),
+    ("# show gray dashed minor grid lines\n# Do not show any major grid lines",
+     "plt.minorticks_on()\nplt.grid(which='minor', color='gray', linestyle='--')", True),
+    ("# show gray dashed minor grid lines\n# Do not show any major grid lines",
+     "plt.minorticks_on()\nplt.grid(which='both')", False),
+    ("# Show a two columns legend of this plot", "plt.legend(ncol=2)", True),
+    ("# Show a two columns legend of this plot", "plt.legend()", False),
+    ("# Remove the border of frame of legend", "plt.legend(frameon=False)", True),
+    ("# Remove the border of frame of legend",
+     "plt.legend().get_frame().set_linewidth(0.0)", True),
+    ("# Remove the border of frame of legend", "plt.legend()", False),
+])
+def test_ticks_grid_and_legend_layout_on_real_figures(box, request_, code, passes):
+    code = ("import matplotlib.pyplot as plt\nfrom matplotlib.ticker import NullLocator\n"
+            "plt.plot(x, y, label='y')\nplt.plot(y, x, label='x')\n" + code)
+    run = box.run(code, {"x": np.arange(10), "y": np.arange(10)})
+    assert run.ok, run.error
+    verdicts = [v for v in (rule(Cell(request_, code, Task.PLOT, {}, run=run))
+                            for rule in FIGURE_RULES) if v is not None]
+    assert len(verdicts) >= 1 and all(v.passed for v in verdicts) is passes, \
+        [(v.verified, v.issues) for v in verdicts]
 
 
 def test_a_grid_of_subplots_on_a_real_figure(box):
