@@ -43,7 +43,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -278,27 +278,19 @@ class RemoteEngine:
 
     def _get_json(self, path: str, root: bool = False) -> Any:
         """GET a small JSON document; None where the server has no such endpoint."""
-        import httpx
-
         url = (self.spec.root if root else self.spec.base_url) + path
-        try:
-            r = self._http.get(url)
-        except httpx.HTTPError as e:
-            raise self._error(e) from e
-        if r.status_code in (404, 405, 501):
-            return None
-        if r.status_code >= 400:
-            raise self._status_error(r.status_code, r.text)
-        try:
-            return r.json()
-        except ValueError:
-            return None
+        return self._json(lambda: self._http.get(url))
 
     def _post_json(self, url: str, body: dict) -> Any:
+        return self._json(lambda: self._http.post(url, json=body))
+
+    def _json(self, send: Callable[[], Any]) -> Any:
+        """The JSON of a small request's reply; None where the server has no such endpoint
+        (or answers with something that is not JSON)."""
         import httpx
 
         try:
-            r = self._http.post(url, json=body)
+            r = send()
         except httpx.HTTPError as e:
             raise self._error(e) from e
         if r.status_code in (404, 405, 501):

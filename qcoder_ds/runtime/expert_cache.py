@@ -236,6 +236,7 @@ class ExpertCache:
         self._queue: list[tuple[int, list[Key]]] = []
         self._wake = threading.Condition(self._lock)
         self._generation = 0
+        self._batch = False  # the prefetcher is working through a batch it took off the queue
         self._closed = False
         self._worker: threading.Thread | None = None
 
@@ -368,27 +369,36 @@ class ExpertCache:
                 if self._closed:
                     return
                 generation, keys = self._queue.pop(0)
-            for key in keys:
+                self._batch = True
+            try:
+                self._prefetch_batch(generation, keys)
+            finally:
                 with self._lock:
-                    if self._closed or generation != self._generation:
-                        break
-                    if key in self._slots:
-                        continue
-                    protected = self._protected | set(keys)
-                    evictable = [k for k, s in self._slots.items()
-                                 if s.ready.is_set() and k not in protected]
-                    if len(self._slots) >= self.capacity and not evictable:
-                        break  # no room without evicting what is needed now
-                    slot = self._reserve(key, protected)
-                    slot.prefetched = True
-                    self._pending.setdefault(key[0], set()).add(key)
-                    self.stats.prefetch_loaded += 1
-                try:
-                    self._build(key, slot)
-                except BaseException:  # noqa: BLE001 - the decoder rebuilds it and reports
-                    with self._lock:
-                        self.stats.prefetch_errors += 1
-                        self._pending.get(key[0], set()).discard(key)
+                    self._batch = False
+
+    def _prefetch_batch(self, generation: int, keys: list[Key]) -> None:
+        """Build ``keys`` in order until the decoder asks for newer ones or room runs out."""
+        for key in keys:
+            with self._lock:
+                if self._closed or generation != self._generation:
+                    break
+                if key in self._slots:
+                    continue
+                protected = self._protected | set(keys)
+                evictable = [k for k, s in self._slots.items()
+                             if s.ready.is_set() and k not in protected]
+                if len(self._slots) >= self.capacity and not evictable:
+                    break  # no room without evicting what is needed now
+                slot = self._reserve(key, protected)
+                slot.prefetched = True
+                self._pending.setdefault(key[0], set()).add(key)
+                self.stats.prefetch_loaded += 1
+            try:
+                self._build(key, slot)
+            except BaseException:  # noqa: BLE001 - the decoder rebuilds it and reports
+                with self._lock:
+                    self.stats.prefetch_errors += 1
+                    self._pending.get(key[0], set()).discard(key)
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Wait until the prefetcher has nothing being built (tests; stats at rest)."""
@@ -397,7 +407,8 @@ class ExpertCache:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with self._lock:
-                busy = self._queue or any(not s.ready.is_set() for s in self._slots.values())
+                busy = self._queue or self._batch or \
+                    any(not s.ready.is_set() for s in self._slots.values())
             if not busy:
                 return
             time.sleep(0.005)
