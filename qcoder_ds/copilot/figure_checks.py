@@ -286,38 +286,39 @@ def _legends(cell: Cell) -> list[dict[str, Any]]:
 
 def legend_layout(cell: Cell) -> Verdict | None:
     """"A two columns legend" / "remove the legend's frame" / "hide the legend": the legend
-    the chart draws has that many columns, has no frame, or is not shown at all."""
+    the chart draws has that many columns, has no frame, or is not shown at all (each one
+    the request asks for)."""
     if not _applies(cell):
         return None
-    clauses = list(_clauses(cell.request))
     legends = [g for g in _legends(cell) if g.get("visible", True)]
-    for clause in clauses:
+    found = "the chart has no legend" if not legends else ""
+    verified: list[str] = []
+    issues: list[Issue] = []
+    for clause in _clauses(cell.request):
         m = _LEGEND_COLUMNS.search(clause)
         if m:
             n = _number(next(g for g in m.groups() if g))
-            verified = f"a legend in {n} columns"
-            if any(g.get("columns") == n for g in legends):
-                return Verdict(verified)
-            return Verdict(verified, [Issue(
-                Kind.PLOT_MISSING, f"the request asks for a legend in {n} columns but "
-                + ("the chart has no legend" if not legends else "its legend has "
-                   f"{legends[0].get('columns', 1)}") + f"; use plt.legend(ncol={n})")])
-        if _LEGEND_FRAME.search(clause):
-            verified = "a legend without a frame"
-            if legends and not any(g.get("frame", True) for g in legends):
-                return Verdict(verified)
-            return Verdict(verified, [Issue(
-                Kind.PLOT_MISSING, "the request asks for a legend without its frame but "
-                + ("the chart has no legend" if not legends else "the legend's frame is "
-                   "drawn") + "; use plt.legend(frameon=False)")])
-        if _HIDE_LEGEND.search(clause):
-            verified = "no legend"
-            if not legends:
-                return Verdict(verified)
-            return Verdict(verified, [Issue(
-                Kind.PLOT_MISSING, "the request asks for no legend but the chart shows one; "
-                "remove it (ax.get_legend().remove(), or legend=False in pandas/seaborn)")])
-    return None
+            verified.append(f"a legend in {n} columns")
+            if not any(g.get("columns") == n for g in legends):
+                issues.append(Issue(
+                    Kind.PLOT_MISSING, f"the request asks for a legend in {n} columns but "
+                    + (found or f"its legend has {legends[0].get('columns', 1)}")
+                    + f"; use plt.legend(ncol={n})"))
+        elif _LEGEND_FRAME.search(clause):
+            verified.append("a legend without a frame")
+            if not legends or any(g.get("frame", True) for g in legends):
+                issues.append(Issue(
+                    Kind.PLOT_MISSING, "the request asks for a legend without its frame but "
+                    + (found or "the legend's frame is drawn")
+                    + "; use plt.legend(frameon=False)"))
+        elif _HIDE_LEGEND.search(clause):
+            verified.append("no legend")
+            if legends:
+                issues.append(Issue(
+                    Kind.PLOT_MISSING, "the request asks for no legend but the chart shows "
+                    "one; remove it (ax.get_legend().remove(), or legend=False in "
+                    "pandas/seaborn)"))
+    return Verdict("; ".join(verified), issues) if verified else None
 
 
 # --------------------------------------------------------------------------- ticks and grid

@@ -127,6 +127,11 @@ _CASES = [
      [_axes(legend={**_LEGEND_Y, "visible": False})], {}, True),
     (legend_layout, "plot y over x and show the legend", [_axes(legend=_LEGEND_Y)], {}, None),
     (legend_layout, "hide the legend title", [_axes(legend=_LEGEND_Y)], {}, None),
+    # every feature asked is checked, not only the first
+    (legend_layout, "# Show a two columns legend\n# Remove the border of frame of legend",
+     [_axes(legend={**_LEGEND_Y, "columns": 2, "frame": True})], {}, False),
+    (legend_layout, "# Show a two columns legend\n# Remove the border of frame of legend",
+     [_axes(legend={**_LEGEND_Y, "columns": 2, "frame": False})], {}, True),
     (minor_ticks, "# how to turn on minor ticks on y axis only",
      [_axes(yaxis=_ticks(minor=True))], {}, True),
     (minor_ticks, "# how to turn on minor ticks on y axis only",
