@@ -17,13 +17,17 @@ import numpy as np
 import pytest
 
 from qcoder_ds.errors import GenerationCancelled
+from qcoder_ds.runtime import speculative
 from qcoder_ds.runtime.generate import generate_text, generate_tokens
 from qcoder_ds.runtime.sampler import Sampler, SamplingParams, token_probabilities
 from qcoder_ds.runtime.speculative import (
     Draft,
+    DraftLength,
+    LookupThenModel,
     ModelDrafter,
     PromptLookup,
     lookup,
+    verify_greedy,
     verify_sampled,
 )
 
@@ -155,8 +159,8 @@ def test_rejection_at_the_first_and_at_the_last_position(pair, k, wrong):
     drafter = Scripted(pair.plain, wrong)
     out, gen = pair.run(drafter, draft_tokens=k)
     assert out == pair.plain
-    if wrong == 0:
-        assert gen.accepted == 0 and gen.passes == NEW
+    if wrong == 0:  # one pass per token after the first, which the prompt's pass gives
+        assert gen.accepted == 0 and gen.passes == NEW - 1
     else:  # every draft loses exactly its last token
         assert gen.accepted == gen.drafted - drafter.drafts
 
@@ -253,6 +257,92 @@ def test_prompt_caches_still_serve_a_following_prompt(pair):
     out, gen = pair.run(ModelDrafter(pair.small), prompt=follow, draft_tokens=3)
     assert gen.reused_tokens == len(PROMPT) + 30
     assert out == pair.run(None, prompt=follow, session=pair.twin)
+
+
+# ---------------------------------------------------------------- near ties, adaptive k
+
+
+class Blurred:
+    """The target, with its several-row logits moved by up to ``blur`` each (uniform noise):
+    as an int4 graph's batched kernels differ from its one-row kernels, only more so."""
+
+    def __init__(self, session, blur: float, seed: int = 0):
+        self._s, self.blur = session, blur
+        self._rng = np.random.default_rng(seed)
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+    def forward(self, ids, all_logits=False):
+        out = self._s.forward(ids, all_logits=all_logits)
+        if all_logits and len(ids) > 1:
+            out = out + self._rng.uniform(-self.blur, self.blur, out.shape).astype(out.dtype)
+        return out
+
+
+def test_near_ties_are_decided_by_a_one_row_pass(pair, monkeypatch):
+    blur = 3e-4  # the tiny model's two best logits: median 1e-3 apart
+    blurred = Blurred(pair.target, blur)
+    for k in (2, 5):  # the target as its own drafter: every guess right but for the blur
+        out, gen = pair.run(ModelDrafter(pair.twin), session=blurred, draft_tokens=k)
+        assert out == pair.plain
+        assert gen.solo_passes > 0 and gen.accepted > 0
+        assert 0.8 * blur < gen.tie_guard / speculative.TIE_FACTOR <= 1.01 * blur  # measured
+    monkeypatch.setattr(speculative, "TIE_FACTOR", 0.0)  # the guard off: the blur shows
+    out, gen = pair.run(ModelDrafter(pair.twin), session=Blurred(pair.target, blur, seed=1),
+                        draft_tokens=5)
+    assert out != pair.plain and gen.solo_passes == 0
+
+
+def test_verify_greedy_stops_before_a_row_too_close_to_call():
+    rows = np.eye(4, 6, dtype=np.float32)  # row i's best is token i, one logit clear
+    rows[2, 3] = 0.95  # row 2: tokens 2 and 3 within 0.05
+    choose = lambda row, i: int(np.argmax(row))  # noqa: E731
+    clear = lambda row, i: speculative.top_gap(row) > 0.1  # noqa: E731
+    assert verify_greedy(rows, [0, 1, 2], choose, clear) == ([0, 1], False)
+    assert verify_greedy(rows, [0, 5, 2], choose, clear) == ([0, 1], True)  # rejected first
+    assert verify_greedy(rows[:2], [0], choose, clear) == ([0, 1], True)  # the bonus token
+    assert verify_greedy(rows, [0, 1, 2], choose) == ([0, 1, 2, 3], True)  # no guard
+
+
+@pytest.mark.parametrize("accepted, drafted, draft_s, verify_s, low, high", [
+    (8, 8, 0.0, 1.0, 8, 8),          # free guesses, all kept: the most allowed
+    (4, 4, 0.0125, 0.053, 6, 8),     # the 0.5B for the 1.5B on 2 cores, all kept: long drafts
+    (0, 1, 0.0125, 0.04, 1, 1),      # every guess rejected: one at a time
+    (1, 2, 0.4, 0.1, 1, 1),          # a drafter dearer than the model: as short as can be
+    (3, 4, 0.004, 0.053, 2, 4),      # three in four kept by a cheap drafter
+])
+def test_draft_length_follows_acceptance_and_cost(accepted, drafted, draft_s, verify_s,
+                                                  low, high):
+    length = DraftLength(8)
+    for _ in range(30):
+        length.update(drafted, accepted, draft_s * drafted, verify_s)
+    assert low <= length.next() <= high
+    fixed = DraftLength(3, fixed=True)
+    fixed.update(drafted, accepted, draft_s, verify_s)
+    assert fixed.next() == 3
+
+
+def test_adaptive_k_keeps_greedy_identity_and_moves(pair):
+    out, gen = pair.run(ModelDrafter(pair.twin))  # always right, as dear as the model
+    assert out == pair.plain and len(set(gen.length.history)) > 1
+    out, gen = pair.run(PromptLookup(), prompt=PROMPT + pair.plain[:12] + PROMPT)
+    assert out == pair.run(None, prompt=PROMPT + pair.plain[:12] + PROMPT)
+
+
+def test_lookup_then_model_copies_where_it_can_and_drafts_elsewhere(pair):
+    class Model:
+        def propose(self, ctx, k, pick, check, eos):
+            return Draft([99] * k)
+
+    both = LookupThenModel(Model())
+    assert both.propose([1, 2, 3, 4, 1, 2], 2, None, None, ()).tokens == [3, 4]  # "1 2" seen
+    assert both.propose([1, 2, 3, 4, 5, 2], 2, None, None, ()).tokens == [99, 99]  # one token
+    prompt = PROMPT + pair.plain[:12] + PROMPT
+    out, gen = pair.run(LookupThenModel(ModelDrafter(pair.small)), prompt=prompt,
+                        draft_tokens=4)
+    assert out == pair.run(None, prompt=prompt)
+    assert gen.accepted >= 11  # the copied start of the answer
 
 
 # ---------------------------------------------------------------- prompt lookup

@@ -22,11 +22,24 @@ min(1, p(d_i) / q(d_i)); the first rejection draws from norm(max(0, p - q)); aft
 the bonus is drawn from p. ``p`` is the distribution plain sampling draws from (penalty,
 temperature, top-k, top-p), so every emitted token has exactly the target's distribution. A
 prompt-lookup draft is deterministic: its q is one-hot.
+
+Two things keep the promise on real, quantized graphs:
+
+- **Near ties go to a one-row pass.** An int4 graph's k+1-row logits are not bit-equal to its
+  one-row logits (other kernels, other summation orders; up to ~0.15 apart on the 1.5B), and
+  greedy decoding uses one-row passes. Each session's gap is measured once
+  (:func:`batch_error`: a few prompt positions scored both ways); a verified position whose two
+  best logits are closer than the two ways can disagree is not decided from the batch: the
+  position is scored again in a one-row pass, as plain decoding scores it.
+- **k adapts** (:class:`DraftLength`): the k that maximises expected tokens per second from the
+  running acceptance rate and the drafter's measured cost per token (Leviathan et al. 2023,
+  section 3.4), between 1 and the most the caller allows.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,12 +52,18 @@ from qcoder_ds.runtime.generate import DEFAULT_PREFILL_CHUNK, TokenGeneration
 from qcoder_ds.runtime.sampler import (
     Sampler,
     SamplingParams,
+    apply_repetition_penalty,
     sample_index,
     token_probabilities,
 )
 
-#: tokens drafted per step when the caller does not say
-DEFAULT_DRAFT_TOKENS = 4
+#: the most tokens drafted per step when the caller does not say (k adapts below it)
+DEFAULT_DRAFT_TOKENS = 8
+#: prompt positions scored both ways to measure a session's batch error (:func:`batch_error`)
+PROBE_POSITIONS = 4
+#: near-tie guard = this × the measured batch error: two logits that may each move by e can
+#: swap order when they are less than 2e apart; the rest is margin for positions not probed
+TIE_FACTOR = 3.0
 
 #: ``pick(logits, history) -> (token, q)``: how a drafter chooses, q None when greedy
 Pick = Callable[[np.ndarray, Sequence[int]], tuple[int, "np.ndarray | None"]]
@@ -99,6 +118,101 @@ def keep(session: DecoderSession, n: int, ids: Sequence[int], chunk: int) -> Non
         run_chunks(session, ids[:n], chunk, lambda: None)
 
 
+class DraftLength:
+    """How many tokens to draft next. With acceptance rate a (each guess kept with
+    probability a, independently) a step drafting k tokens emits (1 - a^(k+1)) / (1 - a)
+    tokens on average (Leviathan et al. 2023, section 3.4). It costs a target pass over k + 1
+    rows, V0 + k v seconds (a pass is not free in its rows: on 2 cores the 1.5B's 5-row pass
+    takes 1.5x its one-row pass), plus k drafter steps of D seconds. The k in 1..``most`` with
+    the most tokens per second is chosen; a, D, V0 and v are running estimates (v by least
+    squares over the steps' row counts, a prior until k has varied). ``fixed`` pins k."""
+
+    PRIOR_ROW_COST = 0.15  # v / V0 before it is measured
+
+    def __init__(self, most: int, fixed: bool = False, decay: float = 0.8):
+        self.most, self.fixed, self.decay = max(1, int(most)), fixed, decay
+        self.kept, self.trials = 4.0, 5.0  # prior: a = 0.8
+        self.draft_s: float | None = None  # drafter seconds per token
+        self._fit = np.zeros(5)  # decayed sums of 1, k, k^2, s, k*s over verifying passes
+        self.history: list[int] = []
+
+    @property
+    def acceptance(self) -> float:
+        return self.kept / self.trials
+
+    def pass_cost(self) -> tuple[float, float]:
+        """(V0, v): a verifying pass over k + 1 rows takes V0 + k v seconds."""
+        n, sk, skk, ss, sks = self._fit
+        if n <= 0:
+            return 1.0, self.PRIOR_ROW_COST
+        var = skk / n - (sk / n) ** 2
+        if var < 0.1:  # k has not varied enough to tell the slope
+            base = ss / n / (1 + self.PRIOR_ROW_COST * sk / n)
+            return base, self.PRIOR_ROW_COST * base
+        v = (sks / n - sk / n * ss / n) / var
+        base = max(ss / n - v * sk / n, 1e-9)
+        return base, max(v, 0.0)
+
+    def update(self, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        d = self.decay
+        if verify_s > 0:
+            self._fit = d * self._fit + np.array([1.0, drafted, drafted ** 2, verify_s,
+                                                  drafted * verify_s])
+        if not drafted:
+            return
+        self.kept = d * self.kept + accepted  # each guess a trial; a rejection ends the step
+        self.trials = d * self.trials + accepted + (accepted < drafted)
+        per = draft_s / drafted
+        self.draft_s = per if self.draft_s is None else d * self.draft_s + (1 - d) * per
+
+    def next(self) -> int:
+        if self.fixed:
+            k = self.most
+        else:
+            a = min(max(self.acceptance, 0.01), 0.99)
+            base, row = self.pass_cost()  # c: a drafted token's cost in one-row passes
+            c = (row + (self.draft_s or 0.0)) / base if self._fit[0] > 0 \
+                else self.PRIOR_ROW_COST
+            k = max(range(1, self.most + 1),
+                    key=lambda k: (1 - a ** (k + 1)) / (1 - a) / (1 + k * c))
+        self.history.append(k)
+        return k
+
+
+_BATCH_ERROR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def batch_error(session: DecoderSession, ids: Sequence[int], chunk: int,
+                check: Callable[[], None]) -> float:
+    """How far this session's several-row logits lie from its one-row logits (the largest
+    difference over the vocabulary at up to :data:`PROBE_POSITIONS` positions), measured on the
+    last tokens of ``ids`` (which the cache holds) the first time it is asked, then
+    remembered. The cache holds ``ids`` again afterwards, from a batched pass as before."""
+    try:
+        return _BATCH_ERROR[session]
+    except (KeyError, TypeError):
+        pass
+    n = min(PROBE_POSITIONS, len(ids) - 1)
+    if n < 2:
+        return 0.0  # not measurable yet; the next generation measures it
+    start = len(ids) - n
+    keep(session, start, ids, chunk)
+    rows = session.forward(np.asarray(ids[start:], dtype=np.int64), all_logits=True)
+    keep(session, start, ids, chunk)
+    error = 0.0
+    for i in range(n):
+        check()
+        one = session.forward(np.asarray(ids[start + i:start + i + 1], dtype=np.int64))
+        error = max(error, float(np.max(np.abs(rows[i] - one))))
+    keep(session, start, ids, chunk)  # the cache as a batched pass left it, as prefill does
+    session.forward(np.asarray(ids[start:], dtype=np.int64))
+    try:
+        _BATCH_ERROR[session] = error
+    except TypeError:  # a session that cannot be weakly referenced is probed each time
+        pass
+    return error
+
+
 class ModelDrafter:
     """A smaller model with the same vocabulary proposes tokens (the 0.5B for the 1.5B)."""
 
@@ -148,6 +262,27 @@ class PromptLookup:
         return Draft(lookup(ctx, k, self.max_ngram, self.min_ngram))
 
 
+class LookupThenModel:
+    """Prompt lookup where the context repeats itself (a cell being repaired, a shown schema),
+    the model drafter elsewhere: a lookup draft costs nothing, a model draft a pass of the
+    small model per token. Lookup needs an n-gram of ``min_ngram`` tokens or more to match, as
+    one matching token is a weak guess (measured: 9-14% of such guesses kept on fresh answers)."""
+
+    def __init__(self, model: ModelDrafter, max_ngram: int = 3, min_ngram: int = 2):
+        self.model = model
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def prepare(self, prompt_ids: np.ndarray, check: Callable[[], None]) -> None:
+        self.model.prepare(prompt_ids, check)
+
+    def propose(self, ctx: list[int], k: int, pick: Pick, check: Callable[[], None],
+                eos: frozenset[int]) -> Draft:
+        copied = lookup(ctx, k, self.max_ngram, self.min_ngram)
+        if copied:  # the small model's cache catches up when it drafts next
+            return Draft(copied)
+        return self.model.propose(ctx, k, pick, check, eos)
+
+
 def lookup(ctx: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
     """Up to ``k`` tokens that followed the latest earlier match of ``ctx``'s last n-gram."""
     arr = np.asarray(ctx, dtype=np.int64)
@@ -163,14 +298,28 @@ def lookup(ctx: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 1) -
 
 
 def verify_greedy(rows: np.ndarray, draft: Sequence[int],
-                  choose: Callable[[np.ndarray, int], int]) -> list[int]:
-    """The kept draft tokens plus the target's own next token; ``choose(row, i)`` is the
-    target's greedy choice at draft position i."""
+                  choose: Callable[[np.ndarray, int], int],
+                  clear: Callable[[np.ndarray, int], bool] = lambda row, i: True,
+                  ) -> tuple[list[int], bool]:
+    """The kept draft tokens plus the target's own next token, and True; ``choose(row, i)`` is
+    the target's greedy choice at draft position i. ``clear(row, i)`` False means row i is too
+    close to call from a batched pass: the kept tokens stop before it and the answer is
+    (kept, False), for the caller to score that position in a one-row pass."""
     for i, d in enumerate(draft):
+        if not clear(rows[i], i):
+            return list(draft[:i]), False
         t = choose(rows[i], i)
         if t != d:
-            return [*draft[:i], t]
-    return [*draft, choose(rows[len(draft)], len(draft))]
+            return [*draft[:i], t], True
+    if not clear(rows[len(draft)], len(draft)):
+        return list(draft), False
+    return [*draft, choose(rows[len(draft)], len(draft))], True
+
+
+def top_gap(logits: np.ndarray) -> float:
+    """How far the best logit lies above the second best."""
+    two = np.partition(logits, logits.shape[-1] - 2)[-2:]
+    return float(two[1] - two[0])
 
 
 def verify_sampled(target: Callable[[int], np.ndarray], draft: Sequence[int],
@@ -201,11 +350,13 @@ class SpeculativeGeneration(TokenGeneration):
 
     def __init__(self, session: DecoderSession, prompt_ids: Sequence[int],
                  params: SamplingParams | None = None, cancel=None, *, drafter: Drafter,
-                 draft_tokens: int = DEFAULT_DRAFT_TOKENS, **options):
+                 draft_tokens: int | None = None, **options):
         super().__init__(session, prompt_ids, params, cancel, **options)
         self.drafter = drafter
-        self.draft_tokens = int(draft_tokens)
-        self.passes = self.drafted = self.accepted = 0
+        self.length = DraftLength(draft_tokens or DEFAULT_DRAFT_TOKENS,
+                                  fixed=draft_tokens is not None)
+        self.passes = self.drafted = self.accepted = self.solo_passes = 0
+        self.tie_guard = 0.0  # logits closer than this at the top: scored in a one-row pass
         self.rng = np.random.default_rng(self.params.seed)
         self._greedy = Sampler(self.params)  # argmax after the repetition penalty
         self._track = self.params.repetition_penalty != 1.0
@@ -216,8 +367,9 @@ class SpeculativeGeneration(TokenGeneration):
 
     @property
     def tokens_per_pass(self) -> float:
-        """Tokens the target emitted per verifying pass (1 = no gain)."""
-        return (self.accepted + self.passes) / self.passes if self.passes else 0.0
+        """Tokens the target emitted per pass after the prompt's (1 = no gain)."""
+        passes = self.passes + self.solo_passes
+        return (self.accepted + self.passes) / passes if passes else 0.0
 
     def _run(self):
         s, p = self.session, self.params
@@ -225,15 +377,20 @@ class SpeculativeGeneration(TokenGeneration):
         t0 = time.perf_counter()
         self.reused_tokens = s.reuse_prefix(self.prompt_ids)
         prompt = self.prompt_ids.tolist()
-        run_chunks(s, prompt[self.reused_tokens:-1], self.prefill_chunk, self._check_cancel)
+        # the prompt in plain decoding's chunks, so the first token comes from the same logits
+        logits = run_chunks(s, prompt[self.reused_tokens:], self.prefill_chunk,
+                            self._check_cancel)
+        if p.greedy:
+            self.tie_guard = TIE_FACTOR * batch_error(s, prompt, self.prefill_chunk,
+                                                      self._check_cancel)
+            first = self._greedy(logits, prompt if self._track else ())
+        else:
+            first = sample_index(token_probabilities(logits, p, prompt if self._track else ()),
+                                 self.rng)
         self.drafter.prepare(self.prompt_ids, self._check_cancel)
         self.prefill_seconds = time.perf_counter() - t0
-        ctx = prompt
+        ctx, new = prompt, [first]
         while True:
-            self._check_cancel()
-            t = time.perf_counter()
-            new = self._step(ctx)
-            self.decode_seconds += time.perf_counter() - t
             for tok in new:
                 if tok in self.eos:
                     self.finish_reason = "eos"
@@ -247,31 +404,56 @@ class SpeculativeGeneration(TokenGeneration):
                 if len(ctx) > s.max_context:  # as plain decode: the last token is never run
                     self.finish_reason = "context"
                     return
+            self._check_cancel()
+            t = time.perf_counter()
+            new = self._step(ctx)
+            self.decode_seconds += time.perf_counter() - t
 
     def _step(self, ctx: list[int]) -> list[int]:
         """Draft, score in one target pass, verify; the caches keep only what was accepted."""
         s = self.session
         remaining = self.params.max_new_tokens - len(self.generated)
-        k = max(0, min(self.draft_tokens, remaining - 1, s.max_context - len(ctx)))
+        k = max(0, min(self.length.next(), remaining - 1, s.max_context - len(ctx)))
         draft = Draft()
+        t0 = time.perf_counter()
         if k:
             draft = self.drafter.propose(ctx, k, self._pick, self._check_cancel, self.eos)
             self._check_cancel()
+        t1 = time.perf_counter()
         rows = s.forward(np.array([ctx[-1], *draft.tokens], dtype=np.int64), all_logits=True)
-        new = self._verify(ctx, draft, rows)
+        t2 = time.perf_counter()
+        new, settled = self._verify(ctx, draft, rows)
+        kept = len(new) - settled
         self.passes += 1
         self.drafted += len(draft.tokens)
-        self.accepted += len(new) - 1
+        self.accepted += kept
+        self.length.update(len(draft.tokens) if settled else kept, kept, t1 - t0, t2 - t1)
         keep(s, len(ctx) + len(new) - 1, ctx + new, self.prefill_chunk)
+        if not settled:  # a near tie: the one-row pass plain decoding makes decides it
+            self._check_cancel()
+            row = s.forward(np.array([(ctx + new)[-1]], dtype=np.int64))
+            new.append(self._greedy(row, ctx + new if self._track else ()))
+            self.solo_passes += 1
         return new
 
-    def _verify(self, ctx: list[int], draft: Draft, rows: np.ndarray) -> list[int]:
+    def _verify(self, ctx: list[int], draft: Draft, rows: np.ndarray) -> tuple[list[int], bool]:
         d = draft.tokens
         if self.params.greedy:
-            return verify_greedy(rows, d, lambda row, i: self._greedy(row, self._hist(ctx, d, i)))
+            return verify_greedy(rows, d, lambda row, i: self._greedy(row, self._hist(ctx, d, i)),
+                                 self._clear(ctx, d) if d else lambda row, i: True)
         return verify_sampled(
             lambda i: token_probabilities(rows[i], self.params, self._hist(ctx, d, i)),
-            d, draft.probs, self.rng)
+            d, draft.probs, self.rng), True
+
+    def _clear(self, ctx: list[int], d: list[int]) -> Callable[[np.ndarray, int], bool]:
+        """Whether a verified row's greedy choice is beyond the batch error (see module)."""
+        if self.tie_guard <= 0.0:
+            return lambda row, i: True
+        if not self._track:
+            return lambda row, i: top_gap(row) > self.tie_guard
+        penalty = self.params.repetition_penalty
+        return lambda row, i: top_gap(
+            apply_repetition_penalty(row, self._hist(ctx, d, i), penalty)) > self.tie_guard
 
     def _hist(self, ctx: list[int], draft: list[int], i: int) -> Sequence[int]:
         """The ids before draft position i, when the repetition penalty needs them."""
