@@ -1,13 +1,18 @@
-"""Speculative decoding (issue 20): the 1.5B plain, with the 0.5B drafting, with prompt lookup.
+"""Speculative decoding: the 1.5B plain, with the 0.5B drafting, with prompt lookup, with both.
 
 One process, one run. Per prompt the modes run interleaved, in an order that rotates each
 round, so a busy machine slows them alike; speed-ups are ratios of decode tok/s within a round.
+Modes: ``plain`` (the model as users get it), ``plain-nospin`` (its threads sleep between ops,
+as they do beside a drafter model), ``drafter-k4`` (the 0.5B, k fixed at 4), ``drafter`` (k
+adaptive), ``lookup`` (prompt lookup, k adaptive), ``both`` (lookup where an n-gram matches,
+the 0.5B elsewhere). llama.cpp (llama-cpp-python) runs the 1.5B's GGUF on the same prompts,
+plain and with its own prompt-lookup drafter (``LlamaPromptLookupDecoding``), for its ratio.
 Prompts: a 128-token decode of decode.py's prompt, the copilot's own first prompt for each
 development request of benchmarks/copilot.py, and repair prompts (the copilot asked to fix a
 cell that failed), recorded by running the pipeline with an engine that records instead of
 generating. Every greedy speculative answer is compared with plain decoding's, token for token.
 
-    .venv/bin/python benchmarks/speculative.py [--threads 2] [--rounds 2] [--k 4] [--limit N]
+    .venv/bin/python benchmarks/speculative.py [--threads 2] [--rounds 2] [--limit N] [--no-llama]
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sqlite3
 import statistics
@@ -85,13 +91,13 @@ def copilot_prompts(engine, limit: int | None) -> list[dict]:
     return out
 
 
-def run_mode(engine, ids, params, mode: tuple, k: int, eos: bool = True) -> dict:
+def run_mode(engine, ids, params, mode: tuple, eos: bool = True) -> dict:
     """One generation: its tokens, wall seconds (prefill included; after the warm-up the
     prompt is in the KV caches, so this is decode) and the drafter's statistics. ``eos``
     False: EOS ignored, so every mode decodes the same number of tokens."""
     from qcoder_ds.runtime.generate import generate_text
 
-    session, drafter = mode
+    session, drafter, k = mode
     options = {} if eos else {"eos_token_ids": ()}
     t = time.perf_counter()
     stream = generate_text(session, engine.tokenizer, ids, params,
@@ -103,8 +109,46 @@ def run_mode(engine, ids, params, mode: tuple, k: int, eos: bool = True) -> dict
     row = {"tokens": list(gen.generated), "seconds": seconds, "text": text,
            "finish": gen.finish_reason, "tok_s": len(gen.generated) / seconds}
     if drafter is not None:
-        row.update(passes=gen.passes, drafted=gen.drafted, accepted=gen.accepted)
+        row.update(passes=gen.passes, drafted=gen.drafted, accepted=gen.accepted,
+                   solo_passes=gen.solo_passes, k_median=statistics.median(gen.length.history)
+                   if gen.length.history else None)
     return row
+
+
+class LlamaCpp:
+    """The target's GGUF in llama.cpp, plain and with its prompt-lookup drafter, greedy."""
+
+    def __init__(self, threads: int):
+        from llama_cpp import Llama
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        from qcoder_ds.models.sources import resolve
+
+        path = str(resolve(TARGET).path)
+        # the longest prompt (~660 tokens) and answer (384); a drafter needs every position's
+        # logits kept (n_ctx x vocab floats)
+        common = dict(n_ctx=1152, n_threads=threads, n_threads_batch=threads, verbose=False)
+        self.plain = Llama(path, **common)
+        self.lookup = Llama(path, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10),
+                            logits_all=True, **common)
+        self.path = path
+
+    def measure(self, text: str, max_tokens: int, eos: bool, rounds: int) -> dict:
+        out = {}
+        for name, llm in (("plain", self.plain), ("lookup", self.lookup)):
+            ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+            llm(ids, max_tokens=2, temperature=0.0)  # warm-up: the prompt in its cache
+            speeds = []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                r = llm.create_completion(ids, max_tokens=max_tokens, temperature=0.0,
+                                          top_k=1,
+                                          logit_bias=None if eos else {llm.token_eos(): -100.0})
+                n = r["usage"]["completion_tokens"]
+                speeds.append(n / (time.perf_counter() - t))
+            out[name] = {"tok_s": round(statistics.median(speeds), 2), "new_tokens": n}
+        out["lookup_speedup"] = round(out["lookup"]["tok_s"] / out["plain"]["tok_s"], 3)
+        return out
 
 
 def rss_mib() -> float:
@@ -114,20 +158,23 @@ def rss_mib() -> float:
     return 0.0
 
 
-def measure(engine, prompts: list[dict], modes: dict, rounds: int, k: int) -> list[dict]:
+def measure(engine, prompts: list[dict], modes: dict, rounds: int, llama=None) -> list[dict]:
     """Every prompt in every mode, ``rounds`` times, the mode order rotating per round."""
     rows = []
     for p in prompts:
         ids = engine.tokenizer.encode(p["text"])
         eos = p.get("eos", True)
         for drafter in modes.values():  # warm-up: prompt caches filled, not timed
-            run_mode(engine, ids, _short(p["params"]), drafter, k, eos)
+            run_mode(engine, ids, _short(p["params"]), drafter, eos)
         runs = {m: [] for m in modes}
         for r in range(rounds):
             order = list(modes)[r % len(modes):] + list(modes)[:r % len(modes)]
             for mode in order:
-                runs[mode].append(run_mode(engine, ids, p["params"], modes[mode], k, eos))
+                runs[mode].append(run_mode(engine, ids, p["params"], modes[mode], eos))
         rows.append(_summarise(p["name"], len(ids), runs))
+        if llama is not None:
+            rows[-1]["llama.cpp"] = llama.measure(p["text"], p["params"].max_new_tokens,
+                                                  eos, rounds)
         print(json.dumps({x: rows[-1][x] for x in ("name", "new_tokens", "speedup",
                                                    "identical")}), flush=True)
     return rows
@@ -151,9 +198,12 @@ def _summarise(name: str, prompt_tokens: int, runs: dict) -> dict:
         row["identical"][mode] = all(r["tokens"] == p["tokens"]
                                      for p, r in zip(plain, rs, strict=True))
         if "drafted" in rs[0]:
-            drafted, accepted, passes = (rs[0][x] for x in ("drafted", "accepted", "passes"))
+            drafted, accepted, passes, solo = (rs[0][x] for x in ("drafted", "accepted",
+                                                                   "passes", "solo_passes"))
             row["acceptance"][mode] = round(accepted / drafted, 3) if drafted else None
-            row["tokens_per_pass"][mode] = round((accepted + passes) / passes, 2)
+            row["tokens_per_pass"][mode] = round((accepted + passes) / (passes + solo), 2)
+            row.setdefault("one_row_passes", {})[mode] = solo
+            row.setdefault("k_median", {})[mode] = rs[0]["k_median"]
         if not row["identical"][mode]:
             row.setdefault("first_difference", {})[mode] = _first_difference(plain[0], rs[0])
     return row
@@ -169,16 +219,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--k", type=int, default=4, help="tokens drafted per step")
+    ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
     ap.add_argument("--limit", type=int, default=None, help="first N copilot requests only")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
     from decode import PROMPT_TEXT
 
+    load_at_start = os.getloadavg()[0]
     from qcoder_ds.engine import Engine, load_drafter
     from qcoder_ds.runtime.export import load_session
     from qcoder_ds.runtime.sampler import SamplingParams
+    from qcoder_ds.runtime.speculative import DEFAULT_DRAFT_TOKENS, LookupThenModel
 
     rss = {"before": rss_mib()}
     engine = Engine.load(TARGET, threads=args.threads, progress=False)  # as users get it
@@ -191,20 +243,22 @@ def main() -> int:
                            progress=False, spinning=False)
     rss["drafter"] = rss_mib()
     lookup = load_drafter("prompt-lookup", quiet, engine.tokenizer)
-    modes = {"plain": (engine.session, None), "plain-nospin": (quiet, None),
-             "drafter": (quiet, drafter), "lookup": (engine.session, lookup),
-             "lookup-nospin": (quiet, lookup)}
+    modes = {"plain": (engine.session, None, None), "plain-nospin": (quiet, None, None),
+             "drafter-k4": (quiet, drafter, 4), "drafter": (quiet, drafter, None),
+             "lookup": (engine.session, lookup, None),
+             "both": (quiet, LookupThenModel(drafter), None)}
+    llama = None if args.no_llama else LlamaCpp(args.threads)
     prompts = [{"name": "128-token decode", "text": PROMPT_TEXT,
                 "params": SamplingParams(max_new_tokens=128), "eos": False}]
     prompts += copilot_prompts(engine, args.limit)
-    rows = measure(engine, prompts, modes, args.rounds, args.k)
-    result = {"target": TARGET, "drafter": DRAFTER, "k": args.k, "threads": args.threads,
-              "rounds": args.rounds, "machine": platform.processor() or platform.machine(),
+    rows = measure(engine, prompts, modes, args.rounds, llama)
+    result = {"target": TARGET, "drafter": DRAFTER, "max_k": DEFAULT_DRAFT_TOKENS,
+              "threads": args.threads, "rounds": args.rounds,
+              "machine": platform.processor() or platform.machine(),
+              "loadavg_at_start": load_at_start, "loadavg_at_end": os.getloadavg()[0],
               "note": "speedup: median over rounds of plain seconds / mode seconds, same prompt, "
-                      "modes interleaved; greedy",
-              "machine_load": "busy: a 2-thread evaluation ran throughout (load average ~4 "
-                              "on 2 cores); absolute tok/s are low and noisy, ratios are "
-                              "from interleaved runs",
+                      "modes interleaved; greedy; llama.cpp: its GGUF as stored, its own "
+                      "plain and prompt-lookup runs",
               "rss_mib": {k: round(v) for k, v in rss.items()},
               "drafter_rss_mib": round(rss["drafter"] - rss["second_target"]),
               "prompts": rows, "summary": _overall(rows)}
@@ -218,8 +272,15 @@ def _overall(rows: list[dict]) -> dict:
     for mode in rows[0]["speedup"]:
         out[mode] = {"speedup_median": round(statistics.median(r["speedup"][mode]
                                                                 for r in rows), 3),
+                     "speedup_copilot_median": round(statistics.median(
+                         r["speedup"][mode] for r in rows if r["name"] != "128-token decode"), 3),
                      "identical": sum(r["identical"][mode] for r in rows),
                      "prompts": len(rows)}
+    if "llama.cpp" in rows[0]:
+        out["llama.cpp lookup"] = {"speedup_median": round(statistics.median(
+            r["llama.cpp"]["lookup_speedup"] for r in rows), 3)}
+        out["llama.cpp plain vs ours plain"] = {"tok_s_ratio_median": round(statistics.median(
+            r["tok_s"]["plain"] / r["llama.cpp"]["plain"]["tok_s"] for r in rows), 3)}
     return out
 
 
