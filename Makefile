@@ -79,6 +79,7 @@ test: $(VENV)/.test $(VENV)/.jupyter-dev | /usr/bin/chromium
 
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/decode.py --model qwen2.5-coder-1.5b-instruct --out benchmarks/results/decode-1.5b.json
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check qcoder_ds tests benchmarks

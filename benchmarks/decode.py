@@ -7,7 +7,12 @@ One run, same GGUF, same thread count, same prompt ids. Each engine runs in its 
 min/median/max, with ratios to llama.cpp and each engine's roofline: measured memory bandwidth
 (numpy sum over 1 GB) ÷ the weight bytes that engine reads per decoded token.
 
+llama.cpp runs twice: on the GGUF as stored (Q8_0/Q6_K/... mixes that read more bytes per
+token than our int4) and on a Q4_0 re-quantization of it made by llama.cpp itself (once,
+cached), which reads about what our int4 reads: the like-for-like peer.
+
     python benchmarks/decode.py                      # all engines, writes results/decode.json
+    python benchmarks/decode.py --model qwen2.5-coder-1.5b-instruct --out results/decode-1.5b.json
     python benchmarks/decode.py --engines ours-ort   # just one
 """
 
@@ -33,7 +38,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
-ENGINES = ("ours-ort", "ours-openvino", "llama.cpp", "transformers")
+ENGINES = ("ours-ort", "ours-openvino", "llama.cpp", "llama.cpp-q4_0", "transformers")
 RESULTS = HERE / "results" / "decode.json"
 
 # a realistic prompt: data-science code, repeated until it is long enough
@@ -205,6 +210,33 @@ def _gguf_source(gguf_path: Path):
     return resolve(str(gguf_path), require_tokenizer=False)
 
 
+def q4_0_copy(gguf: Path, log=lambda m: None) -> Path:
+    """``gguf`` re-quantized to Q4_0 by llama.cpp (every 2-D weight; made once, kept beside our
+    exports), the equal-bits peer of our int4."""
+    import ctypes
+
+    import llama_cpp
+
+    from qcoder_ds.paths import home
+
+    out = home() / "bench" / f"{gguf.stem}-q4_0.gguf"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    params.allow_requantize = True
+    params.nthread = os.cpu_count() or 1
+    log(f"re-quantizing {gguf.name} to Q4_0 with llama.cpp")
+    if llama_cpp.llama_model_quantize(str(gguf).encode(), str(tmp).encode(),
+                                      ctypes.byref(params)) != 0:
+        tmp.unlink(missing_ok=True)
+        raise SystemExit(f"llama.cpp could not re-quantize {gguf} to Q4_0")
+    os.replace(tmp, out)
+    return out
+
+
 def run_llama_cpp(gguf_path: Path, ids: list[int], new_tokens: int, threads: int) -> dict:
     from llama_cpp import Llama
 
@@ -235,9 +267,17 @@ def run_llama_cpp(gguf_path: Path, ids: list[int], new_tokens: int, threads: int
         "prefill_tok_s": len(ids) / prefill_s,
         "decode_tok_s": (new_tokens - 1) / decode_s,
         "weight_bytes_per_token": gguf_bytes_per_token(gguf_path),
-        "weights": "gguf (Q5_0/Q8_0/Q6_K/Q4_K as stored)",
+        "weights": _gguf_weights(gguf_path),
         "tokens": toks[:16],
     }
+
+
+def _gguf_weights(path: Path) -> str:
+    import gguf
+
+    kinds = sorted({t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors
+                    if len(t.shape) > 1})
+    return "gguf " + "/".join(kinds)
 
 
 def run_transformers(gguf_path: Path, ids: list[int], new_tokens: int, threads: int) -> dict:
@@ -286,7 +326,7 @@ def worker(args: argparse.Namespace) -> None:
         r = run_ours("onnx", gguf_path, ids, args.new_tokens, args.threads, args.weights)
     elif args.worker == "ours-openvino":
         r = run_ours("openvino", gguf_path, ids, args.new_tokens, args.threads, args.weights)
-    elif args.worker == "llama.cpp":
+    elif args.worker in ("llama.cpp", "llama.cpp-q4_0"):  # the caller passes the Q4_0 copy
         r = run_llama_cpp(gguf_path, ids, args.new_tokens, args.threads)
     elif args.worker == "transformers":
         r = run_transformers(gguf_path, ids, args.new_tokens, args.threads)
@@ -303,11 +343,11 @@ def _stats(xs: list[float]) -> dict:
     return {"min": min(xs), "median": statistics.median(xs), "max": max(xs)}
 
 
-def _default_gguf() -> Path:
+def _default_gguf(model: str = DEFAULT_MODEL) -> Path:
     try:
         from qcoder_ds.models.sources import resolve
 
-        src = resolve(DEFAULT_MODEL)
+        src = resolve(model)
         for attr in ("path", "gguf_path", "file"):
             p = getattr(src, attr, None)
             if p and Path(p).is_file():
@@ -320,7 +360,7 @@ def _default_gguf() -> Path:
 def _engine_available(engine: str) -> str | None:
     """None if the engine can run here, else why not."""
     mods = {"ours-ort": "onnxruntime", "ours-openvino": "openvino", "llama.cpp": "llama_cpp",
-            "transformers": "transformers"}
+            "llama.cpp-q4_0": "llama_cpp", "transformers": "transformers"}
     import importlib.util
 
     if importlib.util.find_spec(mods[engine]) is None:
@@ -348,9 +388,10 @@ def _one_run(engine: str, gguf: Path, ids_file: Path, threads: int, new_tokens: 
 def run_benchmark(gguf: Path | None = None, engines: tuple[str, ...] = ENGINES, threads: int = 2,
                   runs: int = 3, prompt_tokens: int = 512, new_tokens: int = 128,
                   weights: str = "int4", out: Path | None = RESULTS,
-                  log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+                  log=lambda m: print(m, file=sys.stderr, flush=True),
+                  model: str = DEFAULT_MODEL) -> dict:
     """The whole side-by-side run; returns (and writes to ``out``) the results dict."""
-    gguf = Path(gguf) if gguf else _default_gguf()
+    gguf = Path(gguf) if gguf else _default_gguf(model)
     ids = prompt_ids(prompt_tokens, gguf)
     log(f"model {gguf} ({gguf.stat().st_size / 1e6:.0f} MB), {threads} threads, "
         f"{len(ids)}-token prompt, {new_tokens} new tokens, {runs} runs per engine")
@@ -380,6 +421,8 @@ def run_benchmark(gguf: Path | None = None, engines: tuple[str, ...] = ENGINES, 
             t = time.perf_counter()
             ensure_export(_gguf_source(gguf), _OURS[engine], weights, progress=True, log=log)
             log(f"{engine}: export ready ({time.perf_counter() - t:.0f} s)")
+        if engine == "llama.cpp-q4_0":
+            q4 = q4_0_copy(gguf, log)
         runnable.append(engine)
     per_run: dict[str, list[dict]] = {e: [] for e in runnable}
     with tempfile.TemporaryDirectory() as td:
@@ -389,7 +432,8 @@ def run_benchmark(gguf: Path | None = None, engines: tuple[str, ...] = ENGINES, 
         # machine does at the time weighs on every engine alike
         for i in range(runs):
             for engine in runnable:
-                r = _one_run(engine, gguf, ids_file, threads, new_tokens, weights)
+                r = _one_run(engine, q4 if engine == "llama.cpp-q4_0" else gguf, ids_file,
+                             threads, new_tokens, weights)
                 per_run[engine].append(r)
                 if "error" in r:
                     log(f"{engine}: run {i + 1} failed: {r['error']}")
@@ -421,11 +465,13 @@ def run_benchmark(gguf: Path | None = None, engines: tuple[str, ...] = ENGINES, 
             if "weight_bytes_per_token" in e:
                 e["roofline_tok_s"] = bw * 1e9 / e["weight_bytes_per_token"]
                 e["fraction_of_roofline"] = e["decode_tok_s"]["median"] / e["roofline_tok_s"]
-    base = results["engines"].get("llama.cpp", {})
-    if "decode_tok_s" in base:
+    for peer, key in (("llama.cpp", "vs_llama_cpp"), ("llama.cpp-q4_0", "vs_llama_cpp_q4_0")):
+        base = results["engines"].get(peer, {})
+        if "decode_tok_s" not in base:
+            continue
         for e in results["engines"].values():
             if "decode_tok_s" in e:
-                e["vs_llama_cpp"] = {
+                e[key] = {
                     "decode": e["decode_tok_s"]["median"] / base["decode_tok_s"]["median"],
                     "prefill": e["prefill_tok_s"]["median"] / base["prefill_tok_s"]["median"],
                 }
@@ -442,22 +488,25 @@ def run_benchmark(gguf: Path | None = None, engines: tuple[str, ...] = ENGINES, 
 def markdown_table(results: dict) -> str:
     """The README table: medians (min-max), ratios to llama.cpp, fraction of the roofline."""
     rows = ["| engine | weights | load s | prefill tok/s | decode tok/s | peak RSS MiB "
-            "| decode vs llama.cpp | prefill vs llama.cpp | roofline tok/s | of roofline |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| decode vs llama.cpp | decode vs llama.cpp Q4_0 | prefill vs llama.cpp "
+            "| roofline tok/s | of roofline |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(s: dict, fmt: str) -> str:
         return f"{s['median']:{fmt}} ({s['min']:{fmt}}–{s['max']:{fmt}})"
 
     for name, e in results["engines"].items():
         if "decode_tok_s" not in e:
-            rows.append(f"| {name} | – | {e.get('skipped', 'failed')} |||||||")
+            rows.append(f"| {name} | – | {e.get('skipped', 'failed')} ||||||||")
             continue
         vs = e.get("vs_llama_cpp", {})
+        q4 = e.get("vs_llama_cpp_q4_0", {})
         rows.append(
             f"| {name} | {e['weights']} | {cell(e['load_s'], '.2f')} "
             f"| {cell(e['prefill_tok_s'], '.0f')} | {cell(e['decode_tok_s'], '.1f')} "
             f"| {e['peak_rss_mib']['median']:.0f} "
-            f"| {vs.get('decode', float('nan')):.2f}× | {vs.get('prefill', float('nan')):.2f}× "
+            f"| {vs.get('decode', float('nan')):.2f}× | {q4.get('decode', float('nan')):.2f}× "
+            f"| {vs.get('prefill', float('nan')):.2f}× "
             f"| {e['roofline_tok_s']:.0f} | {e['fraction_of_roofline']:.0%} |")
     s = results["setup"]
     m = results["machine"]
@@ -482,7 +531,8 @@ def _cpu_name() -> str:
 
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--gguf", type=Path, help="GGUF file (default: the embedded model)")
+    p.add_argument("--gguf", type=Path, help="GGUF file (default: --model's)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="catalogue name")
     p.add_argument("--engines", default=",".join(ENGINES),
                    help=f"comma-separated subset of {', '.join(ENGINES)}")
     p.add_argument("--threads", type=int, default=2)
@@ -507,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         raise SystemExit(f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)}")
     results = run_benchmark(args.gguf, engines, args.threads, args.runs, args.prompt_tokens,
-                            args.new_tokens, args.weights, args.out)
+                            args.new_tokens, args.weights, args.out, model=args.model)
     print(markdown_table(results))
     return 0
 

@@ -110,8 +110,8 @@ def run_mode(engine, ids, params, mode: tuple, eos: bool = True) -> dict:
            "finish": gen.finish_reason, "tok_s": len(gen.generated) / seconds}
     if drafter is not None:
         row.update(passes=gen.passes, drafted=gen.drafted, accepted=gen.accepted,
-                   solo_passes=gen.solo_passes, k_median=statistics.median(gen.length.history)
-                   if gen.length.history else None)
+                   solo_passes=gen.solo_passes, k_median=statistics.median(gen.k_history)
+                   if gen.k_history else None)
     return row
 
 

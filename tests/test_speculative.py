@@ -325,7 +325,7 @@ def test_draft_length_follows_acceptance_and_cost(accepted, drafted, draft_s, ve
 
 def test_adaptive_k_keeps_greedy_identity_and_moves(pair):
     out, gen = pair.run(ModelDrafter(pair.twin))  # always right, as dear as the model
-    assert out == pair.plain and len(set(gen.length.history)) > 1
+    assert out == pair.plain and len(set(gen.k_history)) > 1
     out, gen = pair.run(PromptLookup(), prompt=PROMPT + pair.plain[:12] + PROMPT)
     assert out == pair.run(None, prompt=PROMPT + pair.plain[:12] + PROMPT)
 

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise QcoderError(f"unknown engine(s) {', '.join(bad)}; choose from "
                           f"{', '.join(mod.ENGINES)}")
     results = mod.run_benchmark(args.gguf, engines, args.threads, args.runs,
-                                args.prompt_tokens, args.new_tokens, args.weights, args.out)
+                                args.prompt_tokens, args.new_tokens, args.weights, args.out,
+                                model=args.model)
     print(mod.markdown_table(results))
     return 0

@@ -60,7 +60,7 @@ from qcoder_ds.runtime.sampler import (
 #: the most tokens drafted per step when the caller does not say (k adapts below it)
 DEFAULT_DRAFT_TOKENS = 8
 #: prompt positions scored both ways to measure a session's batch error (:func:`batch_error`)
-PROBE_POSITIONS = 4
+PROBE_POSITIONS = DEFAULT_DRAFT_TOKENS + 1  # as many rows as the longest verifying pass
 #: near-tie guard = this × the measured batch error: two logits that may each move by e can
 #: swap order when they are less than 2e apart; the rest is margin for positions not probed
 TIE_FACTOR = 3.0
@@ -86,6 +86,9 @@ class Drafter(Protocol):
     def propose(self, ctx: list[int], k: int, pick: Pick, check: Callable[[], None],
                 eos: frozenset[int]) -> Draft:
         """Up to ``k`` tokens to follow ``ctx``; ``check`` raises if cancelled."""
+
+    # optional: ``source(ctx) -> str``, which of its ways will draft after ``ctx`` (each way
+    # has its own acceptance rate and cost, so its own k); without it, one way
 
 
 def run_chunks(session: DecoderSession, ids: Sequence[int], chunk: int,
@@ -134,7 +137,6 @@ class DraftLength:
         self.kept, self.trials = 4.0, 5.0  # prior: a = 0.8
         self.draft_s: float | None = None  # drafter seconds per token
         self._fit = np.zeros(5)  # decayed sums of 1, k, k^2, s, k*s over verifying passes
-        self.history: list[int] = []
 
     @property
     def acceptance(self) -> float:
@@ -167,16 +169,12 @@ class DraftLength:
 
     def next(self) -> int:
         if self.fixed:
-            k = self.most
-        else:
-            a = min(max(self.acceptance, 0.01), 0.99)
-            base, row = self.pass_cost()  # c: a drafted token's cost in one-row passes
-            c = (row + (self.draft_s or 0.0)) / base if self._fit[0] > 0 \
-                else self.PRIOR_ROW_COST
-            k = max(range(1, self.most + 1),
-                    key=lambda k: (1 - a ** (k + 1)) / (1 - a) / (1 + k * c))
-        self.history.append(k)
-        return k
+            return self.most
+        a = min(max(self.acceptance, 0.01), 0.99)
+        base, row = self.pass_cost()  # c: a drafted token's cost in one-row passes
+        c = (row + (self.draft_s or 0.0)) / base if self._fit[0] > 0 else self.PRIOR_ROW_COST
+        return max(range(1, self.most + 1),
+                   key=lambda k: (1 - a ** (k + 1)) / (1 - a) / (1 + k * c))
 
 
 _BATCH_ERROR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -275,6 +273,9 @@ class LookupThenModel:
     def prepare(self, prompt_ids: np.ndarray, check: Callable[[], None]) -> None:
         self.model.prepare(prompt_ids, check)
 
+    def source(self, ctx: list[int]) -> str:
+        return "lookup" if lookup(ctx, 1, self.max_ngram, self.min_ngram) else "model"
+
     def propose(self, ctx: list[int], k: int, pick: Pick, check: Callable[[], None],
                 eos: frozenset[int]) -> Draft:
         copied = lookup(ctx, k, self.max_ngram, self.min_ngram)
@@ -353,8 +354,9 @@ class SpeculativeGeneration(TokenGeneration):
                  draft_tokens: int | None = None, **options):
         super().__init__(session, prompt_ids, params, cancel, **options)
         self.drafter = drafter
-        self.length = DraftLength(draft_tokens or DEFAULT_DRAFT_TOKENS,
-                                  fixed=draft_tokens is not None)
+        self._lengths: dict[str, DraftLength] = {}  # per way of drafting (Drafter.source)
+        self._most, self._fixed = draft_tokens or DEFAULT_DRAFT_TOKENS, draft_tokens is not None
+        self.k_history: list[int] = []  # the k chosen at each step
         self.passes = self.drafted = self.accepted = self.solo_passes = 0
         self.tie_guard = 0.0  # logits closer than this at the top: scored in a one-row pass
         self.rng = np.random.default_rng(self.params.seed)
@@ -413,7 +415,13 @@ class SpeculativeGeneration(TokenGeneration):
         """Draft, score in one target pass, verify; the caches keep only what was accepted."""
         s = self.session
         remaining = self.params.max_new_tokens - len(self.generated)
-        k = max(0, min(self.length.next(), remaining - 1, s.max_context - len(ctx)))
+        way = self.drafter.source(ctx) if hasattr(self.drafter, "source") else ""
+        length = self._lengths.get(way)
+        if length is None:
+            length = self._lengths[way] = DraftLength(self._most, self._fixed)
+        chosen = length.next()
+        self.k_history.append(chosen)
+        k = max(0, min(chosen, remaining - 1, s.max_context - len(ctx)))
         draft = Draft()
         t0 = time.perf_counter()
         if k:
@@ -427,7 +435,7 @@ class SpeculativeGeneration(TokenGeneration):
         self.passes += 1
         self.drafted += len(draft.tokens)
         self.accepted += kept
-        self.length.update(len(draft.tokens) if settled else kept, kept, t1 - t0, t2 - t1)
+        length.update(len(draft.tokens) if settled else kept, kept, t1 - t0, t2 - t1)
         keep(s, len(ctx) + len(new) - 1, ctx + new, self.prefill_chunk)
         if not settled:  # a near tie: the one-row pass plain decoding makes decides it
             self._check_cancel()
