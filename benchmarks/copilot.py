@@ -6,7 +6,7 @@ SQLite copy of it (as ``conn``), as a notebook user would ask them. Writes
 benchmarks/results/copilot-latency.json.
 
     .venv/bin/python benchmarks/copilot.py [--threads 2] [--limit N] [--model NAME]
-        [--context-tokens N]
+        [--context-tokens N] [--drafter auto|none|NAME]
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N requests only")
     ap.add_argument("--context-tokens", type=int, default=None,
                     help="the prompt's budget for the kernel context (default: the pipeline's)")
+    ap.add_argument("--drafter", default="auto",
+                    help="speculative decoding's drafter (Engine.load's drafter=; default auto)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/copilot-latency.json")
     args = ap.parse_args()
 
@@ -69,7 +71,7 @@ def main() -> int:
 
     t0 = time.perf_counter()
     args.model = args.model or default_model().name
-    engine = Engine.load(args.model, threads=args.threads, progress=False)
+    engine = Engine.load(args.model, threads=args.threads, progress=False, drafter=args.drafter)
     load_s = time.perf_counter() - t0
     copilot = Copilot(engine, model=args.model)
     rows = []
@@ -122,6 +124,7 @@ def summary(rows: list[dict], engine, args, load_s: float, partial: bool = True)
         "benchmark": "copilot latency (pipeline)",
         "model": args.model, "backend": engine.backend,
         "weights": engine.weights, "threads": args.threads, "load_s": round(load_s, 2),
+        "drafter": engine.drafter_name,
         "context_tokens": args.context_tokens or Options().context_tokens,
         "requests": len(rows),
         "first_token_s": {"median": round(statistics.median(ftt), 2),

@@ -10,9 +10,11 @@ A session has one KV cache, so one generation runs at a time: a second caller wa
 first stream to finish (or be closed / cancelled). Cancelling raises GenerationCancelled
 from the stream (see qcoder_ds.runtime.generate).
 
-Speculative decoding (qcoder_ds.runtime.speculative) is off unless asked for: ``drafter=`` a
-model of the same tokenizer (the 0.5B for the 1.5B), ``"prompt-lookup"``, or ``QCODER_DRAFTER``
-in the environment. Greedy answers are the same tokens either way; only the speed differs.
+Speculative decoding (qcoder_ds.runtime.speculative): a model whose catalogue entry names a
+draft model (the 1.5B: the 0.5B) drafts with it and with prompt lookup unless told otherwise
+(``drafter=``, or ``QCODER_DRAFTER``: a model name, ``"prompt-lookup"``, ``"<model>+prompt-lookup"``
+or ``"none"``). Greedy answers are the model's own greedy tokens (up to the int4 kernels'
+rounding at near ties, see docs/runtime.md); only the speed differs.
 """
 
 from __future__ import annotations
@@ -27,14 +29,19 @@ from qcoder_ds.runtime.backend import DecoderSession
 from qcoder_ds.runtime.generate import DEFAULT_PREFILL_CHUNK, TextStream, generate_text
 from qcoder_ds.runtime.sampler import SamplingParams
 from qcoder_ds.runtime.speculative import (
-    DEFAULT_DRAFT_TOKENS,
     Drafter,
+    LookupThenModel,
     ModelDrafter,
     PromptLookup,
 )
 
 #: the drafter name that needs no model: n-grams of the prompt propose tokens
 PROMPT_LOOKUP = "prompt-lookup"
+#: the drafter a model gets when none is named: its catalogue drafter with prompt lookup
+AUTO = "auto"
+#: memory (GiB available) below which "auto" drafts by prompt lookup alone: the 0.5B beside
+#: the 1.5B costs ~0.5 GiB resident, and its first export peaks near 2 GiB
+DRAFTER_MIN_AVAILABLE_GIB = 3.0
 #: a probe both tokenizers must encode alike before one model drafts for another
 _PROBE = "df.groupby('region')['revenue'].sum()  # 合计\nSELECT name FROM t WHERE x > 1;"
 
@@ -45,24 +52,27 @@ class Engine:
     def __init__(self, session: DecoderSession, tokenizer: Any, chat_template: Any = None,
                  name: str = "model", backend: str = "", weights: str = "",
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, drafter: Drafter | None = None,
-                 draft_tokens: int = DEFAULT_DRAFT_TOKENS):
+                 draft_tokens: int | None = None, drafter_name: str = "none"):
         self.session = session
         self.tokenizer = tokenizer
         self.template = chat_template  # a ChatTemplate (has .render), or None for base models
         self.name, self.backend, self.weights = name, backend, weights
         self.prefill_chunk = prefill_chunk
         self.drafter, self.draft_tokens = drafter, draft_tokens
+        self.drafter_name = drafter_name if drafter is not None else "none"
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, model: str | None = None, backend: str = "onnx", weights: str = "int4",
              threads: int | None = None, progress: bool = True, drafter: str | None = None,
-             draft_tokens: int = DEFAULT_DRAFT_TOKENS, moe: dict | None = None) -> Engine:
+             draft_tokens: int | None = None, moe: dict | None = None) -> Engine:
         """Resolve ``model`` (catalogue name, GGUF file, HF directory; None: the default of
         ``models.choice``), export it to ``backend`` once (cached), and load it
         (``openai:<model>@<url>``: a ``RemoteEngine`` on that server instead). ``threads``
         defaults to the backend's choice (all cores). ``drafter`` (default ``QCODER_DRAFTER``,
-        else none): a model name to draft with, ``"prompt-lookup"`` or ``"none"``. ``moe``:
+        else ``"auto"``): a model name to draft with, ``"prompt-lookup"``,
+        ``"<model>+prompt-lookup"``, ``"none"``, or ``"auto"`` (:func:`auto_drafter`);
+        ``draft_tokens`` pins k (default: adaptive, at most 8). ``moe``:
         the expert cache of a mixture-of-experts model (``expert_ram``, ``policy``,
         ``prefetch``, ``trace``; see :func:`moe_options`), ignored for a dense model."""
         from qcoder_ds.models.chat_template import ChatTemplate
@@ -81,7 +91,9 @@ class Engine:
         text = getattr(tokenizer, "chat_template", None)  # None for base models
         template = ChatTemplate(text, getattr(tokenizer, "special_tokens_map", None)) \
             if text else None
-        drafter = drafter or os.environ.get("QCODER_DRAFTER")
+        drafter = drafter or os.environ.get("QCODER_DRAFTER") or AUTO
+        if drafter.strip().lower() == AUTO:
+            drafter = auto_drafter(getattr(source, "entry", None))
         options = _turn_taking(backend, drafter)
         if source.architecture == "qwen3_moe":
             options.update(moe_options(moe))
@@ -90,7 +102,8 @@ class Engine:
         draft = load_drafter(drafter, session, tokenizer, backend=backend, weights=weights,
                              threads=threads, progress=progress, **options)
         return cls(session, tokenizer, template, name=getattr(source, "name", model),
-                   backend=backend, weights=weights, drafter=draft, draft_tokens=draft_tokens)
+                   backend=backend, weights=weights, drafter=draft, draft_tokens=draft_tokens,
+                   drafter_name=drafter or "none")
 
     @property
     def max_context(self) -> int:
@@ -155,20 +168,44 @@ def moe_options(given: dict | None = None) -> dict:
     return opts
 
 
+def auto_drafter(entry: Any, available: float | None = None) -> str:
+    """The drafter for a model nobody chose one for: its catalogue drafter with prompt lookup
+    (benchmarks/speculative.py: lookup where the answer copies the prompt, as repairs do, the
+    small model elsewhere), prompt lookup alone where memory is short, none for a model with
+    no catalogue drafter (each model's gain is measured before it gets one)."""
+    from qcoder_ds.models.choice import available_gib
+
+    name = getattr(entry, "drafter", None)  # a CatalogueEntry, or None
+    if not name:
+        return "none"
+    gib = available_gib() if available is None else available
+    if gib is not None and gib < DRAFTER_MIN_AVAILABLE_GIB:
+        return PROMPT_LOOKUP
+    return f"{name}+{PROMPT_LOOKUP}"
+
+
+def _model_part(name: str | None) -> str | None:
+    """The model a drafter name loads ("<model>" or "<model>+prompt-lookup"), or None."""
+    if not name or name.lower() in ("none", AUTO) or name == PROMPT_LOOKUP:
+        return None
+    return name.removesuffix(f"+{PROMPT_LOOKUP}")
+
+
 def _turn_taking(backend: str, drafter: str | None) -> dict:
     """Load options for a target and a drafter model that take turns on the same cores: ONNX
     Runtime's threads must not spin-wait between ops, or each session's idle threads hold the
     cores the other one needs."""
-    if backend == "onnx" and drafter and drafter.lower() != "none" and drafter != PROMPT_LOOKUP:
+    if backend == "onnx" and _model_part(drafter):
         return {"spinning": False}
     return {}
 
 
 def load_drafter(name: str | None, target: DecoderSession, tokenizer: Any,
                  **load_options) -> Drafter | None:
-    """The drafter ``name`` asks for, checked against the target: prompt lookup, or a model
-    whose tokenizer encodes like the target's (a draft in other ids would be all rejected).
-    ``load_options`` go to ``load_session`` (backend, weights, threads, progress)."""
+    """The drafter ``name`` asks for, checked against the target: prompt lookup, a model
+    whose tokenizer encodes like the target's (a draft in other ids would be all rejected), or
+    both ("<model>+prompt-lookup"). ``load_options`` go to ``load_session`` (backend, weights,
+    threads, progress)."""
     if not name or name.lower() == "none":
         return None
     if name == PROMPT_LOOKUP:
@@ -176,15 +213,17 @@ def load_drafter(name: str | None, target: DecoderSession, tokenizer: Any,
     from qcoder_ds.models.sources import resolve
     from qcoder_ds.runtime.export import load_session
 
-    source = resolve(name)
+    model = _model_part(name)
+    source = resolve(model)
     if source.tokenizer().encode(_PROBE) != tokenizer.encode(_PROBE):
-        raise QcoderError(f"{name} cannot draft for this model: its tokenizer differs; "
+        raise QcoderError(f"{model} cannot draft for this model: its tokenizer differs; "
                           f"choose a model of the same family or {PROMPT_LOOKUP!r}")
     session = load_session(source, **load_options)
     if session.vocab_size != target.vocab_size:
-        raise QcoderError(f"{name} cannot draft for this model: {session.vocab_size} logits "
+        raise QcoderError(f"{model} cannot draft for this model: {session.vocab_size} logits "
                           f"per token, the model has {target.vocab_size}")
-    return ModelDrafter(session)
+    drafter = ModelDrafter(session)
+    return LookupThenModel(drafter) if model != name else drafter
 
 
 class _Locked:

