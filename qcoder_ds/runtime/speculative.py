@@ -389,9 +389,9 @@ class SpeculativeGeneration(TokenGeneration):
         else:
             first = sample_index(token_probabilities(logits, p, prompt if self._track else ()),
                                  self.rng)
-        self.drafter.prepare(self.prompt_ids, self._check_cancel)
         self.prefill_seconds = time.perf_counter() - t0
         ctx, new = prompt, [first]
+        prepared = False  # the drafter reads the prompt after the first token is out
         while True:
             for tok in new:
                 if tok in self.eos:
@@ -408,6 +408,9 @@ class SpeculativeGeneration(TokenGeneration):
                     return
             self._check_cancel()
             t = time.perf_counter()
+            if not prepared:
+                self.drafter.prepare(self.prompt_ids, self._check_cancel)
+                prepared = True
             new = self._step(ctx)
             self.decode_seconds += time.perf_counter() - t
 
