@@ -2,11 +2,12 @@
 
 One process, one run. Per prompt the modes run interleaved, in an order that rotates each
 round, so a busy machine slows them alike; speed-ups are ratios of decode tok/s within a round.
-Modes: ``plain`` (the model as users get it), ``plain-nospin`` (its threads sleep between ops,
-as they do beside a drafter model), ``drafter-k4`` (the 0.5B, k fixed at 4), ``drafter`` (k
-adaptive), ``lookup`` (prompt lookup, k adaptive), ``both`` (lookup where an n-gram matches,
-the 0.5B elsewhere). llama.cpp (llama-cpp-python) runs the 1.5B's GGUF on the same prompts,
-plain and with its own prompt-lookup drafter (``LlamaPromptLookupDecoding``), for its ratio.
+Modes: ``plain`` (the model without a drafter), ``plain-nospin`` (its threads sleep between
+ops, as they do beside a drafter model), ``drafter-k4`` (the 0.5B, k fixed at 4), ``drafter``
+(k adaptive), ``lookup`` (prompt lookup, k adaptive), ``both`` (lookup where an n-gram
+matches, the 0.5B elsewhere); ``--modes`` picks some. llama.cpp (llama-cpp-python) runs the
+1.5B's GGUF on the same prompts, plain and with its own prompt-lookup drafter
+(``LlamaPromptLookupDecoding``), for its ratio.
 Prompts: a 128-token decode of decode.py's prompt, the copilot's own first prompt for each
 development request of benchmarks/copilot.py, and repair prompts (the copilot asked to fix a
 cell that failed), recorded by running the pipeline with an engine that records instead of
@@ -220,6 +221,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
+    ap.add_argument("--modes", default=None, help="comma-separated subset of the modes "
+                    "(plain always runs)")
     ap.add_argument("--limit", type=int, default=None, help="first N copilot requests only")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -233,7 +236,7 @@ def main() -> int:
     from qcoder_ds.runtime.speculative import DEFAULT_DRAFT_TOKENS, LookupThenModel
 
     rss = {"before": rss_mib()}
-    engine = Engine.load(TARGET, threads=args.threads, progress=False)  # as users get it
+    engine = Engine.load(TARGET, threads=args.threads, progress=False, drafter="none")
     rss["target"] = rss_mib()
     # the target and the drafter as Engine.load(drafter=...) loads them: threads that sleep
     # between ops, since the two sessions take turns on the same cores
@@ -247,6 +250,9 @@ def main() -> int:
              "drafter-k4": (quiet, drafter, 4), "drafter": (quiet, drafter, None),
              "lookup": (engine.session, lookup, None),
              "both": (quiet, LookupThenModel(drafter), None)}
+    if args.modes:
+        keep = {"plain", *args.modes.split(",")}
+        modes = {m: v for m, v in modes.items() if m in keep}
     llama = None if args.no_llama else LlamaCpp(args.threads)
     prompts = [{"name": "128-token decode", "text": PROMPT_TEXT,
                 "params": SamplingParams(max_new_tokens=128), "eos": False}]

@@ -11,10 +11,10 @@ first stream to finish (or be closed / cancelled). Cancelling raises GenerationC
 from the stream (see qcoder_ds.runtime.generate).
 
 Speculative decoding (qcoder_ds.runtime.speculative): a model whose catalogue entry names a
-draft model (the 1.5B: the 0.5B) drafts with it and with prompt lookup unless told otherwise
-(``drafter=``, or ``QCODER_DRAFTER``: a model name, ``"prompt-lookup"``, ``"<model>+prompt-lookup"``
-or ``"none"``). Greedy answers are the model's own greedy tokens (up to the int4 kernels'
-rounding at near ties, see docs/runtime.md); only the speed differs.
+drafter (the 1.5B: prompt lookup) drafts with it unless told otherwise (``drafter=``, or
+``QCODER_DRAFTER``: a model name such as the 0.5B, ``"prompt-lookup"``,
+``"<model>+prompt-lookup"`` or ``"none"``). Greedy answers are the model's own greedy tokens (up
+to the int4 kernels' rounding at near ties, see docs/runtime.md); only the speed differs.
 """
 
 from __future__ import annotations
@@ -37,11 +37,8 @@ from qcoder_ds.runtime.speculative import (
 
 #: the drafter name that needs no model: n-grams of the prompt propose tokens
 PROMPT_LOOKUP = "prompt-lookup"
-#: the drafter a model gets when none is named: its catalogue drafter with prompt lookup
+#: the drafter a model gets when none is named: the one its catalogue entry names
 AUTO = "auto"
-#: memory (GiB available) below which "auto" drafts by prompt lookup alone: the 0.5B beside
-#: the 1.5B costs ~0.5 GiB resident, and its first export peaks near 2 GiB
-DRAFTER_MIN_AVAILABLE_GIB = 3.0
 #: a probe both tokenizers must encode alike before one model drafts for another
 _PROBE = "df.groupby('region')['revenue'].sum()  # 合计\nSELECT name FROM t WHERE x > 1;"
 
@@ -168,20 +165,10 @@ def moe_options(given: dict | None = None) -> dict:
     return opts
 
 
-def auto_drafter(entry: Any, available: float | None = None) -> str:
-    """The drafter for a model nobody chose one for: its catalogue drafter with prompt lookup
-    (benchmarks/speculative.py: lookup where the answer copies the prompt, as repairs do, the
-    small model elsewhere), prompt lookup alone where memory is short, none for a model with
-    no catalogue drafter (each model's gain is measured before it gets one)."""
-    from qcoder_ds.models.choice import available_gib
-
-    name = getattr(entry, "drafter", None)  # a CatalogueEntry, or None
-    if not name:
-        return "none"
-    gib = available_gib() if available is None else available
-    if gib is not None and gib < DRAFTER_MIN_AVAILABLE_GIB:
-        return PROMPT_LOOKUP
-    return f"{name}+{PROMPT_LOOKUP}"
+def auto_drafter(entry: Any) -> str:
+    """The drafter for a model nobody chose one for: the one its catalogue entry names (each
+    chosen by benchmarks/speculative.py on this project's requests), else none."""
+    return getattr(entry, "drafter", None) or "none"  # entry: a CatalogueEntry, or None
 
 
 def _model_part(name: str | None) -> str | None:

