@@ -111,7 +111,7 @@ def run_mode(engine, ids, params, mode: tuple, eos: bool = True) -> dict:
            "finish": gen.finish_reason, "tok_s": len(gen.generated) / seconds}
     if drafter is not None:
         row.update(passes=gen.passes, drafted=gen.drafted, accepted=gen.accepted,
-                   solo_passes=gen.solo_passes, k_median=statistics.median(gen.k_history)
+                   k_median=statistics.median(gen.k_history)
                    if gen.k_history else None)
     return row
 
@@ -199,11 +199,9 @@ def _summarise(name: str, prompt_tokens: int, runs: dict) -> dict:
         row["identical"][mode] = all(r["tokens"] == p["tokens"]
                                      for p, r in zip(plain, rs, strict=True))
         if "drafted" in rs[0]:
-            drafted, accepted, passes, solo = (rs[0][x] for x in ("drafted", "accepted",
-                                                                   "passes", "solo_passes"))
+            drafted, accepted, passes = (rs[0][x] for x in ("drafted", "accepted", "passes"))
             row["acceptance"][mode] = round(accepted / drafted, 3) if drafted else None
-            row["tokens_per_pass"][mode] = round((accepted + passes) / (passes + solo), 2)
-            row.setdefault("one_row_passes", {})[mode] = solo
+            row["tokens_per_pass"][mode] = round((accepted + passes) / passes, 2)
             row.setdefault("k_median", {})[mode] = rs[0]["k_median"]
         if not row["identical"][mode]:
             row.setdefault("first_difference", {})[mode] = _first_difference(plain[0], rs[0])
