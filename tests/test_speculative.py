@@ -263,8 +263,8 @@ def test_prompt_caches_still_serve_a_following_prompt(pair):
 @pytest.mark.parametrize("accepted, drafted, draft_s, verify_s, low, high", [
     (8, 8, 0.0, 1.0, 8, 8),          # free guesses, all kept: the most allowed
     (4, 4, 0.0125, 0.053, 6, 8),     # the 0.5B for the 1.5B on 2 cores, all kept: long drafts
-    (0, 1, 0.0125, 0.04, 1, 1),      # every guess rejected: one at a time
-    (1, 2, 0.4, 0.1, 1, 1),          # a drafter dearer than the model: as short as can be
+    (0, 1, 0.0125, 0.04, 0, 0),      # every guess rejected: no drafts
+    (1, 2, 0.4, 0.1, 0, 0),          # a drafter dearer than the model: no drafts
     (3, 4, 0.004, 0.053, 2, 4),      # three in four kept by a cheap drafter
 ])
 def test_draft_length_follows_acceptance_and_cost(accepted, drafted, draft_s, verify_s,
@@ -273,6 +273,9 @@ def test_draft_length_follows_acceptance_and_cost(accepted, drafted, draft_s, ve
     for _ in range(30):
         length.update(drafted, accepted, draft_s * drafted, verify_s)
     assert low <= length.next() <= high
+    for _ in range(30):  # nothing drafted: the evidence fades back to the prior
+        length.update(0, 0, 0.0, verify_s)
+    assert length.acceptance == pytest.approx(0.8, abs=0.01)
     fixed = DraftLength(3, fixed=True)
     fixed.update(drafted, accepted, draft_s, verify_s)
     assert fixed.next() == 3

@@ -119,21 +119,23 @@ class DraftLength:
     probability a, independently) a step drafting k tokens emits (1 - a^(k+1)) / (1 - a)
     tokens on average (Leviathan et al. 2023, section 3.4). It costs a target pass over k + 1
     rows, V0 + k v seconds (a pass is not free in its rows: on 2 cores the 1.5B's 5-row pass
-    takes 1.5x its one-row pass), plus k drafter steps of D seconds. The k in 1..``most`` with
-    the most tokens per second is chosen; a, D, V0 and v are running estimates (v by least
-    squares over the steps' row counts, a prior until k has varied). ``fixed`` pins k."""
+    takes 1.5x its one-row pass), plus k drafter steps of D seconds. The k in 0..``most`` with
+    the most tokens per second is chosen (0: no draft, a plain one-row step); a, D, V0 and v
+    are running estimates (v by least squares over the steps' row counts, a prior until k has
+    varied). The evidence for a fades with every step, drafted or not, back to a prior of 0.8,
+    so a way of drafting that stopped paying is tried again after a while. ``fixed`` pins k."""
 
     PRIOR_ROW_COST = 0.15  # v / V0 before it is measured
 
     def __init__(self, most: int, fixed: bool = False, decay: float = 0.8):
         self.most, self.fixed, self.decay = max(1, int(most)), fixed, decay
-        self.kept, self.trials = 4.0, 5.0  # prior: a = 0.8
+        self.kept = self.trials = 0.0  # faded counts of guesses kept and of trials
         self.draft_s: float | None = None  # drafter seconds per token
         self._fit = np.zeros(5)  # decayed sums of 1, k, k^2, s, k*s over verifying passes
 
     @property
     def acceptance(self) -> float:
-        return self.kept / self.trials
+        return (self.kept + 0.8) / (self.trials + 1.0)  # prior: one trial, 0.8 kept
 
     def pass_cost(self) -> tuple[float, float]:
         """(V0, v): a verifying pass over k + 1 rows takes V0 + k v seconds."""
@@ -153,10 +155,11 @@ class DraftLength:
         if verify_s > 0:
             self._fit = d * self._fit + np.array([1.0, drafted, drafted ** 2, verify_s,
                                                   drafted * verify_s])
+        self.kept, self.trials = d * self.kept, d * self.trials
         if not drafted:
             return
-        self.kept = d * self.kept + accepted  # each guess a trial; a rejection ends the step
-        self.trials = d * self.trials + accepted + (accepted < drafted)
+        self.kept += accepted  # each guess a trial; a rejection ends the step
+        self.trials += accepted + (accepted < drafted)
         per = draft_s / drafted
         self.draft_s = per if self.draft_s is None else d * self.draft_s + (1 - d) * per
 
@@ -166,7 +169,7 @@ class DraftLength:
         a = min(max(self.acceptance, 0.01), 0.99)
         base, row = self.pass_cost()  # c: a drafted token's cost in one-row passes
         c = (row + (self.draft_s or 0.0)) / base if self._fit[0] > 0 else self.PRIOR_ROW_COST
-        return max(range(1, self.most + 1),
+        return max(range(self.most + 1),
                    key=lambda k: (1 - a ** (k + 1)) / (1 - a) / (1 + k * c))
 
 
