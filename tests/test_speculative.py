@@ -271,13 +271,17 @@ def test_draft_length_follows_acceptance_and_cost(accepted, drafted, draft_s, ve
                                                   low, high):
     length = DraftLength(8)
     for _ in range(30):
-        length.update(drafted, accepted, draft_s * drafted, verify_s)
+        length.update(drafted, drafted, accepted, draft_s * drafted, verify_s)
     assert low <= length.next() <= high
-    for _ in range(30):  # nothing drafted: the evidence fades back to the prior
-        length.update(0, 0, 0.0, verify_s)
+    a = length.acceptance
+    for _ in range(30):  # asked for guesses, none to give (no n-gram matched): no evidence
+        length.update(4, 0, 0, 0.0, verify_s)
+    assert length.acceptance == a
+    for _ in range(30):  # steps skipped (k = 0): the evidence fades back to the prior
+        length.update(0, 0, 0, 0.0, verify_s)
     assert length.acceptance == pytest.approx(0.8, abs=0.01)
     fixed = DraftLength(3, fixed=True)
-    fixed.update(drafted, accepted, draft_s, verify_s)
+    fixed.update(drafted, drafted, accepted, draft_s, verify_s)
     assert fixed.next() == 3
 
 

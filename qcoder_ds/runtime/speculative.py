@@ -122,7 +122,7 @@ class DraftLength:
     takes 1.5x its one-row pass), plus k drafter steps of D seconds. The k in 0..``most`` with
     the most tokens per second is chosen (0: no draft, a plain one-row step); a, D, V0 and v
     are running estimates (v by least squares over the steps' row counts, a prior until k has
-    varied). The evidence for a fades with every step, drafted or not, back to a prior of 0.8,
+    varied). The evidence for a fades with every drafted or skipped step back to a prior of 0.8,
     so a way of drafting that stopped paying is tried again after a while. ``fixed`` pins k."""
 
     PRIOR_ROW_COST = 0.15  # v / V0 before it is measured
@@ -150,12 +150,16 @@ class DraftLength:
         base = max(ss / n - v * sk / n, 1e-9)
         return base, max(v, 0.0)
 
-    def update(self, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+    def update(self, k: int, drafted: int, accepted: int, draft_s: float, step_s: float) -> None:
+        """One step: ``k`` asked for, ``drafted`` proposed, ``accepted`` kept, the drafter's
+        seconds and the rest of the step's (the verifying pass, its checks, the cache cut)."""
         d = self.decay
-        if verify_s > 0:
-            self._fit = d * self._fit + np.array([1.0, drafted, drafted ** 2, verify_s,
-                                                  drafted * verify_s])
-        self.kept, self.trials = d * self.kept, d * self.trials
+        if step_s > 0:
+            self._fit = d * self._fit + np.array([1.0, drafted, drafted ** 2, step_s,
+                                                  drafted * step_s])
+        if k and not drafted:  # nothing to propose (no n-gram matched): no evidence either way
+            return
+        self.kept, self.trials = d * self.kept, d * self.trials  # a skipped step fades it
         if not drafted:
             return
         self.kept += accepted  # each guess a trial; a rejection ends the step
@@ -376,13 +380,12 @@ class SpeculativeGeneration(TokenGeneration):
             self._check_cancel()
         t1 = time.perf_counter()
         rows = s.forward(np.array([ctx[-1], *draft.tokens], dtype=np.int64), all_logits=True)
-        t2 = time.perf_counter()
         new = self._verify(ctx, draft, rows)
         self.passes += 1
         self.drafted += len(draft.tokens)
         self.accepted += len(new) - 1
-        length.update(len(draft.tokens), len(new) - 1, t1 - t0, t2 - t1)
         keep(s, len(ctx) + len(new) - 1, ctx + new, self.prefill_chunk)
+        length.update(k, len(draft.tokens), len(new) - 1, t1 - t0, time.perf_counter() - t1)
         return new
 
     def _verify(self, ctx: list[int], draft: Draft, rows: np.ndarray) -> list[int]:
