@@ -119,8 +119,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"\nIn use when no model is named: {choice.name} ({choice.why}).")
     drafter = _drafter_in_use(choice.name)
     if drafter:
-        print(f"It drafts with {drafter} (speculative decoding: the same greedy answers, "
-              "faster; QCODER_DRAFTER=none turns it off).")
+        print(f"It drafts with {drafter} (speculative decoding: the model's own greedy answers "
+              "up to near ties, faster where an answer copies its prompt; "
+              "QCODER_DRAFTER=none turns it off).")
     print("Also accepted: a GGUF file path, a Hugging Face model directory, a hub id.")
     return 0
 
