@@ -33,8 +33,7 @@ tests' tiny models) the output is plain greedy's exactly.
 k adapts (:class:`DraftLength`): the k that maximises expected tokens per second from the
 running acceptance rate, the drafter's measured cost per token and the verifying pass's cost
 per row (Leviathan et al. 2023, section 3.4), between 0 (a plain step) and the most the caller
-allows; each way
-of drafting (:meth:`LookupThenModel.source`) keeps its own.
+allows; each way of drafting (:meth:`LookupThenModel.source`) keeps its own.
 """
 
 from __future__ import annotations
