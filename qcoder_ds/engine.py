@@ -88,9 +88,7 @@ class Engine:
         text = getattr(tokenizer, "chat_template", None)  # None for base models
         template = ChatTemplate(text, getattr(tokenizer, "special_tokens_map", None)) \
             if text else None
-        drafter = drafter or os.environ.get("QCODER_DRAFTER") or AUTO
-        if drafter.strip().lower() == AUTO:
-            drafter = auto_drafter(getattr(source, "entry", None))
+        drafter = choose_drafter(drafter, getattr(source, "entry", None))
         options = _turn_taking(backend, drafter)
         if source.architecture == "qwen3_moe":
             options.update(moe_options(moe))
@@ -169,6 +167,13 @@ def auto_drafter(entry: Any) -> str:
     """The drafter for a model nobody chose one for: the one its catalogue entry names (each
     chosen by benchmarks/speculative.py on this project's requests), else none."""
     return getattr(entry, "drafter", None) or "none"  # entry: a CatalogueEntry, or None
+
+
+def choose_drafter(named: str | None, entry: Any) -> str:
+    """The drafter name ``Engine.load`` uses: ``named``, else ``QCODER_DRAFTER``, else (and for
+    ``"auto"``) the catalogue entry's (:func:`auto_drafter`)."""
+    name = (named or os.environ.get("QCODER_DRAFTER") or AUTO).strip()
+    return auto_drafter(entry) if name.lower() == AUTO else name
 
 
 def _model_part(name: str | None) -> str | None:

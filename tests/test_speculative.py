@@ -447,3 +447,16 @@ def test_auto_drafter_is_the_catalogues_choice():
     assert auto_drafter(entry("qwen2.5-coder-1.5b-instruct")) == "prompt-lookup"
     assert auto_drafter(entry("qwen2.5-coder-0.5b-instruct")) == "none"  # not measured to pay
     assert auto_drafter(None) == "none"  # a file or directory of one's own
+
+
+def test_a_named_drafter_or_the_environment_overrides_the_catalogue(monkeypatch):
+    from qcoder_ds.engine import choose_drafter
+    from qcoder_ds.models.catalogue import lookup as entry
+
+    big = entry("qwen2.5-coder-1.5b-instruct")
+    monkeypatch.delenv("QCODER_DRAFTER", raising=False)
+    assert choose_drafter(None, big) == choose_drafter("auto", big) == "prompt-lookup"
+    assert choose_drafter("none", big) == "none"
+    monkeypatch.setenv("QCODER_DRAFTER", "qwen2.5-coder-0.5b-instruct")
+    assert choose_drafter(None, big) == "qwen2.5-coder-0.5b-instruct"
+    assert choose_drafter("prompt-lookup", None) == "prompt-lookup"  # named beats the env

@@ -87,17 +87,12 @@ def _in_hub_cache(repo_id: str | None) -> bool:
 
 
 def _drafter_in_use(model: str) -> str | None:
-    """What Engine.load would draft with for ``model`` (QCODER_DRAFTER, else auto)."""
-    import os
-
-    from qcoder_ds.engine import AUTO, auto_drafter
+    """What Engine.load would draft with for ``model``, or None."""
+    from qcoder_ds.engine import choose_drafter
     from qcoder_ds.models.catalogue import lookup
 
-    named = os.environ.get("QCODER_DRAFTER", "").strip() or AUTO
-    if named.lower() != AUTO:
-        return None if named.lower() == "none" else named
-    chosen = auto_drafter(lookup(model))
-    return None if chosen == "none" else chosen
+    chosen = choose_drafter(None, lookup(model))
+    return None if chosen.lower() == "none" else chosen
 
 
 def cmd_list(args: argparse.Namespace) -> int:
