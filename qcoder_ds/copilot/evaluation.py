@@ -342,21 +342,33 @@ def pipeline_answer(copilot: Any, problem: Problem, data_dir: Path, repairs: int
             conn.close()
         ans.total_s = time.perf_counter() - t
         return ans
-    namespace: dict[str, Any] = {}
-    setup = ds1000_setup(problem)
+    ans = copilot.ask(ds1000_request(problem), ds1000_namespace(problem),
+                      ds1000_options(problem, repairs=repairs, samples=samples or 1))
+    ans.total_s = time.perf_counter() - t
+    return ans
+
+
+def ds1000_namespace(problem: Problem) -> dict[str, Any]:
+    """A kernel namespace holding what the problem's own setup code defines."""
     import matplotlib
 
     matplotlib.use("Agg")
-    exec(compile(setup, f"<setup {problem.id}>", "exec"), namespace)  # noqa: S102 - benchmark data
+    namespace: dict[str, Any] = {}
+    exec(compile(ds1000_setup(problem), f"<setup {problem.id}>", "exec"),  # noqa: S102
+         namespace)  # benchmark data, as a user's earlier cells
     import matplotlib.pyplot as plt
 
     plt.close("all")
+    return namespace
+
+
+def ds1000_options(problem: Problem, **kwargs: Any) -> Any:
+    """The copilot's options for a DS-1000 problem: its task and the variable it grades."""
+    from qcoder_ds.copilot.pipeline import Options
+    from qcoder_ds.copilot.tasks import Task
+
     task = Task.PLOT if problem.category == "matplotlib" else Task.PANDAS
-    ans = copilot.ask(ds1000_request(problem), namespace,
-                      Options(task=task, repairs=repairs, samples=samples or 1,
-                              result_name=result_variable(problem)))
-    ans.total_s = time.perf_counter() - t
-    return ans
+    return Options(task=task, result_name=result_variable(problem), **kwargs)
 
 
 # --------------------------------------------------------------------------- the run

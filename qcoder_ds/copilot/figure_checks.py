@@ -197,8 +197,10 @@ def has_legend(cell: Cell) -> Verdict | None:
 
 _BOLD_TARGETS = (("legend title", re.compile(r"\blegend\s+title\b", re.I)),
                  ("title", re.compile(r"\btitle\b", re.I)),
+                 ("tick labels", re.compile(r"\btick\s*labels?\b", re.I)),
                  ("axis label", re.compile(r"\b(?:[xy][- ]?(?:axis\s+)?label|axis\s+labels?)\b",
-                                           re.I)))
+                                           re.I)),
+                 ("labels", re.compile(r"\b(?:labels?|annotations?|texts?)\b", re.I)))
 
 
 def _bold_target(request: str) -> str | None:
@@ -224,14 +226,19 @@ def bold_where_asked(cell: Cell) -> Verdict | None:
     elif target == "title":
         bold = any("title" in (a.get("bold") or []) for a in axes) or \
             any(f.get("suptitle_bold") for f in figs)
-    else:
+    elif target == "tick labels":
+        bold = any("ticklabels" in (a.get("bold") or []) for a in axes)
+    elif target == "axis label":
         bold = any({"xlabel", "ylabel"} & set(a.get("bold") or []) for a in axes)
-    verified = f"the {target} is bold"
+    else:  # pie labels, annotations, any labels: some text of the chart is bold
+        bold = any(a.get("bold") for a in axes)
+    verified = f"the {target} {'are' if target.endswith('s') else 'is'} bold"
     if bold:
         return Verdict(verified)
     return Verdict(verified, [Issue(
-        Kind.PLOT_MISSING, f"the request asks for a bold {target} but it is drawn in normal "
-        "weight; pass fontweight='bold' (for a legend title: "
+        Kind.PLOT_MISSING, f"the request asks for bold {target} but the chart draws them in "
+        "normal weight; pass fontweight='bold' (pie labels: textprops={'weight': 'bold'}; "
+        "a legend title: "
         "title_fontproperties={'weight': 'bold'})")])
 
 
@@ -448,7 +455,267 @@ def tick_sides(cell: Cell) -> Verdict | None:
     return None
 
 
+# --------------------------------------------------------------------------- tick labels
+
+_ROTATE = re.compile(r"\brotat\w*\b(?:\s+(?:the|all))?\s+(?:([xy])[- ]?(?:axis\s+)?(?:tick\s*)?"
+                     r"labels?|([xy])ticks?(?:\s*labels?)?|(?:tick\s*)?labels?)\b(?:[^.;]*?)"
+                     r"(-?\d+(?:\.\d+)?)\s*(?:degrees?|deg\b|°)", re.I)
+
+
+def tick_label_rotation(cell: Cell) -> Verdict | None:
+    """"Rotate the x tick labels 45 degrees" / "rotate the yticklabels to -60 degree": that
+    axis's tick labels are drawn at that angle (x when no axis is named)."""
+    if not _applies(cell):
+        return None
+    for clause in _clauses(cell.request):
+        m = _ROTATE.search(clause)
+        if not m:
+            continue
+        axis = (m.group(1) or m.group(2) or "x").lower()
+        angle = float(m.group(3))
+        verified = f"{axis} tick labels rotated {angle:g}°"
+        got = [a.get(f"{axis}tick_rotation") for a in _axes(cell)]
+        if any(r is not None and abs((r - angle + 180) % 360 - 180) < 0.5 for r in got):
+            return Verdict(verified)
+        drawn = next((r for r in got if r is not None), None)
+        return Verdict(verified, [Issue(
+            Kind.PLOT_MISSING, f"the request asks for the {axis} tick labels at {angle:g} "
+            "degrees but they are drawn " + (f"at {drawn:g}" if drawn is not None else
+                                             "without labels")
+            + f"; use plt.{axis}ticks(rotation={angle:g})")])
+    return None
+
+
+_TICK_PART = re.compile(r"\b(?:([xy])[- ]?(?:ax[ie]s\s+)?|ax[ie]s\s+)?"
+                        r"(tick\s*labels?|ticklabels|ticks)\b", re.I)
+_HIDE = re.compile(r"\b(?:hide|remove|no|without|turn\s+off|don'?t\s+show|do\s+not\s+show|"
+                   r"get\s+rid\s+of|delete)\b", re.I)
+_SHOW = re.compile(r"\b(?:show|display|keep|with)\b", re.I)
+
+
+def _tick_wishes(request: str) -> list[tuple[str, str, bool]]:
+    """(axis "x"/"y"/"both", "ticks"/"labels", shown) for each plain ask to show or hide ticks
+    or tick labels; asks about sides (tick_sides), minor ticks or rotation are left out."""
+    out = []
+    for clause in _clauses(request):
+        if re.search(r"\b(?:top|bottom|left|right|minor|rotat\w*|font|size|colou?r|red|blue)\b",
+                     clause, re.I):
+            continue
+        for part in re.split(r"\b(?:but|and|while)\b|,", clause):
+            for m in _TICK_PART.finditer(part):
+                before = part[:m.start()]
+                if _HIDE.search(before):
+                    shown = False
+                elif _SHOW.search(before):
+                    shown = True
+                else:
+                    continue
+                axis = (m.group(1) or "both").lower()
+                what = "labels" if "label" in m.group(2).lower() else "ticks"
+                out.append((axis, what, shown))
+    return out
+
+
+def tick_visibility(cell: Cell) -> Verdict | None:
+    """"Hide the x axis ticks", "remove the y tick labels", "show axis tick labels": every
+    axes draws (or does not draw) the tick marks or tick labels asked about."""
+    if not _applies(cell):
+        return None
+    wishes = _tick_wishes(cell.request)
+    if not wishes:
+        return None
+    axes = _axes(cell)
+
+    def drawn(a: dict[str, Any], axis: str, what: str) -> bool:
+        if what == "ticks":
+            return any((a.get(f"{axis}axis") or {}).get("ticks") or [])
+        return any((a.get(f"{axis}axis") or {}).get("labels") or []) and \
+            any(t.strip() for t in a.get(f"{axis}ticklabels") or [])
+
+    verified, wrong = [], []
+    for axis, what, shown in wishes:
+        name = ("" if axis == "both" else f"{axis} axis ") + \
+            ("tick labels" if what == "labels" else "ticks")
+        verified.append(("" if shown else "no ") + name)
+        for x in ("x", "y") if axis == "both" else (axis,):
+            if any(drawn(a, x, what) != shown for a in axes):
+                wrong.append((name, shown))
+                break
+    if not wrong:
+        return Verdict("; ".join(verified))
+    name, shown = wrong[0]
+    fix = "plt.tick_params(axis=..., length=0) hides the marks and keeps the labels" \
+        if not shown and "labels" not in name else \
+        "plt.tick_params(axis=..., labelbottom=False/labelleft=False) hides labels" \
+        if not shown else "keep the ticks (do not call set_xticks([]) / set_yticks([]))"
+    return Verdict("; ".join(verified), [Issue(
+        Kind.PLOT_MISSING, f"the request asks for {'' if shown else 'no '}{name} but the "
+        f"axes {'do not draw them' if shown else 'draw them'}; {fix}")])
+
+
+# --------------------------------------------------------------------------- lines and markers
+
+_STYLES = {"dashed": ("--", "-."), "dotted": (":", "-."), "dash-dot": ("-.",),
+           "dashdot": ("-.",), "dash dot": ("-.",)}
+_STYLE = re.compile(r"\b(dash[- ]?dot|dashed|dotted)\b(?:\s+[\w-]+){0,2}?\s+(?:lines?|style)\b|"
+                    r"\b(?:lines?|linestyle|line\s+style)\b(?:\s+[\w-]+){0,3}?\s+"
+                    r"(dash[- ]?dot|dashed|dotted)\b", re.I)
+_MARKERS = {"thin diamond": ("d",), "diamond": ("D", "d"), "star": ("*",), "circle": ("o",),
+            "square": ("s",), "triangle": ("^", "v", "<", ">", "1", "2", "3", "4"),
+            "plus": ("+", "P"), "pentagon": ("p",), "hexagon": ("h", "H"),
+            "cross": ("x", "X")}
+_MARKER = re.compile(r"\b(thin\s+diamond|diamond|star|circle|square|triangle|plus|pentagon|"
+                     r"hexagon|cross)(?:[- ]shaped)?\s+markers?\b|\bmarkers?\s+(?:as\s+|of\s+|"
+                     r"to\s+be\s+)?(?:an?\s+)?(thin\s+diamond|diamond|star|circle|square|"
+                     r"triangle|plus|pentagon|hexagon|cross)s?\b", re.I)
+
+
+def line_style_and_marker(cell: Cell) -> Verdict | None:
+    """"A dashed line" / "with a thin diamond marker": some line of the chart is drawn so.
+    Markers are read from lines only: a chart with scatter collections is not judged."""
+    if not _applies(cell):
+        return None
+    axes = _axes(cell)
+    verified, issues = [], []
+    for clause in _clauses(cell.request):
+        if _GRID_WORDS.search(clause) or re.search(r"\bgrid\b|\bspines?\b|\bframe", clause,
+                                                    re.I):
+            continue
+        m = _STYLE.search(clause)
+        if m and not re.search(rf"{_NEGATE}\s+(?:\w+\s+)?(?:dash|dott)", clause, re.I):
+            word = re.sub(r"[- ]", "-", (m.group(1) or m.group(2)).lower())
+            word = "dash-dot" if word.startswith("dash-") else word
+            want = _STYLES[word]
+            verified.append(f"a {word} line")
+            if not any(ls in want for a in axes for ls in a.get("line_styles") or []):
+                issues.append(Issue(
+                    Kind.PLOT_MISSING, f"the request asks for a {word} line but no line is "
+                    f"drawn {word}; pass linestyle='{want[0]}'"))
+        m = _MARKER.search(clause)
+        if m and not any(a.get("collections") for a in axes):
+            word = " ".join((m.group(1) or m.group(2)).lower().split())
+            want = _MARKERS[word]
+            verified.append(f"{word} markers")
+            if not any(mk in want for a in axes for mk in a.get("markers") or []):
+                issues.append(Issue(
+                    Kind.PLOT_MISSING, f"the request asks for {word} markers but no line "
+                    f"draws them; pass marker='{want[0]}'"))
+    return Verdict("; ".join(verified), issues) if verified else None
+
+
+_REF_LINE = re.compile(r"\b(vertical|horizontal)\s+(?:[\w-]+\s+){0,2}?lines?\b|"
+                       r"\b(?:ax)?([vh])lines?\b|\bax([vh])line\b", re.I)
+
+
+def reference_lines(cell: Cell) -> Verdict | None:
+    """"Draw vertical lines at [0.22, 0.33, 2.2]" / "a horizontal line at the mean": the
+    axes draw that many vertical (horizontal) segments (one when no values are listed)."""
+    if not _applies(cell):
+        return None
+    for clause in _clauses(cell.request):
+        m = _REF_LINE.search(clause)
+        if not m or re.search(r"\bhatch", clause, re.I) or \
+                re.search(rf"{_NEGATE}(?:\s+\w+)?\s+(?:vertical|horizontal)", clause, re.I):
+            continue
+        word = (m.group(1) or "").lower() or \
+            ("vertical" if (m.group(2) or m.group(3)).lower() == "v" else "horizontal")
+        listed = re.findall(r"-?\d+(?:\.\d+)?", clause[m.end():])
+        want = max(1, len(listed)) if re.search(r"\blines\b", m.group(0), re.I) else 1
+        got = sum(a.get(word, 0) for a in _axes(cell))
+        verified = f"{want} {word} line" + ("s" if want > 1 else "")
+        if got >= want:
+            return Verdict(verified)
+        fn = "axvline" if word == "vertical" else "axhline"
+        return Verdict(verified, [Issue(
+            Kind.PLOT_MISSING, f"the request asks for {verified} but the chart draws {got}; use "
+            f"plt.{fn}(...) for each (or plt.{'vlines' if fn == 'axvline' else 'hlines'})")])
+    return None
+
+
+_ANNOTATE = re.compile(r"\bannotat\w*\b|\blabel\s+(?:each|every|all)\s+(?:the\s+)?(?:data\s+)?"
+                       r"(?:points?|bars?|dots?|markers?)\b|\b(?:values?|numbers?|counts?)\s+"
+                       r"(?:on|above|over)\s+(?:each|every|the)\s+(?:bars?|points?)\b", re.I)
+
+
+def annotated(cell: Cell) -> Verdict | None:
+    """"Annotate each data point with its value": the axes carry text annotations (at least
+    two for "each")."""
+    if not _applies(cell):
+        return None
+    for clause in _clauses(cell.request):
+        if not _ANNOTATE.search(clause) or re.search(rf"{_NEGATE}\s+annotat", clause, re.I):
+            continue
+        want = 2 if re.search(r"\b(?:each|every|all)\b", clause, re.I) else 1
+        got = sum(len(a.get("texts") or []) for a in _axes(cell))
+        verified = "annotated points" if want > 1 else "an annotation"
+        if got >= want:
+            return Verdict(verified)
+        return Verdict(verified, [Issue(
+            Kind.PLOT_MISSING, f"the request asks for annotations but the chart has {got} "
+            "text(s) on its axes; use ax.annotate(text, (x, y)) for each point (or "
+            "ax.bar_label for bars)")])
+    return None
+
+
+_FIG_LEGEND = re.compile(r"\bfig(?:ure)?[- ]?(?:level\s+)?legend\b|\bfiglegend\b|"
+                         r"\blegend\s+(?:for|of)\s+the\s+(?:whole\s+)?figure\b", re.I)
+_ONE_LEGEND = re.compile(r"\b(?:single|one|same|shared|common|combined)\s+legend\b", re.I)
+
+
+def one_legend(cell: Cell) -> Verdict | None:
+    """"Put them into a single legend" / "a figure-level legend (figlegend)": one legend
+    holds every labeled series of the figure (and sits on the figure, when asked so)."""
+    if not _applies(cell):
+        return None
+    clauses = list(_clauses(cell.request))
+    figure = any(_FIG_LEGEND.search(c) for c in clauses)
+    single = any(_ONE_LEGEND.search(c) for c in clauses)
+    if not figure and not single:
+        return None
+    legends = [g for g in _legends(cell) if g.get("visible", True)]
+    labels = {t for a in _axes(cell) for t in a.get("series_labels") or []}
+    fig_legends = [g for f in cell.run.figures for g in f.get("legends") or [] if g]
+    verified = "one figure-level legend" if figure else "one legend for every series"
+    if figure and not fig_legends:
+        why = "the figure has no figure-level legend; use fig.legend() (plt.figlegend())"
+    elif len(legends) != 1:
+        why = f"the chart has {len(legends)} legends; draw one legend holding every series " \
+              "(collect the handles of each axes and call legend once)"
+    elif len(legends[0].get("texts") or []) < len(labels):
+        why = f"its legend lists {len(legends[0].get('texts') or [])} of the " \
+              f"{len(labels)} labeled series; pass every line's handle to one legend"
+    else:
+        return Verdict(verified)
+    return Verdict(verified, [Issue(Kind.PLOT_MISSING, "the request asks for one legend "
+                                    f"{'on the figure ' if figure else ''}but {why}")])
+
+
+_FRAMES = re.compile(rf"{_NEGATE}(?:\s+[\w-]+){{0,3}}?\s+(?:frames?|spines?|borders?)\b|"
+                     r"\b(?:frameless|without\s+(?:the\s+)?(?:frames?|spines?|borders?))\b",
+                     re.I)
+
+
+def no_frames(cell: Cell) -> Verdict | None:
+    """"Remove the frames from the subplots" / "hide the spines": no axes draws a spine (a
+    legend's frame is legend_layout's)."""
+    if not _applies(cell):
+        return None
+    if not any(_FRAMES.search(c) and not re.search(r"\blegend", c, re.I)
+               for c in _clauses(cell.request)):
+        return None
+    framed = sum(1 for a in _axes(cell) if a.get("spines", 0))
+    verified = "no axes frame"
+    if not framed:
+        return Verdict(verified)
+    return Verdict(verified, [Issue(
+        Kind.PLOT_MISSING, f"the request asks for no frames but {framed} axes still draw "
+        "their spines; for every axes: ax.spines[:].set_visible(False) (or "
+        "ax.set_frame_on(False))")])
+
+
 #: run after the sandbox, on what the check child reported about the figures
 FIGURE_RULES: tuple[Rule, ...] = (shows_quoted_texts, subplot_layout, has_legend,
                                   bold_where_asked, log_scale, legend_layout, minor_ticks,
-                                  grid_lines, tick_sides)
+                                  grid_lines, tick_sides, tick_label_rotation, tick_visibility,
+                                  line_style_and_marker, reference_lines, annotated,
+                                  one_legend, no_frames)

@@ -211,6 +211,19 @@ class Copilot:
         self._candidates(req)
         return self._finish(req, self._choose(req))
 
+    def check(self, request: str, namespace: Mapping[str, Any], code: str,
+              opts: Options | None = None) -> Answer:
+        """The verdict :meth:`ask` would give ``code`` (a cell or, for SQL, a query) as its
+        answer to ``request``, with no model call: the same fixes, checks and header. A new
+        check is measured with it on recorded answers (``benchmarks/checks_replay.py``)."""
+        req = self._request(request, namespace, opts or Options(), None, None, None)
+        req.prompt = self._prompt(req)
+        fence = "sql" if req.task is Task.SQL else "python"
+        attempt = self._check(f"```{fence}\n{code}\n```", req)
+        req.answer.attempts = req.answer.candidates = [attempt]
+        req.answer.example_matched = self._matches_example(attempt, req.text)
+        return self._finish(req, attempt)
+
     # ---------------------------------------------------------------- stages
 
     def _request(self, text: str, namespace: Mapping[str, Any], opts: Options,

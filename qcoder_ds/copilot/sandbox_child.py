@@ -202,17 +202,65 @@ def _ticks(axis):
             "minor_grid": any(t.gridline.get_visible() for t in minor)}
 
 
+def _straight(ax):
+    """How many vertical and horizontal line segments an axes draws (``axvline``, ``vlines``,
+    a two-point line with one x): "draw vertical lines at ..." is checked on these."""
+    from matplotlib.collections import LineCollection
+
+    segments = []
+    for line in ax.lines:
+        xs, ys = _numbers(line.get_xdata()), _numbers(line.get_ydata())
+        if len(xs) >= 2 and len(xs) == len(ys):
+            segments.append((xs, ys))
+    for c in ax.collections:
+        if isinstance(c, LineCollection):
+            for seg in c.get_segments()[:200]:
+                if len(seg) >= 2:
+                    segments.append(([p[0] for p in seg], [p[1] for p in seg]))
+
+    def flat(values):
+        return max(values) - min(values) <= 1e-9 * max(1.0, abs(values[0]))
+
+    return {"vertical": sum(1 for xs, ys in segments if flat(xs) and not flat(ys)),
+            "horizontal": sum(1 for xs, ys in segments if flat(ys) and not flat(xs))}
+
+
+def _rotation(labels):
+    shown = [t for t in labels if t.get_visible() and t.get_text()]
+    return float(shown[0].get_rotation()) if shown else None
+
+
+def _series_labels(ax):
+    """The labels a legend would list: every artist with a label not starting with "_"."""
+    artists = list(ax.lines) + list(ax.collections) + list(ax.containers) + list(ax.patches)
+    return [str(a.get_label()) for a in artists
+            if not str(a.get_label()).startswith("_")][:30]
+
+
 def _shown(ax):
     """What an axes shows besides its data, for the checks that compare a chart with the
-    request's words: texts, legend, scales, bold texts and the subplot grid it sits in."""
+    request's words: texts, legend, scales, bold texts and the subplot grid it sits in, line
+    styles and markers, tick label rotation, spines and series labels."""
     spec = ax.get_subplotspec() if hasattr(ax, "get_subplotspec") else None
     texts = {"title": ax.title, "xlabel": ax.xaxis.label, "ylabel": ax.yaxis.label}
+    bold = sorted(k for k, t in texts.items() if t.get_text() and _bold(t))
+    if any(t.get_text() and _bold(t) for t in ax.texts):
+        bold.append("texts")
+    if any(t.get_text() and _bold(t) for t in ax.get_xticklabels() + ax.get_yticklabels()):
+        bold.append("ticklabels")
     return {"legend": _legend(ax.get_legend()),
+            "line_styles": [str(line.get_linestyle()) for line in ax.lines[:20]],
+            "markers": [str(line.get_marker()) for line in ax.lines[:20]],
+            "series_labels": _series_labels(ax),
+            "xtick_rotation": _rotation(ax.get_xticklabels()),
+            "ytick_rotation": _rotation(ax.get_yticklabels()),
+            "spines": sum(1 for s in ax.spines.values() if s.get_visible()) if ax.axison else 0,
+            **_straight(ax),
             "texts": [t.get_text() for t in ax.texts][:30],
             "xticklabels": [t.get_text() for t in ax.get_xticklabels()][:60],
             "yticklabels": [t.get_text() for t in ax.get_yticklabels()][:60],
             "xscale": ax.get_xscale(), "yscale": ax.get_yscale(),
-            "bold": sorted(k for k, t in texts.items() if t.get_text() and _bold(t)),
+            "bold": bold,
             "grid": list(spec.get_gridspec().get_geometry()) if spec is not None else None,
             "xaxis": _ticks(ax.xaxis), "yaxis": _ticks(ax.yaxis)}
 

@@ -319,6 +319,14 @@ def check_columns(tree: ast.Module, namespace: Mapping[str, Any]) -> list[Issue]
 
 
 def _maker_name(node: ast.AST) -> str | None:
+    if isinstance(node, ast.UnaryOp):  # -np.random.rand(10)
+        return _maker_name(node.operand)
+    if isinstance(node, ast.BinOp):  # 2 * np.random.rand(10): made-up data, scaled
+        parts = (node.left, node.right)
+        made = [_maker_name(p) for p in parts]
+        if any(made) and all(m or isinstance(p, ast.Constant) for m, p in zip(made, parts)):
+            return next(m for m in made if m)
+        return None
     if isinstance(node, (ast.Dict, ast.List)) and (
             getattr(node, "keys", None) or getattr(node, "elts", None)):
         return "a literal"

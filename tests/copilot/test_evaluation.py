@@ -283,3 +283,37 @@ def test_every_answer_the_pipeline_tried_is_recorded_and_ablated(data_dir, tmp_p
     assert report["final"]["passed"] == 3 and report["first answer"]["passed"] == 2
     assert report["first answer"]["marked_ok"] == 2  # the unrepaired one failed its checks
     assert report["first answer, as written"]["marked_ok"] is None
+
+
+def test_checks_replay_reproduces_recorded_verdicts_and_counts_what_changed(data_dir, tmp_path):
+    """`benchmarks/checks_replay.py` puts recorded answers through today's checks: on the
+    run's own answers it gives the recorded verdicts back; an answer recorded as ok that the
+    checks now refuse is counted as caught (it fails the hidden tests) or a false alarm."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import checks_replay
+
+    piped = KeyedEngine({"How many": ["```sql\nSELECT count(*) FROM animal WHERE legs = 4\n```"],
+                         "Names by": ["```sql\nSELECT name FROM animal ORDER BY legs\n```"],
+                         "9 legs": ["```sql\nSELECT name FROM animal WHERE legs = 9\n```"],
+                         "Sum v": ["```python\nresult = df.groupby('g')['v'].sum()\n```"]})
+    box = Sandbox(Limits(timeout_s=10), prewarm=False)
+    answers = tmp_path / "answers.jsonl"
+    try:
+        ev.evaluate(data_dir, ["spider", "pandas"], None, 0, ["pipeline"], None,
+                    Copilot(piped, box), repairs=0, log=lambda m: None, details=answers)
+    finally:
+        box.close()
+    rows = checks_replay.read_rows(answers)
+    problems = {p.id: p for p in ev.load_spider(data_dir) + ev.load_ds1000(data_dir, "pandas")}
+    report = checks_replay.replay(rows, problems, data_dir, log=lambda m: None)
+    spider = report["categories"]["spider"]
+    assert spider["ok then"] == spider["ok now"] == 3 and spider["ok now, wrong"] == 1
+    assert report["categories"]["pandas"]["ok now"] == 1 and report["changed"] == []
+    # a cell recorded as ok that today's checks refuse: caught, since it fails the tests
+    bad = dict(rows[0], code="SELECT nme FROM animal", passed=False, checked_ok=True)
+    report = checks_replay.replay([bad], problems, data_dir, log=lambda m: None)
+    assert report["categories"]["spider"]["caught"] == 1
+    assert report["changed"][0]["ok_now"] is False and report["changed"][0]["failed_checks"]

@@ -444,3 +444,21 @@ def test_a_chained_inplace_fill_that_pandas_ignores_goes_back(box, sales):
     assert "ChainedAssignmentError" in eng.calls[1][-1]["content"]
     assert "assign the result back" in eng.calls[1][-1]["content"]
     assert ans.checks["no pandas warnings"] == "passed"
+
+
+def test_check_gives_the_verdict_ask_would_without_a_model(box, sales):
+    """`Copilot.check`: the same fixes, run and rules as `ask`, on a cell it is handed."""
+    copilot = Copilot(None, box)  # no engine: a model call would fail
+    one_region = ("import matplotlib.pyplot as plt\n"
+                  "sales[sales['region'] == 'North'].plot.bar(x='date', y='revenue')")
+    ans = copilot.check("total revenue per region as a bar chart", {"sales": sales}, one_region)
+    assert not ans.ok and ans.checks["keeps every region"] == "failed"
+    right = f"import matplotlib.pyplot as plt\n{_GROUPED}.plot.bar()"
+    ans = copilot.check("total revenue per region as a bar chart", {"sales": sales}, right)
+    assert ans.ok and ans.checks["one bar per region"] == "passed"
+    # ask's fixes apply: the made-up copy of the data is dropped before the run
+    ans = copilot.check("total revenue per region", {"sales": sales},
+                        "sales = pd.DataFrame({'region': ['a'], 'revenue': [1]})\n"
+                        "result = sales.groupby('region')['revenue'].sum()",
+                        Options(task=Task.PANDAS))
+    assert ans.ok and "sales = pd.DataFrame" not in ans.cell

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -82,6 +83,20 @@ def test_rebinding_live_data_is_an_error_and_can_be_dropped(ns):
     assert kinds(validate_python("sales = pd.read_csv('sales.csv')", ns)) == ["rebinds-data"]
     # transforming the live data is fine
     assert validate_python("sales = sales.dropna()", ns) == []
+
+
+@pytest.mark.parametrize("line,dropped", [
+    ("y = 2 * np.random.rand(10)", True),  # the user's y replaced by fresh random numbers
+    ("y = -np.random.randn(10)", True),
+    ("y = np.random.rand(10) * 2 + 1", True),
+    ("y = y * 2", False),  # computed from the live value: a transformation
+    ("y = np.cos(x)", False),
+    ("y = 2 * y + np.random.rand(10)", False),  # noise added to the live data
+])
+def test_live_data_replaced_by_scaled_made_up_data(line, dropped):
+    ns = {"y": np.arange(10.0), "x": np.arange(10.0), "np": np}
+    kept, notes = drop_rebinding(line + "\nplt.plot(x, y)", ns)
+    assert (kept == "plt.plot(x, y)") is dropped and bool(notes) is dropped
 
 
 def test_a_live_list_or_string_replaced_by_a_literal_is_dropped(ns):
