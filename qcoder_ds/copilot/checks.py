@@ -573,8 +573,79 @@ def varies_where_compared(cell: Cell) -> Verdict | None:
 #: run before the sandbox (on the code and the request)
 STATIC_RULES: tuple[Rule, ...] = (computes_nothing, assigns_result, filters_group,
                                   varies_where_compared)
+# --------------------------------------------------------------------------- functions
+
+def uncalled_function(tree: ast.Module | None) -> str | None:
+    """The name of the last function the cell defines at top level and never calls, when
+    every parameter has a default (``def f(df=example_df):``): the check calls it so, since a
+    run that only defines it has tested nothing in its body. None otherwise."""
+    if tree is None:
+        return None
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    if not defs:
+        return None
+    fn = defs[-1]
+    args = fn.args
+    if len(args.defaults) < len(args.posonlyargs) + len(args.args) or \
+            any(d is None for d in args.kw_defaults):
+        return None
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    return None if fn.name in used else fn.name
+
+
+# --------------------------------------------------------------------------- the example's columns
+
+_EXAMPLE_FRAME = re.compile(r"^\s*(?:result|expected\w*|desired\w*|output|out|df_out|"
+                            r"df_result)\s*=\s*pd\.DataFrame\(\s*\{", re.M)
+
+
+def example_columns(request: str) -> list[str] | None:
+    """The columns of the result a request writes out as code ("the resulting dataframe
+    should look like so: ``result = pd.DataFrame({"A": [...], "inv_A": [...]})``"), or None.
+    Only the keys are read: the values are often not Python (``e^1``). Input frames
+    (``df = pd.DataFrame(...)``) are not examples of the result."""
+    for m in _EXAMPLE_FRAME.finditer(request):
+        start = request.index("{", m.start())
+        depth, end = 0, None
+        for i, ch in enumerate(request[start:start + 5000], start):
+            depth += ch == "{"
+            depth -= ch == "}"
+            if depth == 0:
+                end = i
+                break
+        if end is None:
+            continue
+        keys = re.findall(r"[{,]\s*([\"'])([^\"'\n]{1,60})\1\s*:", request[start:end + 1])
+        if len(keys) >= 2:
+            return [k.strip() for _, k in keys]
+    return None
+
+
+def has_example_columns(cell: Cell) -> Verdict | None:
+    """A request that writes its result out as a DataFrame gets a result with those columns,
+    in that order (names compared without surrounding spaces)."""
+    if cell.task is not Task.PANDAS or cell.run is None or not cell.run.ok:
+        return None
+    want = example_columns(cell.request)
+    if want is None:
+        return None
+    got = [c.strip() for c in ((cell.run.value or {}).get("columns") or [])]
+    verified = "has the columns of the request's example"
+    if got == want:
+        return Verdict(verified)
+    found = ", ".join(got[:8]) if got else \
+        f"a {(cell.run.value or {}).get('type', 'value')} without columns"
+    missing = [c for c in want if c not in got]
+    return Verdict(verified, [Issue(
+        Kind.EXAMPLE_COLUMNS, f"the request shows a result with the columns {', '.join(want)}; "
+        f"the cell's result has {found}"
+        + (f" (missing: {', '.join(missing[:6])})" if missing else " (another order)")
+        + "; build exactly those columns (keep the existing ones and add the new ones)")])
+
+
 #: run after the sandbox (on what the check child reported)
-RUN_RULES: tuple[Rule, ...] = (run_warnings, one_entry_per_group, varies_where_compared)
+RUN_RULES: tuple[Rule, ...] = (run_warnings, one_entry_per_group, varies_where_compared,
+                               has_example_columns)
 
 
 def apply(rules: tuple[Rule, ...], cell: Cell) -> list[Verdict]:

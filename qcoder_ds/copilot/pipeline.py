@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from qcoder_ds.copilot import context as ctxmod
-from qcoder_ds.copilot.checks import RUN_RULES, STATIC_RULES, Cell, Rule, apply, named_result
+from qcoder_ds.copilot.checks import (
+    RUN_RULES,
+    STATIC_RULES,
+    Cell,
+    Rule,
+    Verdict,
+    apply,
+    named_result,
+    uncalled_function,
+)
 from qcoder_ds.copilot.errors import CopilotError, UnsafeCodeError
 from qcoder_ds.copilot.examples import confirmed, shows_table
 from qcoder_ds.copilot.extract import extract_code, extract_sql
@@ -465,9 +474,15 @@ class Copilot:
         blocking = attempt.errors or (opts.safe and any(i.kind == "unsafe"
                                                         for i in attempt.issues))
         if opts.check and not blocking:
-            attempt.run = self._sandbox(opts.limits).run(code, req.namespace,
-                                                         req.ctx.connections,
-                                                         result_name=opts.result_name)
+            called = None if opts.result_name else uncalled_function(cell.tree)
+            attempt.run = self._sandbox(opts.limits).run(
+                code + (f"\n{called}()" if called else ""), req.namespace,
+                req.ctx.connections, result_name=opts.result_name)
+            if called and attempt.run.ok:
+                attempt.verdicts.append(Verdict(f"called {called}() with its defaults"))
+            elif called:
+                attempt.run.error = (f"calling {called}() with its default arguments failed: "
+                                     f"{attempt.run.error}")
             if attempt.run.ok and req.task is Task.PLOT and not attempt.run.figures:
                 attempt.run.ok = False
                 attempt.run.error = "the cell drew no figure; draw the chart with matplotlib"

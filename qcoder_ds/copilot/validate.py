@@ -62,6 +62,7 @@ class Kind(str, enum.Enum):
     FILTERS_GROUP = "filters-group"  # keeps one value of the column the request groups by
     CONSTANT_PLOT = "constant-plot"  # a comparison drawn with every value the same
     PLOT_MISSING = "plot-missing"  # the chart lacks a text, legend, scale or layout asked for
+    EXAMPLE_COLUMNS = "example-columns"  # the result lacks the columns the request writes out
     CHECK_FAILED = "check-failed"  # a check itself failed on the answer (a bug, reported)
 
     def __str__(self) -> str:
@@ -324,7 +325,8 @@ def _maker_name(node: ast.AST) -> str | None:
     if isinstance(node, ast.BinOp):  # 2 * np.random.rand(10): made-up data, scaled
         parts = (node.left, node.right)
         made = [_maker_name(p) for p in parts]
-        if any(made) and all(m or isinstance(p, ast.Constant) for m, p in zip(made, parts)):
+        if any(made) and all(m or isinstance(p, ast.Constant)
+                             for m, p in zip(made, parts, strict=True)):
             return next(m for m in made if m)
         return None
     if isinstance(node, (ast.Dict, ast.List)) and (

@@ -8,6 +8,7 @@ fields this module asks the child for (``warnings``, ``bar_heights``, ``line_ys`
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import warnings
@@ -26,11 +27,14 @@ from qcoder_ds.copilot.checks import (  # noqa: E402
     Cell,
     assigns_result,
     computes_nothing,
+    example_columns,
     filters_group,
     groupings,
+    has_example_columns,
     named_result,
     one_entry_per_group,
     run_warnings,
+    uncalled_function,
     varies_where_compared,
     warning_entry,
 )
@@ -306,3 +310,46 @@ def test_a_plot_that_compares_nothing_is_not_judged(sales):
     code = _BAR + "plt.plot([0, 1], [5, 5])"
     assert varies_where_compared(cell("draw a horizontal line at 5", code, sales, Task.PLOT,
                                       run=True)) is None
+
+
+@pytest.mark.parametrize("request_,columns", [
+    ('The resulting dataframe should look like so:\nresult = pd.DataFrame({"A": [1, 2], '
+     '"B": [4, 5], "inv_A": [1/1, 1/2], "inv_B": [1/4, 1/5]})', ["A", "B", "inv_A", "inv_B"]),
+    ('result = pd.DataFrame({"A": [1], "exp_A ": [e^1]})', ["A", "exp_A"]),  # not Python
+    ("expected = pd.DataFrame({'city': ['x'], 'n': [2]})", ["city", "n"]),
+    ('df = pd.DataFrame({"A": [1, 2, 3], "B": [4, 5, 6]})', None),  # the input, not a result
+    ("result = pd.DataFrame({'A': [1]})", None),  # one column says too little
+    ("total revenue per region", None),
+])
+def test_example_columns_are_read_from_a_result_written_as_code(request_, columns):
+    assert example_columns(request_) == columns
+
+
+def _ran(value):
+    return RunResult(ok=True, value=value)
+
+
+@pytest.mark.parametrize("value,passes", [
+    ({"type": "DataFrame", "columns": ["A", "B", "inv_A", "inv_B"]}, True),
+    ({"type": "DataFrame", "columns": ["A", "B"]}, False),  # the new columns only replace
+    ({"type": "DataFrame", "columns": ["inv_A", "inv_B", "A", "B"]}, False),
+    ({"type": "Series"}, False),
+])
+def test_a_result_without_the_example_columns_fails(value, passes):
+    request = ('should look like so:\nresult = pd.DataFrame({"A": [1], "B": [4], '
+               '"inv_A": [1/1], "inv_B": [1/4]})')
+    verdict = has_example_columns(Cell(request, "result = df", Task.PANDAS, run=_ran(value)))
+    assert verdict.passed is passes
+    assert passes or verdict.issues[0].kind is Kind.EXAMPLE_COLUMNS
+
+
+@pytest.mark.parametrize("code,name", [
+    ("def f(df=example_df):\n    return df.sum()", "f"),
+    ("def f():\n    return 1", "f"),
+    ("def f(df):\n    return df", None),  # no default: nothing to call it with
+    ("def f(df=example_df, *, k):\n    return df", None),
+    ("def f(df=example_df):\n    return df\nresult = f()", None),  # called already
+    ("x = 1", None),
+])
+def test_a_function_the_cell_never_calls_is_called_with_its_defaults(code, name):
+    assert uncalled_function(ast.parse(code)) == name

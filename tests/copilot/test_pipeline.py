@@ -462,3 +462,18 @@ def test_check_gives_the_verdict_ask_would_without_a_model(box, sales):
                         "result = sales.groupby('region')['revenue'].sum()",
                         Options(task=Task.PANDAS))
     assert ans.ok and "sales = pd.DataFrame" not in ans.cell
+
+
+def test_a_function_answer_is_called_with_its_defaults_when_checked(box, sales):
+    """A cell that only defines `f(df=...)` tested nothing: the check calls it, so an error in
+    its body goes back to the model instead of being called ok."""
+    ns = {"sales": sales, "example_df": sales}
+    broken = fence("def f(df=example_df):\n    return df['revenue'].str.upper()")
+    right = fence("def f(df=example_df):\n    return df.groupby('region')['revenue'].sum()")
+    eng = ScriptedEngine([broken, right])
+    ans = Copilot(eng, box).ask("write a function f(df) that sums revenue per region", ns,
+                                Options(task=Task.PANDAS))
+    assert ans.ok and ans.repairs == 1
+    assert "calling f() with its default arguments failed" in eng.calls[1][-1]["content"]
+    assert ans.checks["called f() with its defaults"] == "passed"
+    assert ans.cell.rstrip().endswith("sum()")  # the call is the check's, not the cell's
