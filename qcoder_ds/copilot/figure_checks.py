@@ -713,9 +713,98 @@ def no_frames(cell: Cell) -> Verdict | None:
         "ax.set_frame_on(False))")])
 
 
+# --------------------------------------------------------------------------- colors
+
+_COLOR_WORDS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black",
+                "white", "gray", "grey", "cyan", "magenta")
+_COLOR = re.compile(r"\b(" + "|".join(_COLOR_WORDS) + r")\b", re.I)
+#: (what the request calls it, its words, the check child's color keys), most specific first
+_PARTS = (
+    ("x axis line", r"\bline\s+of\s+the\s+x[- ]?axis\b|\bx[- ]?axis\s+line\b", ("xspine",)),
+    ("y axis line", r"\bline\s+of\s+the\s+y[- ]?axis\b|\by[- ]?axis\s+line\b", ("yspine",)),
+    ("spines", r"\bspines?\b|\baxis\s+lines\b", ("spines",)),
+    ("x tick labels", r"\bx[- ]?(?:axis\s+)?tick\s*labels?\b|\bxticklabels\b", ("xticklabels",)),
+    ("y tick labels", r"\by[- ]?(?:axis\s+)?tick\s*labels?\b|\byticklabels\b", ("yticklabels",)),
+    ("tick labels", r"\btick\s*labels?\b", ("ticklabels",)),
+    ("x axis ticks", r"\bx[- ]?(?:axis\s+)?ticks\b|\bxticks\b", ("xticks",)),
+    ("y axis ticks", r"\by[- ]?(?:axis\s+)?ticks\b|\byticks\b", ("yticks",)),
+    ("ticks", r"\bticks\b", ("ticks",)),
+    ("x axis label", r"\bx[- ]?(?:axis\s+)?label\b|\bxlabel\b", ("xlabel",)),
+    ("y axis label", r"\by[- ]?(?:axis\s+)?label\b|\bylabel\b", ("ylabel",)),
+    ("axis labels", r"\baxis\s+labels?\b", ("labels",)),
+    ("title", r"\btitle\b", ("title",)),
+    ("bars", r"\bbars?\b", ("bars",)),
+    ("points", r"\b(?:points?|dots?|markers?|scatter)\b", ("points", "markers")),
+    ("line", r"\b(?:lines?|curves?)\b", ("lines",)),
+)
+#: clauses about colors these parts do not report, or about many colors at once
+_NOT_ONE_COLOR = re.compile(r"\b(?:edge|face|background|cmap|colou?r\s*map|colou?rbar|hue|"
+                            r"gradient|legend|hatch|grid|each|different|palette|by)\b", re.I)
+
+
+def color_family(color: str) -> str:
+    """A color's family ("red" for red, tab:red and crimson alike), from its hue, saturation
+    and value: a request's color word and a drawn color agree when their families do."""
+    import colorsys
+
+    from matplotlib.colors import to_rgb
+
+    h, sat, v = colorsys.rgb_to_hsv(*to_rgb(color))
+    if v < 0.2:
+        return "black"
+    if sat < 0.15:
+        return "white" if v > 0.9 else "gray"
+    hue = h * 360
+    for limit, name in ((15, "red"), (40, "orange"), (70, "yellow"), (170, "green"),
+                        (200, "cyan"), (260, "blue"), (310, "purple"), (345, "magenta")):
+        if hue < limit:
+            return name
+    return "red"
+
+
+def _color_asks(request: str) -> list[tuple[str, tuple[str, ...], str]]:
+    """(part, color keys, color word) for each clause that gives one part or several one
+    plain color ("make the x axis ticks and the axis label red")."""
+    out = []
+    for clause in _clauses(request):
+        colors = {c.lower().replace("grey", "gray") for c in _COLOR.findall(clause)}
+        if len(colors) != 1 or _NOT_ONE_COLOR.search(clause) or \
+                re.search(rf"{_NEGATE}", clause, re.I):
+            continue
+        color, rest = colors.pop(), clause
+        for name, words, keys in _PARTS:
+            if re.search(words, rest, re.I):
+                out.append((name, keys, color))
+                rest = re.sub(words, " ", rest, flags=re.I)
+    return out
+
+
+def colors_asked(cell: Cell) -> Verdict | None:
+    """"Make the bars red" / "a green line" / "make the x axis ticks and label red": that part
+    of the chart is drawn in that color's family (tab:red counts as red)."""
+    if not _applies(cell):
+        return None
+    asks = _color_asks(cell.request)
+    if not asks:
+        return None
+    verified, issues = [], []
+    for name, keys, word in asks:
+        want = color_family(word)
+        drawn = [c for a in _axes(cell) for k in keys for c in (a.get("colors") or {}).get(k, [])]
+        verified.append(f"{word} {name}")
+        if any(color_family(c) == want for c in drawn):
+            continue
+        issues.append(Issue(
+            Kind.PLOT_MISSING, f"the request asks for {word} {name} but "
+            + (f"they are drawn {', '.join(sorted({color_family(c) for c in drawn}))}"
+               if drawn else f"the chart has no {name}")
+            + f"; pass color='{word}' where that part is drawn"))
+    return Verdict("; ".join(verified), issues)
+
+
 #: run after the sandbox, on what the check child reported about the figures
 FIGURE_RULES: tuple[Rule, ...] = (shows_quoted_texts, subplot_layout, has_legend,
                                   bold_where_asked, log_scale, legend_layout, minor_ticks,
                                   grid_lines, tick_sides, tick_label_rotation, tick_visibility,
                                   line_style_and_marker, reference_lines, annotated,
-                                  one_legend, no_frames)
+                                  one_legend, no_frames, colors_asked)

@@ -237,6 +237,50 @@ def _series_labels(ax):
             if not str(a.get_label()).startswith("_")][:30]
 
 
+def _hex(color):
+    from matplotlib.colors import to_hex
+
+    try:
+        return to_hex(color)
+    except (ValueError, TypeError):
+        return None
+
+
+def _colors(ax):
+    """The colors of what an axes draws, per part, as hex: lines, bars, collections (scatter
+    points), texts, tick labels and marks, and spines: "make the bars red" is checked on
+    these."""
+    from matplotlib.container import BarContainer
+
+    def first(values):
+        values = list(values)
+        return values[0] if len(values) else None
+
+    bars = [p for c in ax.containers if isinstance(c, BarContainer) for p in c][:200]
+    ticks = {x: getattr(ax, f"{x}axis").get_major_ticks()[:1] for x in "xy"}
+    found = {"lines": [_hex(line.get_color()) for line in ax.lines[:20]],
+             "markers": [_hex(line.get_markerfacecolor()) for line in ax.lines[:20]
+                         if str(line.get_marker()) not in ("None", "", " ")],
+             "bars": [_hex(p.get_facecolor()) for p in bars],
+             "points": [_hex(first(c.get_facecolors())) for c in ax.collections[:20]
+                        if first(c.get_facecolors()) is not None],
+             "title": [_hex(ax.title.get_color())] if ax.get_title() else [],
+             "labels": [_hex(t.get_color()) for t in (ax.xaxis.label, ax.yaxis.label)
+                        if t.get_text()],
+             "ticklabels": [_hex(t.label1.get_color()) for x in "xy" for t in ticks[x]],
+             "ticks": [_hex(t.tick1line.get_color()) for x in "xy" for t in ticks[x]],
+             "spines": [_hex(sp.get_edgecolor()) for sp in ax.spines.values()
+                        if sp.get_visible()]}
+    for x in "xy":
+        found[f"{x}ticklabels"] = [_hex(t.label1.get_color()) for t in ticks[x]]
+        found[f"{x}ticks"] = [_hex(t.tick1line.get_color()) for t in ticks[x]]
+        found[f"{x}label"] = [_hex(getattr(ax, f"{x}axis").label.get_color())]
+        spine = ax.spines.get("bottom" if x == "x" else "left")  # polar axes have none
+        found[f"{x}spine"] = [_hex(spine.get_edgecolor())] \
+            if spine is not None and spine.get_visible() else []
+    return {k: [c for c in v if c] for k, v in found.items()}
+
+
 def _shown(ax):
     """What an axes shows besides its data, for the checks that compare a chart with the
     request's words: texts, legend, scales, bold texts and the subplot grid it sits in, line
@@ -256,6 +300,7 @@ def _shown(ax):
             "ytick_rotation": _rotation(ax.get_yticklabels()),
             "spines": sum(1 for s in ax.spines.values() if s.get_visible()) if ax.axison else 0,
             **_straight(ax),
+            "colors": _colors(ax),
             "texts": [t.get_text() for t in ax.texts][:30],
             "xticklabels": [t.get_text() for t in ax.get_xticklabels()][:60],
             "yticklabels": [t.get_text() for t in ax.get_yticklabels()][:60],
@@ -274,10 +319,16 @@ def _figures(workdir):
         fig.canvas.draw()  # render off-screen: drawing errors surface here
         axes = []
         for ax in fig.get_axes():
-            axes.append({"title": ax.get_title(), "xlabel": ax.get_xlabel(),
-                         "ylabel": ax.get_ylabel(), "lines": len(ax.lines),
-                         "patches": len(ax.patches), "collections": len(ax.collections),
-                         "images": len(ax.images), **_plotted(ax), **_shown(ax)})
+            entry = {"title": ax.get_title(), "xlabel": ax.get_xlabel(),
+                     "ylabel": ax.get_ylabel(), "lines": len(ax.lines),
+                     "patches": len(ax.patches), "collections": len(ax.collections),
+                     "images": len(ax.images)}
+            try:  # what the figure checks read: a kind of axes it cannot read fails no cell
+                entry.update(_plotted(ax))
+                entry.update(_shown(ax))
+            except Exception as e:  # noqa: BLE001
+                entry["unread"] = f"{type(e).__name__}: {e}"[:200]
+            axes.append(entry)
         path = os.path.join(workdir, f"figure{num}.png")
         fig.savefig(path)
         suptitle = getattr(fig, "_suptitle", None)

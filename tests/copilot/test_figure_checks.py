@@ -12,6 +12,8 @@ from qcoder_ds.copilot.figure_checks import (
     annotated,
     asked_subplots,
     bold_where_asked,
+    color_family,
+    colors_asked,
     grid_lines,
     has_legend,
     legend_layout,
@@ -242,6 +244,22 @@ _CASES = [
     (no_frames, "# remove the frames from the subplots", [_axes(spines=0), _axes()], {},
      False),
     (no_frames, "# Remove the border of frame of legend", [_axes()], {}, None),
+    (colors_asked, "make the bars green", [_axes(colors={"bars": ["#2ca02c"] * 3})], {},
+     True),
+    (colors_asked, "make the bars green", [_axes(colors={"bars": ["#1f77b4"] * 3})], {},
+     False),
+    (colors_asked, "make the bars green", [_axes(colors={"lines": ["#008000"]})], {}, False),
+    (colors_asked, "plot y over x with a red dashed line",
+     [_axes(colors={"lines": ["#d62728"]})], {}, True),  # tab:red is red
+    (colors_asked, "# Make both the x axis ticks and the axis label red",
+     [_axes(colors={"xticks": ["#ff0000"], "labels": ["#ff0000"]})], {}, True),
+    (colors_asked, "# Make both the x axis ticks and the axis label red",
+     [_axes(colors={"xticks": ["#000000"], "labels": ["#ff0000"]})], {}, False),
+    (colors_asked, "# Make the line of the x axis red",
+     [_axes(colors={"xspine": ["#000000"], "lines": ["#ff0000"]})], {}, False),
+    (colors_asked, "color the bars by region", [_axes()], {}, None),
+    (colors_asked, "a red line for y and a blue line for z", [_axes()], {}, None),
+    (colors_asked, "use a red colormap for the heatmap", [_axes()], {}, None),
 ]
 
 
@@ -339,6 +357,18 @@ def test_on_figures_the_check_child_drew(box, code, failing):
     ("# Bold the pie labels",
      "plt.figure()\nplt.pie([1, 2], labels=['a', 'b'], textprops={'weight': 'bold'})", True),
     ("# Bold the pie labels", "plt.figure()\nplt.pie([1, 2], labels=['a', 'b'])", False),
+    ("# Make the line of the x axis red", "plt.gca().spines['bottom'].set_color('red')", True),
+    ("# Make the line of the x axis red", "plt.plot(x, x + 1, color='red')", False),
+    ("# Make both the x axis ticks and the axis label red",
+     "plt.xlabel('X', color='red')\nplt.tick_params(axis='x', colors='red')", True),
+    ("# Make both the x axis ticks and the axis label red", "plt.xlabel('X', color='red')",
+     False),
+    ("# draw green bars", "plt.figure()\nplt.bar(['a', 'b'], [1, 2], color='tab:green')", True),
+    ("# draw green bars", "plt.figure()\nplt.bar(['a', 'b'], [1, 2])", False),
+    ("# a scatter plot with black points", "plt.scatter(x, y, c='k')", True),
+    # a polar axes has no bottom spine: reading it must not fail the cell
+    ("# Use polar projection and make a bar plot, show the legend",
+     "plt.figure()\nplt.polar(['a', 'b'], [3, 4], label='h')\nplt.legend()", True),
 ])
 def test_ticks_grid_and_legend_layout_on_real_figures(box, request_, code, passes):
     code = ("import matplotlib.pyplot as plt\nfrom matplotlib.ticker import NullLocator\n"
@@ -364,3 +394,12 @@ def test_a_grid_of_subplots_on_a_real_figure(box):
         verdicts[name] = subplot_layout(Cell(request, code, Task.PLOT, {}, run=run))
     assert not verdicts["four"].passed and "4 of them" in verdicts["four"].issues[0].message
     assert verdicts["full"].passed
+
+
+@pytest.mark.parametrize("color,family", [
+    ("red", "red"), ("tab:red", "red"), ("crimson", "red"), ("#1f77b4", "blue"),
+    ("tab:green", "green"), ("orange", "orange"), ("purple", "purple"), ("black", "black"),
+    ("gray", "gray"), ("white", "white"), ("yellow", "yellow"), ("cyan", "cyan"),
+])
+def test_color_families(color, family):
+    assert color_family(color) == family
