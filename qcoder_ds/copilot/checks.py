@@ -643,9 +643,32 @@ def has_example_columns(cell: Cell) -> Verdict | None:
         + "; build exactly those columns (keep the existing ones and add the new ones)")])
 
 
+# --------------------------------------------------------------------------- all missing
+
+_ASKS_MISSING = re.compile(r"\b(?:nan|nans|null|nulls|missing|none|na|empty)\b", re.I)
+
+
+def not_all_missing(cell: Cell) -> Verdict | None:
+    """A result whose every value is missing (NaN) answers nothing: mostly an index that did
+    not align (``pd.Series(df['v'], index=df['date'])`` reindexes by the dates and finds
+    none). A request that talks about missing values is left alone."""
+    if cell.task is not Task.PANDAS or cell.run is None or not cell.run.ok:
+        return None
+    value = cell.run.value or {}
+    if "all_missing" not in value or _ASKS_MISSING.search(cell.request):
+        return None
+    verified = "the result has values (not all NaN)"
+    if not value["all_missing"]:
+        return Verdict(verified)
+    return Verdict(verified, [Issue(
+        Kind.ALL_MISSING, "every value of the result is NaN: the index probably did not "
+        "align (building a Series or DataFrame from another one with a new index reindexes "
+        "it); use .to_numpy() / .values, or set_index, to keep the values")])
+
+
 #: run after the sandbox (on what the check child reported)
 RUN_RULES: tuple[Rule, ...] = (run_warnings, one_entry_per_group, varies_where_compared,
-                               has_example_columns)
+                               has_example_columns, not_all_missing)
 
 
 def apply(rules: tuple[Rule, ...], cell: Cell) -> list[Verdict]:

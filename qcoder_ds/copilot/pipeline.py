@@ -60,7 +60,7 @@ _ASKS_FUNCTION = re.compile(r"\bdef \w+\(|\bfunction\b", re.I)
 #: why generation stopped when it ran out of room: the answer is cut, not finished
 _CUT = ("length", "context")
 #: verdicts a cell that ran implies, left out of its header
-_IMPLIED = {"computes something"}
+_IMPLIED = {"computes something", "the result has values (not all NaN)"}
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 

@@ -132,6 +132,11 @@ def _describe(value, inputs=frozenset(), inputs_printed=()):
         out["shape"] = list(value.shape)
     if isinstance(value, pd.DataFrame):
         out["columns"] = [str(c) for c in value.columns][:100]
+    if isinstance(value, (pd.DataFrame, pd.Series)) and value.size:
+        try:  # every value missing: mostly an index that did not align
+            out["all_missing"] = bool(value.isna().to_numpy().all())
+        except Exception:  # noqa: BLE001 - a value pandas cannot test: not reported
+            pass
     out["printed"] = _printed(value)
     out["is_input"] = _fingerprint(value) in inputs  # the data, returned unchanged
     if out["printed"]:  # where the request shows the inputs, a match confirms nothing

@@ -63,6 +63,7 @@ class Kind(str, enum.Enum):
     CONSTANT_PLOT = "constant-plot"  # a comparison drawn with every value the same
     PLOT_MISSING = "plot-missing"  # the chart lacks a text, legend, scale or layout asked for
     EXAMPLE_COLUMNS = "example-columns"  # the result lacks the columns the request writes out
+    ALL_MISSING = "all-missing"  # every value of the result is NaN
     CHECK_FAILED = "check-failed"  # a check itself failed on the answer (a bug, reported)
 
     def __str__(self) -> str:

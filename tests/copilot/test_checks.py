@@ -32,6 +32,7 @@ from qcoder_ds.copilot.checks import (  # noqa: E402
     groupings,
     has_example_columns,
     named_result,
+    not_all_missing,
     one_entry_per_group,
     run_warnings,
     uncalled_function,
@@ -353,3 +354,15 @@ def test_a_result_without_the_example_columns_fails(value, passes):
 ])
 def test_a_function_the_cell_never_calls_is_called_with_its_defaults(code, name):
     assert uncalled_function(ast.parse(code)) == name
+
+
+@pytest.mark.parametrize("request_,value,passes", [
+    ("turn df into a series indexed by date", {"all_missing": True}, False),
+    ("turn df into a series indexed by date", {"all_missing": False}, True),
+    ("which rows have missing values in every column", {"all_missing": True}, None),
+    ("turn df into a series indexed by date", {"type": "int"}, None),  # not a frame
+])
+def test_a_result_that_is_all_nan_fails(request_, value, passes):
+    verdict = not_all_missing(Cell(request_, "ts = x", Task.PANDAS, run=_ran(value)))
+    assert (verdict.passed if verdict else None) is passes
+    assert passes is not False or verdict.issues[0].kind is Kind.ALL_MISSING

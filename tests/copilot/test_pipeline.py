@@ -477,3 +477,16 @@ def test_a_function_answer_is_called_with_its_defaults_when_checked(box, sales):
     assert "calling f() with its default arguments failed" in eng.calls[1][-1]["content"]
     assert ans.checks["called f() with its defaults"] == "passed"
     assert ans.cell.rstrip().endswith("sum()")  # the call is the check's, not the cell's
+
+
+def test_a_series_that_lost_its_values_to_the_index_is_not_ok(box):
+    """`pd.Series(df['Value'], index=df['Date'])` reindexes by the dates: every value NaN."""
+    df = pd.DataFrame({"Date": pd.date_range("2016-01-01", periods=5), "Value": range(5)})
+    copilot, ns = Copilot(None, box), {"df": df, "pd": pd}
+    opts = Options(task=Task.PANDAS, result_name="ts")
+    ans = copilot.check("convert df into a series ts of Value indexed by Date", ns,
+                        "ts = pd.Series(df['Value'], index=df['Date'])", opts)
+    assert not ans.ok and ans.checks["the result has values (not all NaN)"] == "failed"
+    ans = copilot.check("convert df into a series ts of Value indexed by Date", ns,
+                        "ts = pd.Series(df['Value'].values, index=df['Date'])", opts)
+    assert ans.ok and "not all NaN" not in ans.summary()  # implied by any result: not listed
