@@ -645,13 +645,17 @@ def has_example_columns(cell: Cell) -> Verdict | None:
 
 # --------------------------------------------------------------------------- all missing
 
-_ASKS_MISSING = re.compile(r"\b(?:nan|nans|null|nulls|missing|none|na|empty)\b", re.I)
+#: a request whose right answer can be all NaN: values set to NaN, an empty column
+_ASKS_MISSING = re.compile(r"\b(?:to|with|as|into|of)\s+(?:nan|nans|null|nulls|none|na|"
+                           r"missing(?:\s+values)?)\b|\bempty\s+(?:column|series|frame)|"
+                           r"\b(?:mask|blank)\w*\b", re.I)
 
 
 def not_all_missing(cell: Cell) -> Verdict | None:
     """A result whose every value is missing (NaN) answers nothing: mostly an index that did
     not align (``pd.Series(df['v'], index=df['date'])`` reindexes by the dates and finds
-    none). A request that talks about missing values is left alone."""
+    none). A request whose answer can be all NaN ("set the values to NaN", "an empty
+    column") is left alone; one that only asks where NaNs come from is not."""
     if cell.task is not Task.PANDAS or cell.run is None or not cell.run.ok:
         return None
     value = cell.run.value or {}

@@ -359,7 +359,9 @@ def test_a_function_the_cell_never_calls_is_called_with_its_defaults(code, name)
 @pytest.mark.parametrize("request_,value,passes", [
     ("turn df into a series indexed by date", {"all_missing": True}, False),
     ("turn df into a series indexed by date", {"all_missing": False}, True),
-    ("which rows have missing values in every column", {"all_missing": True}, None),
+    ("set every value below 0 to NaN", {"all_missing": True}, None),
+    ("add an empty column of missing values", {"all_missing": True}, None),
+    ("the output is all NaN. Where does NaN come from?", {"all_missing": True}, False),
     ("turn df into a series indexed by date", {"type": "int"}, None),  # not a frame
 ])
 def test_a_result_that_is_all_nan_fails(request_, value, passes):
