@@ -802,9 +802,83 @@ def colors_asked(cell: Cell) -> Verdict | None:
     return Verdict("; ".join(verified), issues)
 
 
+# --------------------------------------------------------------------------- axis placement
+
+_LABEL_SIDE = re.compile(r"\b([xy])[- ]?axis\s+label\b(?:\s+[\w-]+){0,3}?\s+(?:on|to|at)\s+the\s+"
+                         r"(top|bottom|left|right)\b", re.I)
+_MOVE_AXIS = re.compile(r"\bmove\s+the\s+([xy])[- ]?axis\b(?:\s+[\w-]+){0,4}?\s+to\s+the\s+"
+                        r"(top|bottom|left|right)\b", re.I)
+
+
+def axis_placement(cell: Cell) -> Verdict | None:
+    """"Show the y axis label on the right" / "move the x-axis to the top": the axis label, or
+    the axis's tick labels, sit on that side."""
+    if not _applies(cell):
+        return None
+    for clause in _clauses(cell.request):
+        for pattern, what in ((_LABEL_SIDE, "label"), (_MOVE_AXIS, "axis")):
+            m = pattern.search(clause)
+            if not m or _SIDES[m.group(2).lower()][0] != m.group(1).lower():
+                continue
+            axis, side = m.group(1).lower(), m.group(2).lower()
+            index = _SIDES[side][1]
+            if what == "label":
+                ok = any((a.get(f"{axis}axis") or {}).get("label_side") == side
+                         for a in _axes(cell))
+                fix = f"ax.{axis}axis.set_label_position('{side}')"
+            else:
+                ok = any(((a.get(f"{axis}axis") or {}).get("labels") or [False, False])[index]
+                         for a in _axes(cell))
+                fix = f"ax.{axis}axis.tick_{side}()"
+            verified = f"the {axis} axis {what if what == 'label' else ''} on the {side}"
+            verified = " ".join(verified.split())
+            if ok:
+                return Verdict(verified)
+            return Verdict(verified, [Issue(
+                Kind.PLOT_MISSING, f"the request asks for {verified} but it is drawn on "
+                f"the other side; use {fix}")])
+    return None
+
+
+_WRAP_TITLE = re.compile(r"\btitle\b[^.]*\b(?:multiple|several|two|2|three)\s+lines\b|"
+                         r"\b(?:wrap|split)\w*\b[^.]*\btitle\b|\btitle\b[^.]*\bwrap\w*", re.I)
+_NO_SCIENTIFIC = re.compile(rf"{_NEGATE}(?:\s+[\w-]+){{0,3}}?\s+scientific\s+notation\b|"
+                            r"\bwithout\s+scientific\s+notation\b|\bplain\s+numbers\b", re.I)
+_SCIENTIFIC = re.compile(r"\d[eE][+-]?\d|\^\{?-?\d|\\times\s*10|×\s*10")
+
+
+def text_forms(cell: Cell) -> Verdict | None:
+    """"Fit the long title into multiple lines": the title has line breaks. "Do not use
+    scientific notation": no tick label or axis offset is written as 1e6, 10^3 or ×10."""
+    if not _applies(cell):
+        return None
+    clauses = list(_clauses(cell.request))
+    verified, issues = [], []
+    if any(_WRAP_TITLE.search(c) for c in clauses):
+        verified.append("the title on several lines")
+        titles = [a.get("title") or "" for a in _axes(cell)] + \
+            [f.get("suptitle") or "" for f in cell.run.figures]
+        if not any("\n" in t for t in titles):
+            issues.append(Issue(Kind.PLOT_MISSING, "the request asks for the title on several "
+                                "lines but it is one line; wrap it (textwrap.fill(title, 60)) "
+                                "before plt.title"))
+    if any(_NO_SCIENTIFIC.search(c) for c in clauses):
+        verified.append("no scientific notation")
+        shown = [t for a in _axes(cell) for t in (a.get("xticklabels") or []) +
+                 (a.get("yticklabels") or [])] + \
+            [(a.get(f"{x}axis") or {}).get("offset") or "" for a in _axes(cell) for x in "xy"]
+        if any(_SCIENTIFIC.search(t) for t in shown):
+            issues.append(Issue(Kind.PLOT_MISSING, "the request asks for plain numbers but "
+                                "the axes write some in scientific notation; use "
+                                "ax.ticklabel_format(style='plain') or, on a log axis, "
+                                "matplotlib.ticker.ScalarFormatter()"))
+    return Verdict("; ".join(verified), issues) if verified else None
+
+
 #: run after the sandbox, on what the check child reported about the figures
 FIGURE_RULES: tuple[Rule, ...] = (shows_quoted_texts, subplot_layout, has_legend,
                                   bold_where_asked, log_scale, legend_layout, minor_ticks,
                                   grid_lines, tick_sides, tick_label_rotation, tick_visibility,
                                   line_style_and_marker, reference_lines, annotated,
-                                  one_legend, no_frames, colors_asked)
+                                  one_legend, no_frames, colors_asked, axis_placement,
+                                  text_forms)

@@ -203,6 +203,8 @@ def _ticks(axis):
             "labels": [any(t.label1.get_visible() for t in major),
                        any(t.label2.get_visible() for t in major)],
             "minor": len(axis.get_minorticklocs()) > 0,
+            "label_side": axis.get_label_position(),
+            "offset": axis.get_offset_text().get_text(),
             "grid": any(t.gridline.get_visible() for t in major),
             "minor_grid": any(t.gridline.get_visible() for t in minor)}
 

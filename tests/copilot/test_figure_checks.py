@@ -11,6 +11,7 @@ from qcoder_ds.copilot.figure_checks import (
     FIGURE_RULES,
     annotated,
     asked_subplots,
+    axis_placement,
     bold_where_asked,
     color_family,
     colors_asked,
@@ -26,6 +27,7 @@ from qcoder_ds.copilot.figure_checks import (
     reference_lines,
     shows_quoted_texts,
     subplot_layout,
+    text_forms,
     tick_label_rotation,
     tick_sides,
     tick_visibility,
@@ -260,6 +262,18 @@ _CASES = [
     (colors_asked, "color the bars by region", [_axes()], {}, None),
     (colors_asked, "a red line for y and a blue line for z", [_axes()], {}, None),
     (colors_asked, "use a red colormap for the heatmap", [_axes()], {}, None),
+    (axis_placement, "# put the x axis label on the top",
+     [_axes(xaxis={**_ticks(), "label_side": "top"})], {}, True),
+    (axis_placement, "# put the x axis label on the top",
+     [_axes(xaxis={**_ticks(), "label_side": "bottom"})], {}, False),
+    (axis_placement, "# put the x axis label on the right", [_axes()], {}, None),  # no such side
+    (text_forms, "# wrap the title", [_axes(title="a\nb")], {}, True),
+    (text_forms, "# do not use scientific notation",
+     [_axes(yticklabels=["0", "1e6"])], {}, False),
+    (text_forms, "# do not use scientific notation",
+     [_axes(yaxis={**_ticks(), "offset": "1e7"})], {}, False),
+    (text_forms, "# do not use scientific notation", [_axes()], {}, True),
+    (text_forms, "plot y over x", [_axes()], {}, None),
 ]
 
 
@@ -367,11 +381,29 @@ def test_on_figures_the_check_child_drew(box, code, failing):
     ("# draw green bars", "plt.figure()\nplt.bar(['a', 'b'], [1, 2])", False),
     ("# a scatter plot with black points", "plt.scatter(x, y, c='k')", True),
     # a polar axes has no bottom spine: reading it must not fail the cell
+    ("# Show y axis ticks on the left and y axis label on the right",
+     "plt.ylabel('Y')\nplt.gca().yaxis.set_label_position('right')", True),
+    ("# Show y axis ticks on the left and y axis label on the right", "plt.ylabel('Y')", False),
+    ("# Move the x-axis of this heatmap to the top of the plot",
+     "plt.gca().xaxis.tick_top()", True),
+    ("# Move the x-axis of this heatmap to the top of the plot",
+     "plt.gca().set_xticks(x)", False),
+    ("# fit a very long title into multiple lines", "plt.title('a long\\ntitle')", True),
+    ("# fit a very long title into multiple lines", "plt.title('a long title')", False),
+    ("# plot on a log-log plot, do not use scientific notation",
+     "plt.loglog(x + 1, x + 1)\nfor ax in (plt.gca().xaxis, plt.gca().yaxis):\n"
+     "    ax.set_major_formatter(ScalarFormatter())", True),
+    ("# plot on a log-log plot, do not use scientific notation", "plt.loglog(x + 1, x + 1)",
+     False),
+    ("# plot big numbers, do not use scientific notation", "plt.plot(x, x * 1e7)", False),
+    ("# plot big numbers, do not use scientific notation",
+     "plt.plot(x, x * 1e7)\nplt.ticklabel_format(style='plain')", True),
     ("# Use polar projection and make a bar plot, show the legend",
      "plt.figure()\nplt.polar(['a', 'b'], [3, 4], label='h')\nplt.legend()", True),
 ])
 def test_ticks_grid_and_legend_layout_on_real_figures(box, request_, code, passes):
-    code = ("import matplotlib.pyplot as plt\nfrom matplotlib.ticker import NullLocator\n"
+    code = ("import matplotlib.pyplot as plt\n"
+            "from matplotlib.ticker import NullLocator, ScalarFormatter\n"
             "plt.plot(x, y, label='y')\nplt.plot(y, x, label='x')\n" + code)
     run = box.run(code, {"x": np.arange(10), "y": np.arange(10)})
     assert run.ok, run.error
