@@ -435,3 +435,18 @@ def test_a_grid_of_subplots_on_a_real_figure(box):
 ])
 def test_color_families(color, family):
     assert color_family(color) == family
+
+
+def test_rules_judge_an_axes_the_child_could_not_read_without_raising():
+    """An axes reported as unread (only its counts) is judged on what is there, never a
+    traceback: every rule, on a request that names every feature."""
+    request = ('# label it "X" on a log scale, a 2 by 2 grid of subplots, bold title, red bars, '
+               "a dashed line with star markers, vertical lines at [1, 2], annotate each point, "
+               "a single legend, remove the frames, rotate the x tick labels 45 degrees, hide "
+               "the y ticks, move the x-axis to the top, wrap the title, do not use scientific "
+               "notation, show minor ticks and grid lines, a two columns legend")
+    unread = {"title": "", "xlabel": "", "ylabel": "", "lines": 1, "patches": 0,
+              "collections": 0, "images": 0, "unread": "KeyError: 'bottom'"}
+    verdicts = [rule(_cell(request, [unread])) for rule in FIGURE_RULES]
+    assert sum(v is not None for v in verdicts) >= 12
+    assert all(not v.passed for v in verdicts if v is not None)  # nothing asked is there
