@@ -166,6 +166,41 @@ CASES = {
          None,
          []),
     ],
+    'anti-join': [
+        ('Which countries have no city called Oslo?',
+         "SELECT T1.Name FROM country AS T1 JOIN city AS T2 ON T1.Code = T2.CountryCode "
+         "WHERE T2.Name <> 'Oslo'",
+         None,
+         [
+          "the request says 'not', but T2.Name <> 'Oslo' (on city, which holds many rows per "
+          "country row): a row passes as soon as one of its joined rows differs. Keep the rows "
+          "that have none: WHERE key NOT IN (SELECT key FROM that table WHERE column = value), "
+          "or EXCEPT"]),
+        ("Names of customers who didn't order 10.5",
+         'SELECT c.name FROM customers AS c JOIN orders AS o ON c.customer_id = o.customer_id '
+         'WHERE o.amount != 10.5',
+         None,
+         [
+          "the request says 'not', but o.amount <> 10.5 (on orders, which holds many rows per "
+          "customers row): a row passes as soon as one of its joined rows differs. Keep the "
+          "rows that have none: WHERE key NOT IN (SELECT key FROM that table WHERE column = "
+          "value), or EXCEPT"]),
+        ('Which countries have a city other than Oslo?',  # no negation asked
+         "SELECT T1.Name FROM country AS T1 JOIN city AS T2 ON T1.Code = T2.CountryCode "
+         "WHERE T2.Name <> 'Oslo'",
+         None,
+         []),
+        ('Cities not in Norway',  # one country per city: <> on it is right
+         "SELECT T2.Name FROM city AS T2 JOIN country AS T1 ON T1.Code = T2.CountryCode "
+         "WHERE T1.Name <> 'Norway'",
+         None,
+         []),
+        ('Which countries have no city called Oslo?',
+         "SELECT Name FROM country WHERE Code NOT IN (SELECT CountryCode FROM city WHERE "
+         "Name = 'Oslo')",
+         None,
+         []),
+    ],
     'outer-pick': [
         ('',
          'SELECT Code FROM country WHERE Name IN (SELECT Continent FROM city)',

@@ -10,6 +10,7 @@ does not hold as written, on the live database, the first that fires deciding.
 from __future__ import annotations
 
 from qcoder_ds.copilot.sql_rules import (
+    anti_join,
     contradiction,
     in_keys,
     join_keys,
@@ -32,6 +33,7 @@ RULES: tuple[Rule, ...] = (
     in_keys.RULE,
     unlinked_joins.RULE,
     contradiction.RULE,
+    anti_join.RULE,  # reads the request's words
     outer_pick.RULE,
     unused_joins.RULE,  # these two read the request's words
     ranking_column.RULE,

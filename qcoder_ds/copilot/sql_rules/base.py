@@ -35,6 +35,7 @@ class SqlKind(str, enum.Enum):
     IN_KEYS = "in-keys"
     UNLINKED_JOINS = "unlinked-joins"
     CONTRADICTION = "contradiction"
+    ANTI_JOIN = "anti-join"
     OUTER_PICK = "outer-pick"
     UNUSED_JOINS = "unused-joins"
     RANKING_COLUMN = "ranking-column"
