@@ -23,7 +23,6 @@ It cannot say what a repair would then have written: that takes a model run.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sqlite3
 import sys
@@ -39,17 +38,8 @@ from qcoder_ds.copilot.tasks import Task
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The pipeline rows of an answers file (plain or gzipped) that recorded a verdict."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted run
-            if row.get("system") == "pipeline" and row.get("checked_ok") is not None:
-                rows.append(row)
-    return rows
+    return [r for r in ev.answer_rows(path)
+            if r.get("system") == "pipeline" and r.get("checked_ok") is not None]
 
 
 def verdict_now(copilot: Copilot, problem: ev.Problem, code: str, data_dir: Path

@@ -22,7 +22,6 @@ be ablated this way (they change what the model writes): those need a run each.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -35,17 +34,7 @@ VARIANTS = ("final", "first answer", "first answer, as written")
 
 def read_answers(path: Path) -> list[dict[str, Any]]:
     """The pipeline rows of an answers file (plain or gzipped) that recorded their steps."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted run
-            if row.get("system") == "pipeline" and row.get("steps"):
-                rows.append(row)
-    return rows
+    return [r for r in ev.answer_rows(path) if r.get("system") == "pipeline" and r.get("steps")]
 
 
 def variants(row: dict[str, Any]) -> dict[str, tuple[str, bool | None]]:

@@ -532,6 +532,20 @@ def _answer_and_grade(p: Problem, system: str, data_dir: Path, engine: Any, copi
             "checked_ok": checked_ok, **({"steps": steps} if steps is not None else {})}
 
 
+def answer_rows(path: Path) -> list[dict[str, Any]]:
+    """Every line of an answers file, plain or gzipped (``.gz``), as written; a line cut
+    short by an interrupted run is skipped. The benchmark replays read recorded runs so."""
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
 def load_answers(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     """The answers an earlier run wrote, by (problem id, system); a line cut short by an
     interruption is skipped, so its problem is asked again."""
