@@ -11,7 +11,10 @@ rules as `Copilot.ask`, no model call) and counts, per category:
 - ``caught``: answers ok then, not ok now, that fail the hidden tests (what a new check buys);
 - ``false alarms``: answers ok then, not ok now, that pass them (what it costs: in a run, a
   repair that may lose a right answer);
-- which check failed each answer it no longer calls ok.
+- which check failed each answer it no longer calls ok;
+- ``changed by fixes``: cells today's fixes rewrite (a SQL value respelled, a line dropped),
+  graded again: ``fixed (now passes)`` and ``broken (now fails)``; the counts above then use
+  the new grade.
 
 It cannot say what a repair would then have written: that takes a model run.
 
@@ -43,10 +46,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def verdict_now(copilot: Copilot, problem: ev.Problem, code: str, data_dir: Path
-                ) -> tuple[bool, list[str]]:
-    """(ok, the checks that failed) for ``code`` as the answer to ``problem`` today."""
+                ) -> tuple[bool, list[str], str]:
+    """(ok, the checks that failed, the cell or query as today's fixes leave it) for ``code``
+    as the answer to ``problem`` today."""
     if not code.strip():
-        return False, ["no code"]
+        return False, ["no code"], code
     if problem.category == "spider":
         db = ev.spider_db(data_dir, problem.extra["db_id"])
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
@@ -57,7 +61,18 @@ def verdict_now(copilot: Copilot, problem: ev.Problem, code: str, data_dir: Path
     else:
         ans = copilot.check(ev.ds1000_request(problem), ev.ds1000_namespace(problem), code,
                             ev.ds1000_options(problem))
-    return ans.ok, [k for k, v in ans.checks.items() if v in ("failed", "not found")]
+    fixed = (ans.sql or "") if problem.category == "spider" else ans.cell
+    return ans.ok, [k for k, v in ans.checks.items() if v in ("failed", "not found")], fixed
+
+
+def passes(problem: ev.Problem, code: str, data_dir: Path) -> bool:
+    """Whether ``code`` passes the problem's hidden tests (Spider: its gold result)."""
+    if not code.strip():
+        return False
+    if problem.category == "spider":
+        db = ev.spider_db(data_dir, problem.extra["db_id"])
+        return ev.spider_match(db, problem.reference, code)[1]
+    return ev.grade_ds1000(problem, ev.as_graded(problem, code))[0]
 
 
 def replay(rows: list[dict[str, Any]], problems: dict[str, ev.Problem], data_dir: Path,
@@ -68,11 +83,17 @@ def replay(rows: list[dict[str, Any]], problems: dict[str, ev.Problem], data_dir
     changed: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
         p = problems[row["id"]]
-        ok_now, failed = verdict_now(copilot, p, row["code"], data_dir)
+        ok_now, failed, fixed = verdict_now(copilot, p, row["code"], data_dir)
         c = per_cat.setdefault(p.category, Counter())
         c["answers"] += 1
         c["ok then"] += bool(row["checked_ok"])
         c["ok then, wrong"] += bool(row["checked_ok"]) and not row["passed"]
+        if fixed.strip() != row["code"].strip():  # today's fixes changed it: grade it again
+            passed_now = passes(p, fixed, data_dir)
+            c["changed by fixes"] += 1
+            c["fixed (now passes)"] += passed_now and not row["passed"]
+            c["broken (now fails)"] += row["passed"] and not passed_now
+            row = dict(row, passed=passed_now)
         c["ok now"] += ok_now
         c["ok now, wrong"] += ok_now and not row["passed"]
         if row["checked_ok"] and not ok_now:

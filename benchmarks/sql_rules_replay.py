@@ -349,7 +349,8 @@ def check(sql: str, info: ConnectionInfo, conn: sqlite3.Connection, request: str
     result = validate_sql(sql, info, request=request)
     first = {"sql": result.sql, "issues": _issues(result.issues), "ok": result.ok}
     if result.ok:
-        looked_up, found = check_values(result.sql, info, conn, budget_s=BUDGET_S)
+        looked_up, found = check_values(result.sql, info, conn, budget_s=BUDGET_S,
+                                        request=request)
         result.issues += found
         if looked_up != result.sql:
             again = validate_sql(looked_up, info, request=request)

@@ -509,7 +509,8 @@ class Copilot:
         if cut:
             result.issues.insert(0, _cut_issue(opts))
         if result.ok and opts.check:
-            looked_up, found = check_values(result.sql, info, req.namespace.get(info.name))
+            looked_up, found = check_values(result.sql, info, req.namespace.get(info.name),
+                                            request=req.text)
             result.issues += found
             if looked_up != result.sql:  # a moved comparison can leave a join with no use
                 again = validate_sql(looked_up, info, request=req.text)

@@ -43,22 +43,29 @@ from qcoder_ds.copilot.validate import Issue
 __all__ = ["Filter", "check_values", "filters"]
 
 
-def check_values(sql: str, info: ConnectionInfo, conn: Any, budget_s: float = 2.0
-                 ) -> tuple[str, list[Issue]]:
+def check_values(sql: str, info: ConnectionInfo, conn: Any, budget_s: float = 2.0,
+                 request: str | None = None) -> tuple[str, list[Issue]]:
     """(``sql`` with misspelled values corrected, issues) for the text values ``sql`` filters
-    on, looked up on ``conn``; a correction is reported as a ``sql-fixed`` warning."""
+    on, looked up on ``conn``; a correction is reported as a ``sql-fixed`` warning. The
+    ``request`` lets a value be respelled as the request names it."""
     if info.kind not in ("sqlite", "duckdb") or not hasattr(conn, "execute"):
         return sql, []
     try:
         tree = sqlglot.parse_one(sql, read=info.dialect)
     except (SqlglotError, RecursionError):  # the base class: TokenError too
         return sql, []
-    ctx = SqlContext(info, conn=conn, lookup=Lookup(conn, info, budget_s))
+    ctx = SqlContext(info, request=request, conn=conn, lookup=Lookup(conn, info, budget_s))
     issues: list[Issue] = []
     for f in filters(tree, info):
-        if f.value in ctx.respell or ctx.lookup.has(f.table, f.column, f.value) is not False:
+        if f.value in ctx.respell:
             continue
-        tree, found = _first_rule(tree, replace(ctx, filter=f))
+        held = ctx.lookup.has(f.table, f.column, f.value)
+        if held is False:
+            tree, found = _first_rule(tree, replace(ctx, filter=f))
+        elif held and request:  # stored, but perhaps not the value the request names
+            tree, found = _apply(sql_rules.VALUE_IN_REQUEST, tree, replace(ctx, filter=f))
+        else:
+            continue
         issues += found
     if not ctx.respell and not any(i.kind == "sql-fixed" for i in issues):
         return sql, issues
@@ -68,10 +75,16 @@ def check_values(sql: str, info: ConnectionInfo, conn: Any, budget_s: float = 2.
 def _first_rule(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, list[Issue]]:
     """The first value rule that fires for ``ctx.filter`` decides it."""
     for rule in sql_rules.VALUE_RULES:
-        tree, fixes = rule.apply(tree, ctx)
-        if fixes:
-            return tree, report(rule, fixes)
+        tree, found = _apply(rule, tree, ctx)
+        if found:
+            return tree, found
     return tree, []
+
+
+def _apply(rule: Any, tree: exp.Expression, ctx: SqlContext
+           ) -> tuple[exp.Expression, list[Issue]]:
+    tree, fixes = rule.apply(tree, ctx)
+    return tree, report(rule, fixes) if fixes else []
 
 
 def _respelled(tree: exp.Expression, spellings: dict[str, str]) -> exp.Expression:

@@ -333,6 +333,21 @@ VALUE_CASES = {
          [],
          {}),
     ],
+    'value-in-request': [
+        # the request names the value the query cut short (its words are in VALUE_REQUESTS)
+        ("SELECT COUNT(*) FROM flights WHERE dest = 'Aber'",
+         None,
+         ["value as the request names it: flights.dest 'Aber' -> 'Aberdeen'"],
+         {'Aber': 'Aberdeen'}),
+        ("SELECT name FROM customers WHERE country = 'U'",  # one letter: too short to tell
+         None,
+         [],
+         {}),
+        ("SELECT name FROM customers WHERE country = 'Mars'",  # the request names no such
+         None,
+         [],
+         {}),
+    ],
     'value-holder': [
         ("SELECT name FROM customers WHERE name = 'uk'",
          "SELECT name FROM customers WHERE country = 'UK'",
@@ -410,14 +425,18 @@ def test_each_scope_rule_alone(db, name, sql, expected, changes):
     assert [f.change for f in fixes] == changes
 
 
+#: the request a value rule's cases answer, for the rules that read it
+VALUE_REQUESTS = {"value-in-request": "How many flights go to Aberdeen, in the UK?"}
+
+
 @pytest.mark.parametrize("name,sql,expected,messages,respelled", [
     (name, *case) for name, cases in VALUE_CASES.items() for case in cases])
 def test_each_value_rule_alone(db, name, sql, expected, messages, respelled):
     rule = rule_named(name)
     conn, info = db
     tree = sqlglot.parse_one(sql, read="sqlite")
-    ctx = SqlContext(info, conn=conn, lookup=Lookup(conn, info, 60.0),
-                     filter=filters(tree, info)[0])
+    ctx = SqlContext(info, request=VALUE_REQUESTS.get(name), conn=conn,
+                     lookup=Lookup(conn, info, 60.0), filter=filters(tree, info)[0])
     out, fixes = rule.apply(tree.copy(), ctx)
     assert _changed(tree, out) == expected
     assert [i.message for i in report(rule, fixes)] == messages

@@ -442,3 +442,23 @@ def test_a_fix_that_fails_leaves_the_query_as_it_was(shop_db, monkeypatch):
            "ON o.order_id = c.customer_id")
     r = validate_sql(sql, info, request="each customer's name and order amounts")
     assert r.ok and r.issues == [] and " ".join(r.sql.split()) == sql
+
+
+@pytest.mark.parametrize("request_text,written,fixed", [
+    ("Count the documents that use the PPT template type.", "PP", "PPT"),  # both stored
+    ("Count the documents that use the PP template type.", "PP", None),  # named as written
+    ("Count the documents that use the PPT template type.", "PPTX", "PPT"),  # not stored
+    ("Count the documents of every template type.", "PP", None),  # names no value
+])
+def test_a_value_is_taken_as_the_request_names_it(request_text, written, fixed):
+    conn = sqlite3.connect(":memory:")
+    conn.executescript("CREATE TABLE templates (id INTEGER PRIMARY KEY, type_code TEXT);"
+                       "INSERT INTO templates VALUES (1, 'PP'), (2, 'PPT'), (3, 'BK');")
+    info = ctxmod.describe_connection("conn", conn)
+    sql = f"SELECT COUNT(*) FROM templates WHERE type_code = '{written}'"
+    out, issues = check_values(sql, info, conn, request=request_text)
+    if fixed is None:
+        assert out == sql and not [i for i in issues if "request names" in i.message]
+    else:
+        assert f"type_code = '{fixed}'" in out
+        assert any(f"'{written}' -> '{fixed}'" in i.message for i in issues)

@@ -43,8 +43,12 @@ RULES: tuple[Rule, ...] = (
 VALUE_RULES: tuple[Rule, ...] = (
     values.STRAY_SPACES,
     values.VALUE_SPELLING,
+    values.VALUE_IN_REQUEST,
     value_holder.RULE,
     values.VALUE_ELSEWHERE,
 )
 
-__all__ = ["RULES", "SCOPE_RULES", "VALUE_RULES", "Fix", "Rule", "SqlContext", "SqlKind"]
+VALUE_IN_REQUEST = values.VALUE_IN_REQUEST  # also tried on stored values (check_values)
+
+__all__ = ["RULES", "SCOPE_RULES", "VALUE_IN_REQUEST", "VALUE_RULES", "Fix", "Rule",
+           "SqlContext", "SqlKind"]

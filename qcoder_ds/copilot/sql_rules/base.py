@@ -41,6 +41,7 @@ class SqlKind(str, enum.Enum):
     RANKING_COLUMN = "ranking-column"
     STRAY_SPACES = "stray-spaces"
     VALUE_SPELLING = "value-spelling"
+    VALUE_IN_REQUEST = "value-in-request"
     VALUE_HOLDER = "value-holder"
     VALUE_ELSEWHERE = "value-elsewhere"
 

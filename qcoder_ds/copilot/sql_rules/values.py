@@ -6,6 +6,8 @@ the first rule that fires for a filter decides it (``VALUE_RULES`` order).
 
 from __future__ import annotations
 
+import re
+
 from sqlglot import exp
 
 from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind, always
@@ -47,6 +49,41 @@ def value_spelling(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expressio
                                               f"{f.value!r} -> {stored!r}")]
 
 
+def _request_phrases(request: str, most_words: int = 4) -> list[str]:
+    """The request's quoted texts and its runs of up to ``most_words`` words: the values it
+    may name ("the PPT template type", 'named "Robbin CV"')."""
+    quoted = [a or b for a, b in re.findall(r'"([^"\n]{1,80})"|\'([^\'\n]{1,80})\'', request)]
+    words = re.findall(r"[\w&.'-]+", request)
+    runs = [" ".join(words[i:i + n]) for n in range(1, most_words + 1)
+            for i in range(len(words) - n + 1)]
+    return list(dict.fromkeys(quoted + runs))
+
+
+def value_in_request(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, list[Fix]]:
+    """A value the request does not name, cut short or padded from one it does
+    (``Template_Type_Code = 'PP'`` for "the PPT template type"), is respelled as the request
+    names it, when exactly one phrase of the request is a stored value of that column that
+    starts with the written value or with which it starts (case ignored, two letters at
+    least). Also when the written value is stored too ('PP' and 'PPT' are both template
+    types): the request said which."""
+    f, look = ctx.filter, ctx.lookup
+    if not ctx.request:
+        return tree, []
+    written = f.value.strip().lower()
+    if len(written) < 2 or re.search(rf"(?<!\w){re.escape(written)}(?!\w)", ctx.request.lower()):
+        return tree, []  # the request names the value as written
+    near = [p for p in _request_phrases(ctx.request)
+            if p.lower() != written and len(p) >= 2 and
+            (p.lower().startswith(written) or written.startswith(p.lower()))]
+    stored = {s for p in near[:40] for s in (look.spellings(f.table, f.column, p) or [])}
+    if len(stored) != 1:
+        return tree, []
+    value = stored.pop()
+    ctx.respell[f.value] = value
+    return tree, [Fix(SqlKind.VALUE_IN_REQUEST, (
+        f"value as the request names it: {f.table}.{f.column} {f.value!r} -> {value!r}"))]
+
+
 def value_elsewhere(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, list[Fix]]:
     """An error naming the other columns that hold the value (``flights.Airline = 'JetBlue
     Airways'``, where ``flights.Airline`` holds ids and ``airlines.Airline`` the name), for
@@ -77,5 +114,6 @@ def _elsewhere(look: Lookup, f: Filter, most: int = 3) -> list[str]:
 STRAY_SPACES = Rule(SqlKind.STRAY_SPACES, stray_spaces, always, issue=Kind.SQL_VALUE,
                     verify=False)
 VALUE_SPELLING = Rule(SqlKind.VALUE_SPELLING, value_spelling, always, verify=False)
+VALUE_IN_REQUEST = Rule(SqlKind.VALUE_IN_REQUEST, value_in_request, always, verify=False)
 VALUE_ELSEWHERE = Rule(SqlKind.VALUE_ELSEWHERE, value_elsewhere, always,
                        issue=Kind.SQL_VALUE, severity="error", verify=False)
