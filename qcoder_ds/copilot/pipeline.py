@@ -307,6 +307,8 @@ class Copilot:
         final = majority(matching or answer.candidates)
         if final is None:
             self._repair(req)
+            # a repaired cell can give the request's example too: say so
+            answer.example_matched = self._matches_example(answer.attempts[-1], req.text)
             return answer.attempts[-1]
         if final is not answer.attempts[0]:
             answer.attempts = [final]

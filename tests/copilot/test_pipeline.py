@@ -257,6 +257,19 @@ def test_a_repair_told_the_result_it_gave_can_reach_the_example(box):
     assert ans.repairs == 1 and not ans.example_repairs
 
 
+def test_a_failing_answer_repaired_into_the_example_is_ok(box):
+    """No candidate runs; the repair that runs gives the example: ok, example matched."""
+    df = pd.DataFrame({"a": [1, 3], "b": [2, 4]})
+    broken = fence("result = df.assign(c=df['a'] + df['z'])")
+    right = fence("result = df.assign(c=df['a'] + df['b'])")
+    eng = ScriptedEngine([broken, broken, right])
+    ans = Copilot(eng, box).ask(_EXAMPLE_REQUEST, {"df": df},
+                                Options(task=Task.PANDAS, example_samples=1, repairs=2,
+                                        result_name="result"))
+    assert ans.repairs == 1 and ans.example_matched and ans.ok
+    assert ans.checks["gives the request's example"] == "passed"
+
+
 def test_repairs_that_miss_the_example_leave_the_chosen_answer(box):
     df = pd.DataFrame({"a": [1, 3], "b": [2, 4]})
     wrong = fence("result = df.assign(c=df['a'] * df['b'])")
