@@ -228,7 +228,7 @@ class Copilot:
         req = self._request(request, namespace, opts or Options(), None, None, None)
         req.prompt = self._prompt(req)
         fence = "sql" if req.task is Task.SQL else "python"
-        attempt = self._check(f"```{fence}\n{code}\n```", req)
+        attempt = self._checked(f"```{fence}\n{code}\n```", req)
         req.answer.attempts = req.answer.candidates = [attempt]
         req.answer.example_matched = self._matches_example(attempt, req.text)
         return self._finish(req, attempt)
@@ -377,8 +377,12 @@ class Copilot:
         the text is a bug to fix, but the user gets a failed check, not a traceback."""
         text, why = self._stream(req, messages, self._params(req.opts, sample, round_),
                                  on_token, self._prefix(req.task))
+        return self._checked(text, req, cut=why in _CUT)
+
+    def _checked(self, text: str, req: Request, cut: bool = False) -> Attempt:
+        """:meth:`_check`, with a check that fails on the text reported as a failed check."""
         try:
-            return self._check(text, req, cut=why in _CUT)
+            return self._check(text, req, cut=cut)
         except CopilotError:
             raise  # the check itself could not start: the message says what to do
         except Exception as e:  # noqa: BLE001 - model text must never become a traceback
