@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from qcoder_ds.copilot import context as ctxmod
+from qcoder_ds.copilot import sql_rows
 from qcoder_ds.copilot.checks import (
     RUN_RULES,
     STATIC_RULES,
@@ -532,7 +533,23 @@ class Copilot:
                                                          req.ctx.connections)
             if attempt.run.unavailable:
                 attempt.run = None  # e.g. a server database: validated, not executed
+            elif attempt.run.ok:
+                self._check_rows(attempt, info, req)
         return attempt
+
+    def _check_rows(self, attempt: Attempt, info: ctxmod.ConnectionInfo, req: Request) -> None:
+        """The fan-out check (``sql_rows``): result rows listed twice, one table's rows
+        repeated by a join. The probe runs only when the result has duplicate rows."""
+        found = sql_rows.probe(attempt.sql or "", info)
+        if found is None:
+            return
+        issue = None
+        if (attempt.run.value or {}).get("duplicate_rows"):
+            run = self._sandbox(req.opts.limits).run(found.cell, req.namespace,
+                                                     req.ctx.connections)
+            issue = sql_rows.verdict_issue(found, run.value if run.ok else None)
+        attempt.verdicts.append(Verdict("each row once", [issue] if issue else []))
+        attempt.issues += [issue] if issue else []
 
     @staticmethod
     def _checks(final: Attempt, opts: Options, task: Task) -> dict[str, str]:
@@ -542,6 +559,7 @@ class Copilot:
         if task is Task.SQL:
             checks["schema"] = "failed" if "sql" in kinds else "passed"
             checks["values"] = "failed" if "sql-value" in kinds else "passed"
+            checks["query logic"] = "failed" if "sql-logic" in kinds else "passed"
         else:
             checks["names"] = "failed" if "undefined-name" in kinds else "passed"
             checks["columns"] = "failed" if "unknown-column" in kinds else "passed"

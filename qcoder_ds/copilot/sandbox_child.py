@@ -132,6 +132,10 @@ def _describe(value, inputs=frozenset(), inputs_printed=()):
         out["shape"] = list(value.shape)
     if isinstance(value, pd.DataFrame):
         out["columns"] = [str(c) for c in value.columns][:100]
+        try:  # rows listed twice: a join that repeats rows (the SQL fan-out check)
+            out["duplicate_rows"] = int(value.duplicated().sum())
+        except Exception:  # noqa: BLE001 - unhashable cells: not reported
+            pass
     if isinstance(value, (pd.DataFrame, pd.Series)) and value.size:
         try:  # every value missing: mostly an index that did not align
             out["all_missing"] = bool(value.isna().to_numpy().all())

@@ -55,6 +55,7 @@ class Kind(str, enum.Enum):
     SQL_FIXED = "sql-fixed"
     PYTHON_FIXED = "python-fixed"
     SQL_VALUE = "sql-value"
+    SQL_LOGIC = "sql-logic"  # a query that resolves and runs but cannot answer the request
     TRUNCATED = "truncated"  # generation ended at the token budget, not at a stop
     COMPUTES_NOTHING = "computes-nothing"  # imports, comments, pass, string literals only
     RUN_WARNING = "run-warning"  # pandas/numpy warned while the cell ran on the sample
@@ -64,6 +65,7 @@ class Kind(str, enum.Enum):
     PLOT_MISSING = "plot-missing"  # the chart lacks a text, legend, scale or layout asked for
     EXAMPLE_COLUMNS = "example-columns"  # the result lacks the columns the request writes out
     ALL_MISSING = "all-missing"  # every value of the result is NaN
+    REPEATED_ROWS = "repeated-rows"  # a join lists one row of the answer's table twice
     CHECK_FAILED = "check-failed"  # a check itself failed on the answer (a bug, reported)
 
     def __str__(self) -> str:

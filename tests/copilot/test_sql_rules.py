@@ -201,6 +201,110 @@ CASES = {
          None,
          []),
     ],
+    'both-asked': [
+        ('Which countries have both a city called Oslo and a city called Bergen?',
+         "SELECT T1.Name FROM country AS T1 JOIN city AS T2 ON T1.Code = T2.CountryCode "
+         "WHERE T2.Name = 'Oslo' OR T2.Name = 'Bergen'",
+         None,
+         ["the request asks for what has both ('both'), but the query tests one row at a "
+          "time, and no row is both. Write one query for each part and INTERSECT them, or "
+          "GROUP BY the thing asked about and keep the groups that have both (HAVING "
+          "COUNT(DISTINCT ...) = 2)"]),
+        ('Which continents are shared by Norway and Japan?',  # a self-join on the key
+         "SELECT T1.Continent FROM country AS T1 JOIN country AS T2 ON T1.Code = T2.Code "
+         "WHERE T1.Name = 'Norway' AND T2.Name = 'Japan'",
+         None,
+         ["the request asks for what has both ('shared'), but the query tests one row at a "
+          "time, and no row is both. Write one query for each part and INTERSECT them, or "
+          "GROUP BY the thing asked about and keep the groups that have both (HAVING "
+          "COUNT(DISTINCT ...) = 2)"]),
+        ('Which countries have both a city called Oslo and a city called Bergen?',
+         "SELECT CountryCode FROM city WHERE Name = 'Oslo' INTERSECT "
+         "SELECT CountryCode FROM city WHERE Name = 'Bergen'",
+         None,
+         []),
+        ('Which countries have both a city called Oslo and a city called Bergen?',
+         "SELECT CountryCode FROM city WHERE Name IN ('Oslo', 'Bergen') GROUP BY CountryCode "
+         "HAVING COUNT(DISTINCT Name) = 2",
+         None,
+         []),
+        ('Which continents are shared by Norway and Japan?',  # pairs rows by a shared value
+         "SELECT T1.Continent FROM country AS T1 JOIN country AS T2 "
+         "ON T1.Continent = T2.Continent WHERE T1.Name = 'Norway' AND T2.Name = 'Japan'",
+         None,
+         []),
+        ('Which countries have both cities and customers?',  # one subquery per part
+         "SELECT Name FROM country WHERE Code IN (SELECT CountryCode FROM city) "
+         "AND Name IN (SELECT country FROM customers)",
+         None,
+         []),
+        ('Show both the name and the continent of each country.',  # two columns, not two rows
+         'SELECT Name, Continent FROM country',
+         None,
+         []),
+    ],
+    'comparison-words': [
+        ('Which customers placed an order under 20?',
+         'SELECT c.name FROM customers AS c JOIN orders AS o ON c.customer_id = o.customer_id '
+         'WHERE o.amount > 20',
+         None,
+         ["the request says 'under 20', but the query tests o.amount > 20: turn the "
+          "comparison around"]),
+        ('Orders of more than 20',  # the number on the left
+         'SELECT order_id FROM orders WHERE 20 > amount',
+         None,
+         ["the request says 'more than 20', but the query tests 20 > amount: turn the "
+          "comparison around"]),
+        ('Orders of more than 20',
+         'SELECT order_id FROM orders WHERE amount > 20',
+         None,
+         []),
+        ('Orders of not more than 20',
+         'SELECT order_id FROM orders WHERE amount <= 20',
+         None,
+         []),
+        ('Customers whose orders are all under 20',  # NOT turns the inner test around
+         'SELECT name FROM customers WHERE NOT customer_id IN '
+         '(SELECT customer_id FROM orders WHERE amount >= 20)',
+         None,
+         []),
+        ('Orders over 10 but under 20',  # each number bounded its own way
+         'SELECT order_id FROM orders WHERE amount > 10 AND amount < 20',
+         None,
+         []),
+    ],
+    'group-filter': [
+        ('Which customers have an average order amount greater than 15?',
+         'SELECT c.name FROM customers AS c JOIN orders AS o ON c.customer_id = o.customer_id '
+         'WHERE o.amount > 15 GROUP BY c.name',
+         None,
+         ["the request bounds a value of each group ('average order amount greater'), but "
+          "the query bounds single rows in WHERE: compare the aggregate in HAVING (GROUP BY "
+          "... HAVING AVG(column) > value)"]),
+        ('Which customers have an average order amount greater than 15?',
+         'SELECT c.name FROM customers AS c JOIN orders AS o ON c.customer_id = o.customer_id '
+         'GROUP BY c.name HAVING AVG(o.amount) > 15',
+         None,
+         []),
+        ('The total amount per customer of the orders over 15',  # a row filter, asked
+         'SELECT customer_id, SUM(amount) FROM orders WHERE amount > 15 GROUP BY customer_id',
+         None,
+         []),
+    ],
+    'join-itself': [
+        ('How many flights does each customer have?',
+         'SELECT c.name, COUNT(*) FROM customers AS c JOIN flights AS f ON f.code = f.code '
+         'GROUP BY c.name',
+         None,
+         ['ON f.code = f.code compares a column with itself, so every row pairs with every '
+          'row of the other table. Join on the columns that link the two tables; where no '
+          'column of one refers to the other, join the table that links them too']),
+        ('How many orders does each customer have?',
+         'SELECT c.name, COUNT(*) FROM customers AS c JOIN orders AS o '
+         'ON c.customer_id = o.customer_id GROUP BY c.name',
+         None,
+         []),
+    ],
     'outer-pick': [
         ('',
          'SELECT Code FROM country WHERE Name IN (SELECT Continent FROM city)',

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from qcoder_ds.copilot.sql_rules import (
     anti_join,
+    both_asked,
+    comparison_words,
     contradiction,
+    group_filter,
     in_keys,
+    join_itself,
     join_keys,
     outer_pick,
     quoted_strings,
@@ -33,7 +37,11 @@ RULES: tuple[Rule, ...] = (
     in_keys.RULE,
     unlinked_joins.RULE,
     contradiction.RULE,
-    anti_join.RULE,  # reads the request's words
+    anti_join.RULE,  # these four read the request's words
+    both_asked.RULE,
+    comparison_words.RULE,
+    group_filter.RULE,
+    join_itself.RULE,  # after join_keys, which fixes those it can
     outer_pick.RULE,
     unused_joins.RULE,  # these two read the request's words
     ranking_column.RULE,

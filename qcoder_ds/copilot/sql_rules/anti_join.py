@@ -58,7 +58,7 @@ def _many_side_negation(select: exp.Select, ctx: SqlContext) -> str | None:
     return None
 
 
-RULE = Rule(SqlKind.ANTI_JOIN, anti_join, resolves, issue=Kind.SQL, severity="error",
+RULE = Rule(SqlKind.ANTI_JOIN, anti_join, resolves, issue=Kind.SQL_LOGIC, severity="error",
             verify=False,
             message="the request says 'not', but {}: a row passes as soon as one of its joined "
                     "rows differs. Keep the rows that have none: WHERE key NOT IN (SELECT key "

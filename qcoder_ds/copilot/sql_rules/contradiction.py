@@ -66,7 +66,7 @@ def _collect(c: exp.Expression, equal: dict[str, set[str]], low: dict[str, Bound
         high[key] = min(high.get(key, bound), bound, key=lambda b: (b[0], not b[1]))
 
 
-RULE = Rule(SqlKind.CONTRADICTION, contradiction, resolves, issue=Kind.SQL, severity="error",
+RULE = Rule(SqlKind.CONTRADICTION, contradiction, resolves, issue=Kind.SQL_LOGIC, severity="error",
             verify=False,
             message="the WHERE clause can never be true: {} (a row holds one value). For rows "
                     "matching either, use OR or IN; for what has both, INTERSECT two queries")

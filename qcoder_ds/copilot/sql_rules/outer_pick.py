@@ -38,5 +38,5 @@ def _first_error(state: State, ctx: SqlContext) -> bool:
     return resolves(state, ctx) and SqlKind.CONTRADICTION not in state.fired
 
 
-RULE = Rule(SqlKind.OUTER_PICK, outer_pick, _first_error, issue=Kind.SQL, severity="error",
+RULE = Rule(SqlKind.OUTER_PICK, outer_pick, _first_error, issue=Kind.SQL_LOGIC, severity="error",
             verify=False)

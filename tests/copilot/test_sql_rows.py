@@ -1,0 +1,112 @@
+"""The fan-out check: a join that lists one row of the answer's table more than once.
+
+Which queries get the probe is a table of cases; whether a result's duplicate rows are one
+row repeated by the join or equal values of different rows is told by the real database, in
+the sandbox, through ``Copilot.check`` as ``ask`` runs it.
+"""
+
+import sqlite3
+
+import pytest
+
+from qcoder_ds.copilot.context import describe_connection
+from qcoder_ds.copilot.pipeline import Copilot, Options
+from qcoder_ds.copilot.sandbox import Limits
+from qcoder_ds.copilot.sql_rows import probe
+from qcoder_ds.copilot.tasks import Task
+
+DB = """
+    CREATE TABLE country (Code TEXT PRIMARY KEY, Name TEXT, Region TEXT);
+    CREATE TABLE language (CountryCode TEXT REFERENCES country(Code), Language TEXT);
+    CREATE TABLE paragraph (id INTEGER PRIMARY KEY, doc INTEGER, text TEXT);
+    CREATE TABLE document (id INTEGER PRIMARY KEY, name TEXT);
+    INSERT INTO country VALUES ('NLD', 'Netherlands', 'Western Europe'),
+                               ('BEL', 'Belgium', 'Western Europe'),
+                               ('ABW', 'Aruba', 'Caribbean');
+    INSERT INTO language VALUES ('NLD', 'Dutch'), ('NLD', 'English'), ('BEL', 'Dutch'),
+                                ('ABW', 'Dutch'), ('ABW', 'English');
+    INSERT INTO document VALUES (1, 'Reviews');
+    INSERT INTO paragraph VALUES (1, 1, 'Korea'), (2, 1, 'Korea'), (3, 1, 'Japan');
+"""
+
+REPEATS = ("SELECT T1.Name FROM country AS T1 JOIN language AS T2 ON T1.Code = T2.CountryCode "
+           "WHERE T2.Language = 'Dutch' OR T2.Language = 'English'")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    path = tmp_path_factory.mktemp("db") / "world.sqlite"
+    conn = sqlite3.connect(path, check_same_thread=False)
+    conn.executescript(DB)
+    conn.commit()
+    yield conn
+    conn.close()
+
+
+@pytest.mark.parametrize("sql,table", [
+    (REPEATS, "country"),
+    ("SELECT T2.Language FROM country AS T1 JOIN language AS T2 ON T1.Code = T2.CountryCode",
+     "language"),
+    ("SELECT DISTINCT T1.Name FROM country AS T1 JOIN language AS T2 "
+     "ON T1.Code = T2.CountryCode", None),
+    ("SELECT Name FROM country", None),  # no join
+    ("SELECT T1.Name, COUNT(*) FROM country AS T1 JOIN language AS T2 "
+     "ON T1.Code = T2.CountryCode GROUP BY T1.Name", None),
+    ("SELECT T1.Name, T2.Language FROM country AS T1 JOIN language AS T2 "
+     "ON T1.Code = T2.CountryCode", None),  # columns of two tables: each pair is a row
+    ("SELECT T1.Name FROM country AS T1 JOIN language AS T2 ON T1.Code = T2.CountryCode "
+     "LIMIT 1", None),
+    ("SELECT Name FROM country AS T1 JOIN language AS T2 ON T1.Code = T2.CountryCode",
+     None),  # an unqualified column: its table is not read here
+])
+def test_which_queries_get_the_probe(world, sql, table):
+    found = probe(sql, describe_connection("conn", world))
+    assert (found.table if found else None) == table
+    if found:
+        assert "COUNT(DISTINCT T1.rowid)" in found.cell or "COUNT(DISTINCT T2.rowid)" in \
+            found.cell
+
+
+@pytest.fixture(scope="module")
+def copilot():
+    c = Copilot(None)  # no engine: a model call would fail
+    yield c
+    if c.sandbox is not None:
+        c.sandbox.close()
+
+
+def check(copilot, conn, request, sql):
+    return copilot.check(request, {"conn": conn}, sql,
+                         Options(task=Task.SQL, limits=Limits(timeout_s=10)))
+
+
+def test_a_join_that_repeats_rows_is_not_ok(copilot, world):
+    ans = check(copilot, world, "Which countries speak Dutch or English?", REPEATS)
+    assert not ans.ok
+    assert ans.checks["each row once"] == "failed"
+    assert ans.checks["ran on sample"] == "passed"  # it runs: only the probe tells
+    issue = next(i for i in ans.attempts[-1].issues if i.kind == "repeated-rows")
+    assert "the join lists rows of country more than once: 5 rows come from 3 rows" in \
+        issue.message
+
+
+def test_distinct_rows_with_equal_values_pass(copilot, world):
+    # two paragraphs say "Korea": equal values, different rows, nothing repeated by the join
+    ans = check(copilot, world, "Paragraph texts of the document Reviews",
+                "SELECT T1.text FROM paragraph AS T1 JOIN document AS T2 ON T1.doc = T2.id "
+                "WHERE T2.name = 'Reviews'")
+    assert ans.ok and ans.checks["each row once"] == "passed"
+
+
+def test_distinct_fixes_it(copilot, world):
+    ans = check(copilot, world, "Which countries speak Dutch or English?",
+                REPEATS.replace("SELECT", "SELECT DISTINCT", 1))
+    assert ans.ok and "each row once" not in ans.checks
+
+
+def test_a_logic_error_is_reported_as_one_not_as_the_schema(copilot, world):
+    ans = check(copilot, world, "Countries in both regions",
+                "SELECT Name FROM country WHERE Region = 'Caribbean' AND "
+                "Region = 'Western Europe'")
+    assert not ans.ok
+    assert ans.checks["query logic"] == "failed" and ans.checks["schema"] == "passed"
