@@ -31,6 +31,9 @@ DB = """
     CREATE TABLE country (Code TEXT PRIMARY KEY, Name TEXT, Continent TEXT);
     CREATE TABLE city (Name TEXT, CountryCode TEXT REFERENCES country(Code));
     CREATE TABLE flights (code TEXT, dest TEXT);
+    CREATE TABLE owner (owner_id INTEGER PRIMARY KEY, name TEXT, age INTEGER);
+    CREATE TABLE pet (pet_id INTEGER PRIMARY KEY, owner_id INTEGER REFERENCES owner(owner_id),
+                      pet_type TEXT, pet_age INTEGER);
     INSERT INTO customers VALUES (1, 'Ada', 'UK'), (2, 'Linus', 'FI'), (3, 'Grace', 'US');
     INSERT INTO orders VALUES (1, 1, 10.5, '2023-01-02'), (2, 1, 20.0, '2023-02-03'),
                               (3, 2, 7.25, '2023-03-04'), (4, 3, 99.0, '2022-12-31');
@@ -288,6 +291,45 @@ CASES = {
          []),
         ('The total amount per customer of the orders over 15',  # a row filter, asked
          'SELECT customer_id, SUM(amount) FROM orders WHERE amount > 15 GROUP BY customer_id',
+         None,
+         []),
+    ],
+    'borrowed-column': [
+        ('How old is the youngest dog?',
+         "SELECT T2.age FROM pet AS T1 JOIN owner AS T2 ON T1.owner_id = T2.owner_id "
+         "WHERE T1.pet_type = 'dog' ORDER BY T2.age LIMIT 1",
+         None,
+         ["T2.age is owner's age, but pet has its own (pet.pet_age), and the request does not "
+          "name owner: read the attribute from the table the request is about"]),
+        ('How old is the youngest owner of a dog?',  # the owner is named: their age is meant
+         "SELECT T2.age FROM pet AS T1 JOIN owner AS T2 ON T1.owner_id = T2.owner_id "
+         "WHERE T1.pet_type = 'dog' ORDER BY T2.age LIMIT 1",
+         None,
+         []),
+        ('How old is the youngest dog?',
+         "SELECT T1.pet_age FROM pet AS T1 JOIN owner AS T2 ON T1.owner_id = T2.owner_id "
+         "WHERE T1.pet_type = 'dog' ORDER BY T1.pet_age LIMIT 1",
+         None,
+         []),
+        ('Names of the pets of each type',  # name and type are every table's words
+         "SELECT T2.name FROM pet AS T1 JOIN owner AS T2 ON T1.owner_id = T2.owner_id",
+         None,
+         []),
+    ],
+    'echoes-filter': [
+        ("Who are Ada's orders for?",
+         "SELECT c.name FROM customers AS c JOIN orders AS o ON c.customer_id = o.customer_id "
+         "WHERE c.name = 'Ada'",
+         None,
+         ["the query selects only c.name, which its WHERE clause sets to the request's own "
+          "value, so it can only return that value. Select what the request asks about "
+          "(another column, or the rows of a joined table)"]),
+        ("What country is Ada from?",
+         "SELECT country FROM customers WHERE name = 'Ada'",
+         None,
+         []),
+        ("Customers from the UK and their country",  # another column beside it
+         "SELECT name, country FROM customers WHERE country = 'UK'",
          None,
          []),
     ],

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from qcoder_ds.copilot.sql_rules import (
     anti_join,
+    borrowed_column,
     both_asked,
     comparison_words,
     contradiction,
+    echoes_filter,
     group_filter,
     in_keys,
     join_itself,
@@ -37,10 +39,12 @@ RULES: tuple[Rule, ...] = (
     in_keys.RULE,
     unlinked_joins.RULE,
     contradiction.RULE,
-    anti_join.RULE,  # these four read the request's words
+    anti_join.RULE,  # these five read the request's words
     both_asked.RULE,
     comparison_words.RULE,
     group_filter.RULE,
+    borrowed_column.RULE,
+    echoes_filter.RULE,
     join_itself.RULE,  # after join_keys, which fixes those it can
     outer_pick.RULE,
     unused_joins.RULE,  # these two read the request's words

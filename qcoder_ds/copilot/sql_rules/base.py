@@ -40,6 +40,8 @@ class SqlKind(str, enum.Enum):
     BOTH_ASKED = "both-asked"
     COMPARISON_WORDS = "comparison-words"
     GROUP_FILTER = "group-filter"
+    ECHOES_FILTER = "echoes-filter"
+    BORROWED_COLUMN = "borrowed-column"
     OUTER_PICK = "outer-pick"
     UNUSED_JOINS = "unused-joins"
     RANKING_COLUMN = "ranking-column"
