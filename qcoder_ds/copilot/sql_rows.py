@@ -58,8 +58,8 @@ def probe(sql: str, info: ConnectionInfo) -> Probe | None:
     count.set("expressions", [
         exp.Count(this=exp.Star()),
         exp.Count(this=exp.Distinct(expressions=[exp.column("rowid", table=alias)]))])
-    query = count.sql(dialect=info.dialect).replace('"""', "'''")
-    cell = f'query = """{query}"""\nresult = tuple({info.name}.execute(query).fetchone())'
+    query = count.sql(dialect=info.dialect)
+    cell = f"query = {query!r}\nresult = tuple({info.name}.execute(query).fetchone())"
     return Probe(cell, sources[alias.lower()].name)
 
 

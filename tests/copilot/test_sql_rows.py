@@ -67,6 +67,15 @@ def test_which_queries_get_the_probe(world, sql, table):
             found.cell
 
 
+def test_the_probe_cell_holds_any_query_text(world):
+    # a query that ends in a quote once ended the cell's string literal early
+    sql = REPEATS + ' AND T1.Name <> \'say "hi"\''
+    found = probe(sql, describe_connection("conn", world))
+    ns = {"conn": world}
+    exec(compile(found.cell, "probe", "exec"), ns)
+    assert ns["result"] == (5, 3)
+
+
 @pytest.fixture(scope="module")
 def copilot():
     c = Copilot(None)  # no engine: a model call would fail
