@@ -32,8 +32,10 @@ DB = """
     CREATE TABLE city (Name TEXT, CountryCode TEXT REFERENCES country(Code));
     CREATE TABLE flights (code TEXT, dest TEXT);
     CREATE TABLE owner (owner_id INTEGER PRIMARY KEY, name TEXT, age INTEGER);
-    CREATE TABLE pet (pet_id INTEGER PRIMARY KEY, owner_id INTEGER REFERENCES owner(owner_id),
+    CREATE TABLE pet (pet_id INTEGER PRIMARY KEY, owner_id INTEGER,
                       pet_type TEXT, pet_age INTEGER);
+    CREATE TABLE owns (owner_id INTEGER REFERENCES owner(owner_id),
+                       pet_id INTEGER REFERENCES pet(pet_id));
     INSERT INTO customers VALUES (1, 'Ada', 'UK'), (2, 'Linus', 'FI'), (3, 'Grace', 'US');
     INSERT INTO orders VALUES (1, 1, 10.5, '2023-01-02'), (2, 1, 20.0, '2023-02-03'),
                               (3, 2, 7.25, '2023-03-04'), (4, 3, 99.0, '2022-12-31');
@@ -188,6 +190,15 @@ CASES = {
           "customers row): a row passes as soon as one of its joined rows differs. Keep the "
           "rows that have none: WHERE key NOT IN (SELECT key FROM that table WHERE column = "
           "value), or EXCEPT"]),
+        ('Which owners do not have a dog?',  # many pets per owner through the link table
+         "SELECT T1.name FROM owner AS T1 JOIN owns AS T2 ON T1.owner_id = T2.owner_id "
+         "JOIN pet AS T3 ON T2.pet_id = T3.pet_id WHERE T3.pet_type <> 'dog'",
+         None,
+         [
+          "the request says 'not', but T3.pet_type <> 'dog' (on pet, which holds many rows "
+          "per owner row through owns): a row passes as soon as one of its joined rows "
+          "differs. Keep the rows that have none: WHERE key NOT IN (SELECT key FROM that "
+          "table WHERE column = value), or EXCEPT"]),
         ('Which countries have a city other than Oslo?',  # no negation asked
          "SELECT T1.Name FROM country AS T1 JOIN city AS T2 ON T1.Code = T2.CountryCode "
          "WHERE T2.Name <> 'Oslo'",

@@ -20,7 +20,8 @@ def anti_join(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, li
     table it selects from (``country JOIN countrylanguage ... WHERE Language <> 'English'``
     for "countries that do not speak English"): a country that speaks English and any other
     language still passes. A foreign key from the joined table to the selected one is what
-    says "many rows per row"; without foreign keys the rule says nothing."""
+    says "many rows per row", or a table of the query that references both (``Has_Pet``
+    between ``Student`` and ``Pets``); without foreign keys the rule says nothing."""
     if not ctx.request or not _NEGATION.search(ctx.request) or not ctx.info.foreign_keys:
         return tree, []
     for select in tree.find_all(exp.Select):
@@ -51,10 +52,14 @@ def _many_side_negation(select: exp.Select, ctx: SqlContext) -> str | None:
             (t for t in tables.values() if col.name.lower() in cols.get(t, set())), None)
         if owner is None or owner == main:
             continue
-        many = any(t.lower() == owner and rt.lower() == main
-                   for t, _, rt, _ in ctx.info.foreign_keys)
-        if many:
+        refs = {(t.lower(), rt.lower()) for t, _, rt, _ in ctx.info.foreign_keys}
+        if (owner, main) in refs:
             return f"{c.sql()} (on {owner}, which holds many rows per {main} row)"
+        link = next((t for t in tables.values() if (t, main) in refs and (t, owner) in refs),
+                    None)
+        if link is not None:  # Student -> Has_Pet -> Pets: many pets per student
+            return (f"{c.sql()} (on {owner}, which holds many rows per {main} row through "
+                    f"{link})")
     return None
 
 
