@@ -358,6 +358,19 @@ CASES = {
          None,
          []),
     ],
+    'count-measure': [
+        ('How much did customers order in all?',
+         'SELECT COUNT(o.amount) FROM orders AS o',
+         None,
+         ['COUNT(o.amount) counts the rows that have a o.amount, not the amount: to add the '
+          'amounts up use SUM(o.amount); to count rows, COUNT(*)']),
+        ('How many orders?', 'SELECT COUNT(*) FROM orders', None, []),
+        ('How many customers ordered?',  # a key
+         'SELECT COUNT(DISTINCT customer_id) FROM orders', None, []),
+        ('How many customers ordered?',  # a key, counted with repeats: not this rule's
+         'SELECT COUNT(customer_id) FROM orders', None, []),
+        ('How many different amounts?', 'SELECT COUNT(DISTINCT amount) FROM orders', None, []),
+    ],
     'outer-pick': [
         ('',
          'SELECT Code FROM country WHERE Name IN (SELECT Continent FROM city)',

@@ -15,6 +15,7 @@ from qcoder_ds.copilot.sql_rules import (
     both_asked,
     comparison_words,
     contradiction,
+    count_measure,
     echoes_filter,
     group_filter,
     in_keys,
@@ -46,6 +47,7 @@ RULES: tuple[Rule, ...] = (
     borrowed_column.RULE,
     echoes_filter.RULE,
     join_itself.RULE,  # after join_keys, which fixes those it can
+    count_measure.RULE,
     outer_pick.RULE,
     unused_joins.RULE,  # these two read the request's words
     ranking_column.RULE,

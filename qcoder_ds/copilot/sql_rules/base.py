@@ -42,6 +42,7 @@ class SqlKind(str, enum.Enum):
     GROUP_FILTER = "group-filter"
     ECHOES_FILTER = "echoes-filter"
     BORROWED_COLUMN = "borrowed-column"
+    COUNT_MEASURE = "count-measure"
     OUTER_PICK = "outer-pick"
     UNUSED_JOINS = "unused-joins"
     RANKING_COLUMN = "ranking-column"
