@@ -875,10 +875,59 @@ def text_forms(cell: Cell) -> Verdict | None:
     return Verdict("; ".join(verified), issues) if verified else None
 
 
+#: "plot y over x" puts y on the y axis; "x vs y1" is read both ways, so it is not a rule's
+_OVER = re.compile(r"\bplot\s+(?:the\s+)?([A-Za-z_]\w*)\s+over\s+(?:the\s+)?([A-Za-z_]\w*)\b",
+                   re.I)
+
+
+def _values(value: Any) -> list[float] | None:
+    """A live one-dimensional array, list or Series as floats (at most 500), else None."""
+    try:
+        import numpy as np
+
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return arr.tolist() if arr.ndim == 1 and 1 < arr.size <= 500 else None
+
+
+def _same(line: list[float], values: list[float]) -> bool:
+    return len(line) == len(values) and all(abs(a - b) <= 1e-9 * max(1.0, abs(b))
+                                            for a, b in zip(line, values, strict=True))
+
+
+def plotted_over(cell: Cell) -> Verdict | None:
+    """"Plot z over a": ``z`` is on the y axis. Fails only on evidence of the swap: no line
+    draws the live ``z`` as its y values and one draws ``a`` (``plt.plot(z, a)``). Said only
+    when both names are live one-dimensional data of different values."""
+    if not _applies(cell):
+        return None
+    for clause in _clauses(cell.request):
+        m = _OVER.search(clause)
+        if not m:
+            continue
+        y_name, x_name = m.group(1), m.group(2)
+        ys, xs = (_values(cell.namespace.get(n)) if n in cell.namespace else None
+                  for n in (y_name, x_name))
+        if ys is None or xs is None or _same(ys, xs):
+            return None
+        lines = [line for a in _axes(cell) for line in a.get("line_ys") or []]
+        verified = f"{y_name} on the y axis"
+        if any(_same(line, ys) for line in lines):
+            return Verdict(verified)
+        if any(_same(line, xs) for line in lines):
+            return Verdict(verified, [Issue(
+                Kind.PLOT_MISSING, f"the request asks for {y_name} over {x_name} ({y_name} on "
+                f"the y axis), but the chart draws {x_name} on the y axis; use "
+                f"plt.plot({x_name}, {y_name})")])
+        return None
+    return None
+
+
 #: run after the sandbox, on what the check child reported about the figures
 FIGURE_RULES: tuple[Rule, ...] = (shows_quoted_texts, subplot_layout, has_legend,
                                   bold_where_asked, log_scale, legend_layout, minor_ticks,
                                   grid_lines, tick_sides, tick_label_rotation, tick_visibility,
                                   line_style_and_marker, reference_lines, annotated,
                                   one_legend, no_frames, colors_asked, axis_placement,
-                                  text_forms)
+                                  text_forms, plotted_over)

@@ -23,6 +23,7 @@ from qcoder_ds.copilot.figure_checks import (
     minor_ticks,
     no_frames,
     one_legend,
+    plotted_over,
     quoted_texts,
     reference_lines,
     shows_quoted_texts,
@@ -450,3 +451,25 @@ def test_rules_judge_an_axes_the_child_could_not_read_without_raising():
     verdicts = [rule(_cell(request, [unread])) for rule in FIGURE_RULES]
     assert sum(v is not None for v in verdicts) >= 12
     assert all(not v.passed for v in verdicts if v is not None)  # nothing asked is there
+
+
+@pytest.mark.parametrize("request_,code,passes", [
+    ("# plot z over a", "import matplotlib.pyplot as plt\nplt.plot(a, z)", True),
+    ("# plot z over a", "import matplotlib.pyplot as plt\nplt.plot(z, a)", False),
+    ("# Plot z over a in a line chart",
+     "import matplotlib.pyplot as plt\nplt.plot(z, a, label='Z')", False),
+    ("# plot a vs z", "import matplotlib.pyplot as plt\nplt.plot(a, z)", None),  # either way
+    ("# plot z over a", "import matplotlib.pyplot as plt\nplt.scatter(z, a)", None),  # no line
+    ("# plot z over a", "import matplotlib.pyplot as plt\nplt.plot(a, z * 2)", None),  # unknown
+    ("# plot y over x", "import matplotlib.pyplot as plt\nplt.plot(y, x)", None),  # equal data
+    ("# plot sales over time", "import matplotlib.pyplot as plt\nplt.plot(z, a)", None),
+])
+def test_which_data_is_on_the_y_axis_on_real_figures(box, request_, code, passes):
+    ns = {"a": np.arange(10), "z": np.arange(10) * 3.0 + 1, "x": np.arange(10),
+          "y": np.arange(10)}
+    run = box.run(code, ns)
+    assert run.ok, run.error
+    verdict = plotted_over(Cell(request_, code, Task.PLOT, ns, run=run))
+    assert (None if verdict is None else verdict.passed) is passes
+    if passes is False:
+        assert "use plt.plot(a, z)" in verdict.issues[0].message
