@@ -76,14 +76,21 @@ _LIST = re.compile(r"\[[^\[\]\n]*,[^\[\]\n]*,[^\[\]\n]*\]")
 _CODE = re.compile(r"=|#|\bimport\b|^\s*(def|for|if|print|return)\b|\w\(")
 
 
+#: the last line of a Series as pandas prints it ("Name: text, dtype: object")
+_SERIES_FOOTER = re.compile(r"^\s*(?:Name: [^,\n]+, )?(?:Length: \d+, )?dtype: \w+\s*$")
+
+
 def shows_table(request: str) -> bool:
     """Whether the request prints a table or list that is not code: three or more consecutive
-    lines of several tokens, two with numbers in them (a DataFrame as pandas prints it), or a
-    bracketed list of three or more items. Only then is it worth drawing extra candidates to
+    lines of several tokens, two with numbers in them (a DataFrame as pandas prints it), a
+    Series as pandas prints it (its ``dtype:`` line), or a bracketed list of three or more
+    items. Only then is it worth drawing extra candidates to
     find one that matches. Code in the request (``df = pd.DataFrame({'a': [1, 2, 3]})``) is
     not an example of the result."""
     run, numeric = 0, 0
     for line in request.splitlines():
+        if _SERIES_FOOTER.match(line):
+            return True
         if _CODE.search(line):
             run, numeric = 0, 0
             continue
@@ -106,7 +113,10 @@ def confirmed(request: str, value: dict[str, Any] | None) -> bool:
         return False
     hay = tokens(request)
     masked = _shown_inputs(hay, value.get("inputs_printed") or [])
-    listed = tokens(request, brackets=True)
+    # a list written in the request's code (``pd.DataFrame({'text': ['abc', 'def']})``) is
+    # the input being built, not an example of the result
+    listed = tokens("\n".join(line for line in request.splitlines()
+                              if not _CODE.search(line)), brackets=True)
     for form in value.get("printed") or []:
         if form.lstrip().startswith("["):  # a list, or an array as numpy prints it
             needle = tokens(form, brackets=True)

@@ -41,6 +41,10 @@ def test_nothing_to_confirm_without_a_value():
     # code in the request is not an example of the result
     ("import pandas as pd\ndf = pd.DataFrame({'g': ['a', 'b', 'a'], 'v': [1, 2, 3]})\n"
      "result = ... # put solution in this variable", False),
+    # a Series as pandas prints it, even on one line
+    ("like the following one Series?\n0    abc, def, ghi, jkl\nName: text, dtype: object",
+     True),
+    ("a Series:\n0    1\n1    2\ndtype: int64", True),
 ])
 def test_shows_table(request_, shows):
     assert shows_table(request_) is shows
@@ -99,6 +103,9 @@ or, as a list, ['x', 'abc', 'def', 'ghi', 'jkl', 'y']
     (_JOINED, "['abc', 'def', 'ghi', 'jkl']", False),
     # numpy's printing of an array against the list the request shows
     ("the result should be [[1, 2], [3, 4]]", "[[1 2]\n [3 4]]", True),
+    # the list the request's code builds the input from is not an example of the result
+    (_JOINED.split("or,")[0] + "df = pd.DataFrame({'text': ['abc', 'def', 'ghi', 'jkl']})",
+     "['abc', 'def', 'ghi', 'jkl']", False),
 ])
 def test_a_list_confirms_only_a_bracketed_list(request_, printed, ok):
     assert confirmed(request_, {"printed": [printed], "is_input": False}) is ok
