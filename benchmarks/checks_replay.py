@@ -17,6 +17,9 @@ rules as `Copilot.ask`, no model call) and counts, per category:
   the new grade.
 
 It cannot say what a repair would then have written: that takes a model run.
+``--without-changed`` writes the answers file without the pipeline rows of the problems whose
+verdict (or cell) today's checks change, so that ``qcoder eval --resume`` asks just those
+again, and the run's report is then the full split with today's pipeline where it matters.
 
     python benchmarks/checks_replay.py --data-dir DIR \\
         benchmarks/results/eval-1.5b-full-matplotlib-pipeline-v2.answers.jsonl.gz \\
@@ -101,7 +104,7 @@ def replay(rows: list[dict[str, Any]], problems: dict[str, ev.Problem], data_dir
             for name in failed:
                 failed_by.setdefault(p.category, Counter())[
                     f"{name} ({'caught' if not row['passed'] else 'false alarm'})"] += 1
-        if bool(row["checked_ok"]) != ok_now:
+        if bool(row["checked_ok"]) != ok_now or fixed.strip() != row["code"].strip():
             changed.append({"id": row["id"], "passed_hidden_tests": row["passed"],
                             "ok_then": bool(row["checked_ok"]), "ok_now": ok_now,
                             "failed_checks": failed})
@@ -125,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("answers", type=Path, nargs="+", help="answers files of `qcoder eval`")
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--without-changed", type=Path, metavar="ANSWERS",
+                    help="also write the answers without the pipeline rows of the changed "
+                         "problems (plain JSON lines), for `qcoder eval --resume` to ask them "
+                         "again with today's pipeline")
     args = ap.parse_args(argv)
     rows = [r for path in args.answers for r in read_rows(path)]
     cats = {r["id"].split("/")[0] for r in rows}
@@ -138,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
+    if args.without_changed:
+        again = {c["id"] for c in report["changed"]}
+        kept = [r for path in args.answers for r in ev.answer_rows(path)
+                if not (r.get("system") == "pipeline" and r["id"] in again)]
+        args.without_changed.write_text("".join(json.dumps(r) + "\n" for r in kept))
     print(json.dumps(report["categories"], indent=1))
     return 0
 

@@ -317,3 +317,11 @@ def test_checks_replay_reproduces_recorded_verdicts_and_counts_what_changed(data
     report = checks_replay.replay([bad], problems, data_dir, log=lambda m: None)
     assert report["categories"]["spider"]["caught"] == 1
     assert report["changed"][0]["ok_now"] is False and report["changed"][0]["failed_checks"]
+    # --without-changed: the answers less the changed pipeline rows, for `eval --resume`
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("".join(json.dumps(bad if r is rows[0] else r) + "\n" for r in rows))
+    again = tmp_path / "again.jsonl"
+    assert checks_replay.main([str(edited), "--data-dir", str(data_dir),
+                               "--without-changed", str(again)]) == 0
+    kept = [json.loads(line) for line in again.read_text().splitlines()]
+    assert [r["id"] for r in kept] == [r["id"] for r in rows[1:]]
