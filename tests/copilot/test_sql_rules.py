@@ -371,6 +371,46 @@ CASES = {
          'SELECT COUNT(customer_id) FROM orders', None, []),
         ('How many different amounts?', 'SELECT COUNT(DISTINCT amount) FROM orders', None, []),
     ],
+    'inner-is-null': [
+        ('Which customers have no orders?',
+         'SELECT c.name FROM customers AS c JOIN orders AS o ON c.customer_id = o.customer_id '
+         'WHERE o.order_id IS NULL',
+         None,
+         ['o.order_id IS NULL tests a table joined with an inner join, which keeps only rows '
+          'that have a match, so nothing missing is left to find. Use NOT IN (SELECT key FROM '
+          'that table), or a LEFT JOIN']),
+        ('Which customers have no orders?',
+         'SELECT c.name FROM customers AS c LEFT JOIN orders AS o '
+         'ON c.customer_id = o.customer_id WHERE o.order_id IS NULL',
+         None,
+         []),
+        ('Customers whose country is not known',  # the FROM table's own column
+         'SELECT c.name FROM customers AS c JOIN orders AS o ON c.customer_id = o.customer_id '
+         'WHERE c.country IS NULL',
+         None,
+         []),
+        ('Orders with a date',
+         'SELECT o.order_id FROM customers AS c JOIN orders AS o '
+         'ON c.customer_id = o.customer_id WHERE NOT o.ordered_on IS NULL',
+         None,
+         []),
+    ],
+    'unnamed-key': [
+        ('How many orders does Ada have?',
+         'SELECT COUNT(*) FROM orders WHERE customer_id = 1',
+         None,
+         ['customer_id = 1 compares a key with a number the request does not give: filter on '
+          'what the request names (join the table that holds it), not on an id copied from '
+          'the data']),
+        ('How many orders does customer 1 have?',
+         'SELECT COUNT(*) FROM orders WHERE customer_id = 1',
+         None,
+         []),
+        ('Orders of 20 or more',  # not a key
+         'SELECT order_id FROM orders WHERE amount = 20',
+         None,
+         []),
+    ],
     'outer-pick': [
         ('',
          'SELECT Code FROM country WHERE Name IN (SELECT Continent FROM city)',

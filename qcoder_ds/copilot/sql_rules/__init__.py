@@ -19,6 +19,7 @@ from qcoder_ds.copilot.sql_rules import (
     echoes_filter,
     group_filter,
     in_keys,
+    inner_is_null,
     join_itself,
     join_keys,
     outer_pick,
@@ -26,6 +27,7 @@ from qcoder_ds.copilot.sql_rules import (
     ranking_column,
     schema_slips,
     unlinked_joins,
+    unnamed_key,
     unused_joins,
     value_holder,
     values,
@@ -48,6 +50,8 @@ RULES: tuple[Rule, ...] = (
     echoes_filter.RULE,
     join_itself.RULE,  # after join_keys, which fixes those it can
     count_measure.RULE,
+    inner_is_null.RULE,
+    unnamed_key.RULE,  # reads the request's numbers
     outer_pick.RULE,
     unused_joins.RULE,  # these two read the request's words
     ranking_column.RULE,

@@ -43,6 +43,8 @@ class SqlKind(str, enum.Enum):
     ECHOES_FILTER = "echoes-filter"
     BORROWED_COLUMN = "borrowed-column"
     COUNT_MEASURE = "count-measure"
+    INNER_IS_NULL = "inner-is-null"
+    UNNAMED_KEY = "unnamed-key"
     OUTER_PICK = "outer-pick"
     UNUSED_JOINS = "unused-joins"
     RANKING_COLUMN = "ranking-column"
