@@ -6,10 +6,9 @@ import re
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, SqlContext, SqlKind, logic_check
 from qcoder_ds.copilot.sql_rules.engine import resolves
 from qcoder_ds.copilot.sql_rules.tree import conjuncts
-from qcoder_ds.copilot.validate import Kind
 
 _NEGATION = re.compile(r"\b(?:not|never|without|no|none|neither|nor)\b|n't\b", re.I)
 
@@ -63,8 +62,7 @@ def _many_side_negation(select: exp.Select, ctx: SqlContext) -> str | None:
     return None
 
 
-RULE = Rule(SqlKind.ANTI_JOIN, anti_join, resolves, issue=Kind.SQL_LOGIC, severity="error",
-            verify=False,
-            message="the request says 'not', but {}: a row passes as soon as one of its joined "
-                    "rows differs. Keep the rows that have none: WHERE key NOT IN (SELECT key "
-                    "FROM that table WHERE column = value), or EXCEPT")
+RULE = logic_check(SqlKind.ANTI_JOIN, anti_join, resolves,
+                   "the request says 'not', but {}: a row passes as soon as one of its joined "
+                   "rows differs. Keep the rows that have none: WHERE key NOT IN (SELECT key "
+                   "FROM that table WHERE column = value), or EXCEPT")

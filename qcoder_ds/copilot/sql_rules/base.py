@@ -148,6 +148,14 @@ class State:
         return self.tree.sql(dialect=self.ctx.info.dialect, pretty=True)
 
 
+def logic_check(kind: SqlKind, apply: Apply, when: Gate, message: str = "{}") -> Rule:
+    """The descriptor of a check for a query that resolves and runs but cannot answer the
+    request: it reports an error of its own kind ("query logic" in the header), for the
+    repair, and never rewrites the query."""
+    return Rule(kind, apply, when, message=message, issue=Kind.SQL_LOGIC, severity="error",
+                verify=False)
+
+
 def always(state: State | None, ctx: SqlContext) -> bool:
     """The gate of a rule that runs whenever it is asked to (the value rules)."""
     return True

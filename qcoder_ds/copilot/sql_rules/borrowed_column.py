@@ -7,10 +7,9 @@ import re
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, SqlContext, SqlKind, logic_check
 from qcoder_ds.copilot.sql_rules.engine import asked
 from qcoder_ds.copilot.sql_rules.words import mentioned
-from qcoder_ds.copilot.validate import Kind
 from qcoder_ds.copilot.words import words
 
 #: words that many tables share as columns: a name or type is not "the same attribute"
@@ -54,6 +53,5 @@ def borrowed_column(tree: exp.Expression, ctx: SqlContext
     return tree, []
 
 
-RULE = Rule(SqlKind.BORROWED_COLUMN, borrowed_column, asked, issue=Kind.SQL_LOGIC,
-            severity="error", verify=False,
-            message="{}: read the attribute from the table the request is about")
+RULE = logic_check(SqlKind.BORROWED_COLUMN, borrowed_column, asked,
+                   "{}: read the attribute from the table the request is about")

@@ -6,10 +6,9 @@ import re
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, SqlContext, SqlKind, logic_check
 from qcoder_ds.copilot.sql_rules.engine import asked
 from qcoder_ds.copilot.sql_rules.tree import conjuncts
-from qcoder_ds.copilot.validate import Kind
 
 #: "both" as in "has both a dog and a cat", not "show both the name and the id"
 _BOTH = re.compile(r"(?<!show )(?<!list )(?<!give )(?<!return )(?<!display )(?<!find )"
@@ -56,9 +55,8 @@ def _pairs(on: exp.EQ, tables: dict[str, str], keys: set[tuple[str, str]]) -> bo
                      (tables[a.table.lower()], a.name.lower()) not in keys)
 
 
-RULE = Rule(SqlKind.BOTH_ASKED, both_asked, asked, issue=Kind.SQL_LOGIC, severity="error",
-            verify=False,
-            message="the request asks for what has both ('{}'), but the query tests one row "
-                    "at a time, and no row is both. Write one query for each part and "
-                    "INTERSECT them, or GROUP BY the thing asked about and keep the groups "
-                    "that have both (HAVING COUNT(DISTINCT ...) = 2)")
+RULE = logic_check(SqlKind.BOTH_ASKED, both_asked, asked,
+                   "the request asks for what has both ('{}'), but the query tests one row "
+                   "at a time, and no row is both. Write one query for each part and "
+                   "INTERSECT them, or GROUP BY the thing asked about and keep the groups "
+                   "that have both (HAVING COUNT(DISTINCT ...) = 2)")

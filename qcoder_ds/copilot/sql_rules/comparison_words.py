@@ -6,9 +6,8 @@ import re
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, SqlContext, SqlKind, logic_check
 from qcoder_ds.copilot.sql_rules.engine import asked
-from qcoder_ds.copilot.validate import Kind
 
 _NUMBER = r"\s+(?:(?:the\s+)?age(?:\s+of)?\s+)?(\d+(?:\.\d+)?)\b"
 _BELOW = re.compile(r"(?<!not )\b(under|below|less than|fewer than|younger than|smaller than|"
@@ -61,5 +60,5 @@ def _negated(node: exp.Expression) -> bool:
     return False
 
 
-RULE = Rule(SqlKind.COMPARISON_WORDS, comparison_words, asked, issue=Kind.SQL_LOGIC,
-            severity="error", verify=False, message="{}: turn the comparison around")
+RULE = logic_check(SqlKind.COMPARISON_WORDS, comparison_words, asked,
+                   "{}: turn the comparison around")

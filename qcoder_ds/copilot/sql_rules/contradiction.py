@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, SqlContext, SqlKind, logic_check
 from qcoder_ds.copilot.sql_rules.engine import resolves
 from qcoder_ds.copilot.sql_rules.tree import conjuncts
-from qcoder_ds.copilot.validate import Kind
 
 Bound = tuple[float, bool]  # the tightest bound, and whether it is strict
 
@@ -66,7 +65,6 @@ def _collect(c: exp.Expression, equal: dict[str, set[str]], low: dict[str, Bound
         high[key] = min(high.get(key, bound), bound, key=lambda b: (b[0], not b[1]))
 
 
-RULE = Rule(SqlKind.CONTRADICTION, contradiction, resolves, issue=Kind.SQL_LOGIC, severity="error",
-            verify=False,
-            message="the WHERE clause can never be true: {} (a row holds one value). For rows "
-                    "matching either, use OR or IN; for what has both, INTERSECT two queries")
+RULE = logic_check(SqlKind.CONTRADICTION, contradiction, resolves,
+                   "the WHERE clause can never be true: {} (a row holds one value). For rows "
+                   "matching either, use OR or IN; for what has both, INTERSECT two queries")

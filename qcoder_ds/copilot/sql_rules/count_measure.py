@@ -6,9 +6,8 @@ import re
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, SqlContext, SqlKind, logic_check
 from qcoder_ds.copilot.sql_rules.engine import resolves
-from qcoder_ds.copilot.validate import Kind
 from qcoder_ds.copilot.words import words
 
 _NUMERIC = re.compile(r"INT|REAL|NUM|FLOAT|DOUBLE|DEC", re.I)
@@ -39,7 +38,6 @@ def count_measure(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression
     return tree, []
 
 
-RULE = Rule(SqlKind.COUNT_MEASURE, count_measure, resolves, issue=Kind.SQL_LOGIC,
-            severity="error", verify=False,
-            message="COUNT({0}) counts the rows that have a {0}, not the amount: to add the "
-                    "amounts up use SUM({0}); to count rows, COUNT(*)")
+RULE = logic_check(SqlKind.COUNT_MEASURE, count_measure, resolves,
+                   "COUNT({0}) counts the rows that have a {0}, not the amount: to add the "
+                   "amounts up use SUM({0}); to count rows, COUNT(*)")

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, SqlContext, SqlKind, logic_check
 from qcoder_ds.copilot.sql_rules.engine import resolves
 from qcoder_ds.copilot.sql_rules.tree import conjuncts
-from qcoder_ds.copilot.validate import Kind
 
 
 def echoes_filter(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, list[Fix]]:
@@ -29,8 +28,7 @@ def echoes_filter(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression
     return tree, []
 
 
-RULE = Rule(SqlKind.ECHOES_FILTER, echoes_filter, resolves, issue=Kind.SQL_LOGIC,
-            severity="error", verify=False,
-            message="the query selects only {}, which its WHERE clause sets to the request's "
-                    "own value, so it can only return that value. Select what the request asks "
-                    "about (another column, or the rows of a joined table)")
+RULE = logic_check(SqlKind.ECHOES_FILTER, echoes_filter, resolves,
+                   "the query selects only {}, which its WHERE clause sets to the request's "
+                   "own value, so it can only return that value. Select what the request asks "
+                   "about (another column, or the rows of a joined table)")

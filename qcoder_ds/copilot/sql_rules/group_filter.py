@@ -6,9 +6,8 @@ import re
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, SqlContext, SqlKind, logic_check
 from qcoder_ds.copilot.sql_rules.engine import asked
-from qcoder_ds.copilot.validate import Kind
 
 _AGGREGATE_BOUND = re.compile(
     r"\b(?:average|mean|total|sum of|number of|count of)\s+(?:\w+\s+){0,3}?"
@@ -32,8 +31,7 @@ def group_filter(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression,
     return tree, []
 
 
-RULE = Rule(SqlKind.GROUP_FILTER, group_filter, asked, issue=Kind.SQL_LOGIC, severity="error",
-            verify=False,
-            message="the request bounds a value of each group ('{}'), but the query bounds "
-                    "single rows in WHERE: compare the aggregate in HAVING (GROUP BY ... "
-                    "HAVING AVG(column) > value)")
+RULE = logic_check(SqlKind.GROUP_FILTER, group_filter, asked,
+                   "the request bounds a value of each group ('{}'), but the query bounds "
+                   "single rows in WHERE: compare the aggregate in HAVING (GROUP BY ... "
+                   "HAVING AVG(column) > value)")

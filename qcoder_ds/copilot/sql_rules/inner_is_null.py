@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, SqlContext, SqlKind, logic_check
 from qcoder_ds.copilot.sql_rules.engine import resolves
-from qcoder_ds.copilot.validate import Kind
 
 
 def inner_is_null(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, list[Fix]]:
@@ -29,8 +28,7 @@ def inner_is_null(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression
     return tree, []
 
 
-RULE = Rule(SqlKind.INNER_IS_NULL, inner_is_null, resolves, issue=Kind.SQL_LOGIC,
-            severity="error", verify=False,
-            message="{} tests a table joined with an inner join, which keeps only rows that "
-                    "have a match, so nothing missing is left to find. Use NOT IN (SELECT key "
-                    "FROM that table), or a LEFT JOIN")
+RULE = logic_check(SqlKind.INNER_IS_NULL, inner_is_null, resolves,
+                   "{} tests a table joined with an inner join, which keeps only rows that "
+                   "have a match, so nothing missing is left to find. Use NOT IN (SELECT key "
+                   "FROM that table), or a LEFT JOIN")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, SqlContext, SqlKind, logic_check
 from qcoder_ds.copilot.sql_rules.engine import resolves
-from qcoder_ds.copilot.validate import Kind
 
 
 def join_itself(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, list[Fix]]:
@@ -24,8 +23,7 @@ def join_itself(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, 
     return tree, []
 
 
-RULE = Rule(SqlKind.JOIN_ITSELF, join_itself, resolves, issue=Kind.SQL_LOGIC, severity="error",
-            verify=False,
-            message="{} compares a column with itself, so every row pairs with every row of "
-                    "the other table. Join on the columns that link the two tables; where no "
-                    "column of one refers to the other, join the table that links them too")
+RULE = logic_check(SqlKind.JOIN_ITSELF, join_itself, resolves,
+                   "{} compares a column with itself, so every row pairs with every row of "
+                   "the other table. Join on the columns that link the two tables; where no "
+                   "column of one refers to the other, join the table that links them too")

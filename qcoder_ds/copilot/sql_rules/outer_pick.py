@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind, State
+from qcoder_ds.copilot.sql_rules.base import Fix, SqlContext, SqlKind, State, logic_check
 from qcoder_ds.copilot.sql_rules.engine import resolves
 from qcoder_ds.copilot.sql_rules.tree import compared_subqueries
-from qcoder_ds.copilot.validate import Kind
 
 
 def outer_pick(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, list[Fix]]:
@@ -38,5 +37,4 @@ def _first_error(state: State, ctx: SqlContext) -> bool:
     return resolves(state, ctx) and SqlKind.CONTRADICTION not in state.fired
 
 
-RULE = Rule(SqlKind.OUTER_PICK, outer_pick, _first_error, issue=Kind.SQL_LOGIC, severity="error",
-            verify=False)
+RULE = logic_check(SqlKind.OUTER_PICK, outer_pick, _first_error)

@@ -7,9 +7,8 @@ import re
 
 from sqlglot import exp
 
-from qcoder_ds.copilot.sql_rules.base import Fix, Rule, SqlContext, SqlKind
+from qcoder_ds.copilot.sql_rules.base import Fix, SqlContext, SqlKind, logic_check
 from qcoder_ds.copilot.sql_rules.engine import asked
-from qcoder_ds.copilot.validate import Kind
 
 
 def unnamed_key(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, list[Fix]]:
@@ -31,8 +30,7 @@ def unnamed_key(tree: exp.Expression, ctx: SqlContext) -> tuple[exp.Expression, 
     return tree, []
 
 
-RULE = Rule(SqlKind.UNNAMED_KEY, unnamed_key, asked, issue=Kind.SQL_LOGIC, severity="error",
-            verify=False,
-            message="{} compares a key with a number the request does not give: filter on "
-                    "what the request names (join the table that holds it), not on an id "
-                    "copied from the data")
+RULE = logic_check(SqlKind.UNNAMED_KEY, unnamed_key, asked,
+                   "{} compares a key with a number the request does not give: filter on "
+                   "what the request names (join the table that holds it), not on an id "
+                   "copied from the data")
