@@ -322,6 +322,11 @@ CASES = {
          "WHERE T1.pet_type = 'dog' ORDER BY T1.pet_age LIMIT 1",
          None,
          []),
+        ('How old is the youngest dog?',  # T2 in the subquery is another table than outside
+         "SELECT T1.pet_age FROM pet AS T1 JOIN owner AS T2 ON T1.owner_id = T2.owner_id "
+         "WHERE T1.pet_age = (SELECT MIN(T2.age) FROM customers AS T2)",
+         None,
+         []),
         ('Names of the pets of each type',  # name and type are every table's words
          "SELECT T2.name FROM pet AS T1 JOIN owner AS T2 ON T1.owner_id = T2.owner_id",
          None,

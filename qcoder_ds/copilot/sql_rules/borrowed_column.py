@@ -34,7 +34,8 @@ def borrowed_column(tree: exp.Expression, ctx: SqlContext
     for col in tree.find_all(exp.Column):
         owner = tables.get(col.table.lower()) if col.table else None
         name = col.name.lower()
-        if owner is None or col.find_ancestor(exp.Join) is not None or name in keys or \
+        if owner is None or col.find_ancestor(exp.Select) is not tree or \
+                col.find_ancestor(exp.Join) is not None or name in keys or \
                 re.search(r"(?:id|code)$", name) or not words(col.name) - _GENERIC:
             continue
         others = [t for t in tables.values() if t.lower() != owner.lower()]
