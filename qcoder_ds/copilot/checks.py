@@ -570,9 +570,219 @@ def varies_where_compared(cell: Cell) -> Verdict | None:
     return Verdict(verified) if reported else None
 
 
+# --------------------------------------------------------------------------- every column
+
+#: a request about every column of a frame, or about columns it cannot list ("prefixed with")
+_EVERY_COLUMN = re.compile(
+    r"\b(?:each|every|all|any)\s+(?:of\s+)?(?:the\s+)?(?:existing\s+|other\s+|numeric\s+|"
+    r"remaining\s+|such\s+)?columns?\b|\bcolumns?\s+(?:\w+\s+){0,3}(?:prefixed|suffixed|"
+    r"starting|beginning|ending)\b|\bnumber\s+of\s+(?:such\s+)?columns\b", re.I)
+#: frame attributes and methods that work over its columns without naming them
+_OVER_COLUMNS = {"columns", "filter", "select_dtypes", "iloc", "keys", "items", "iteritems",
+                 "dtypes", "apply", "map", "applymap", "replace", "transform", "add_prefix",
+                 "add_suffix", "abs", "fillna", "astype", "pipe", "agg", "aggregate", "mask",
+                 "where", "clip", "round", "rank", "pct_change", "diff", "cumsum", "cumprod",
+                 "div", "mul", "add", "sub", "pow", "rdiv", "rsub", "radd", "rmul", "rpow",
+                 "truediv", "rtruediv", "melt", "stack", "ffill", "bfill", "interpolate",
+                 "dropna", "isna", "notna", "isnull", "notnull", "eq", "ne", "gt", "lt", "ge",
+                 "le", "any", "all", "sum", "mean", "max", "min", "median", "std", "count",
+                 "nunique", "describe", "rename", "set_axis", "T", "transpose", "to_numpy",
+                 "values", "corr", "cov", "duplicated", "drop_duplicates", "style"}
+
+
+#: calls that show or measure a frame, not work over its columns
+_SHOWS = {"print", "display", "len", "type", "repr", "str", "id", "isinstance"}
+
+
+def _over_columns(tree: ast.AST, frame: str) -> bool:
+    """Whether the code works over ``frame``'s columns without listing them: an attribute or
+    method from ``_OVER_COLUMNS`` on the frame itself, or the frame used whole as an operand
+    or argument (``1 / df``, ``np.exp(df)``, ``for c in df``)."""
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Name) and node.id == frame):
+            continue
+        parent = parents.get(node)
+        if isinstance(parent, ast.Attribute):
+            if parent.attr in _OVER_COLUMNS:
+                return True
+        elif isinstance(parent, ast.Call):
+            if not (isinstance(parent.func, ast.Name) and parent.func.id in _SHOWS):
+                return True
+        elif isinstance(parent, (ast.BinOp, ast.UnaryOp, ast.comprehension, ast.For,
+                                 ast.keyword, ast.Starred)):
+            return True
+    return False
+
+
+def _named_columns(tree: ast.AST, frame: Any, name: str) -> list[str]:
+    """The columns of ``frame`` that the code names: as string constants anywhere, or as
+    attributes of the frame (``df.A``)."""
+    columns = {str(c) for c in frame.columns}
+    named = [n.value for n in ast.walk(tree)
+             if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in columns]
+    named += [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and
+              isinstance(n.value, ast.Name) and n.value.id == name and n.attr in columns]
+    return list(dict.fromkeys(named))
+
+
+def names_each_column(cell: Cell) -> Verdict | None:
+    """A request about every column ("the inverse of each column", "any column prefixed
+    with Value") answered by naming the sample's columns one at a time (``df['A']``,
+    ``df['B']``) is right for today's columns only: the data may have, or gain, others. The
+    cell must work over the frame's columns (``df.columns``, ``df.filter(like=...)``, an
+    operation on the whole frame)."""
+    if cell.task is not Task.PANDAS or cell.tree is None or \
+            not _EVERY_COLUMN.search(cell.request):
+        return None
+    for name, frame in _frames(cell.namespace, cell.code).items():
+        if name not in {n.id for n in ast.walk(cell.tree) if isinstance(n, ast.Name)}:
+            continue
+        named = _named_columns(cell.tree, frame, name)
+        if len(named) < 2:
+            continue
+        if _over_columns(cell.tree, name):  # unless one statement lists three or more
+            listing = [n for stmt in cell.tree.body
+                       if not _over_columns(stmt, name)
+                       for n in [_named_columns(stmt, frame, name)] if len(n) >= 3]
+            if not listing:
+                continue
+            named = listing[0]
+        listed = ", ".join(named[:6])
+        return Verdict("works over every column", [Issue(
+            Kind.EVERY_COLUMN, f"the request is about every column, but the cell names "
+            f"{listed} one at a time, so a column the data has beyond these is missed; work "
+            f"over the columns of `{name}` (`{name}.columns`, `{name}.filter(like=...)`, or "
+            f"one operation on the whole frame)")])
+    return None
+
+
+# --------------------------------------------------------------------------- dates as text
+
+#: pandas' own display of a datetime with a time: text in this form looks the same
+_DISPLAY_FORMATS = {"%Y-%m-%d %H:%M:%S", "%Y-%m-%d %X", "%F %T"}
+_ASKS_TEXT = re.compile(r"\b(?:as|to|into|in)\s+(?:a\s+)?(?:strings?|text|str)\b|"
+                        r"\bstrftime\b|\bformat", re.I)
+
+
+def text_dates(cell: Cell) -> Verdict | None:
+    """``.dt.strftime('%Y-%m-%d %H:%M:%S')`` writes dates as text in the form pandas shows
+    them anyway: nothing looks different, but the column no longer holds dates (it sorts,
+    compares and exports as text). Unless the request asks for text or a format, fail."""
+    if cell.task is not Task.PANDAS or cell.tree is None or _ASKS_TEXT.search(cell.request):
+        return None
+    for node in ast.walk(cell.tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr == "strftime" and node.args and \
+                isinstance(node.args[0], ast.Constant) and \
+                node.args[0].value in _DISPLAY_FORMATS:
+            return Verdict("keeps dates as dates", [Issue(
+                Kind.TEXT_DATES, f"`{ast.unparse(node)[:100]}` turns the dates into text "
+                "that looks exactly as pandas already shows them, so the column stops being "
+                "dates (it sorts and compares as text); keep them datetimes (for a time zone: "
+                "`.dt.tz_localize(None)`)", node.lineno)])
+    return None
+
+
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+#: a date written with its month's name: 01-Dec-2015, 1 December 2015, Dec 1, 2015
+_NAMED_DATE = re.compile(rf"\b\d{{1,2}}[- /]{_MONTH}[- /,]\s?\d{{2,4}}\b|"
+                         rf"\b{_MONTH} \d{{1,2}},? \d{{4}}\b", re.I)
+#: a date written in digits only: 2015-12-01, 01-12-2015, 12/01/2015
+_DIGIT_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}[-/]\d{1,2}[-/]\d{4}\b")
+
+
+def named_month_dates(cell: Cell) -> Verdict | None:
+    """A request that shows the dates it wants with the month's name ("Desired output
+    01-Dec-2015 00:00:00"), dates the data does not hold, answered by a result that writes
+    its dates in digits only (``01-12-2015``): the wrong format."""
+    if cell.task is not Task.PANDAS or cell.run is None or not cell.run.ok:
+        return None
+    printed = " ".join((cell.run.value or {}).get("printed") or [])
+    wanted = _NAMED_DATE.findall(cell.request)
+    if not wanted or not (_DIGIT_DATE.search(printed) or _NAMED_DATE.search(printed)):
+        return None
+    held = " ".join(sample_copy(f, 200).to_string() for f in _frames(cell.namespace, "").values())
+    wanted = [w for w in wanted if w not in held]
+    if not wanted:
+        return None
+    verified = f"writes dates like {wanted[0]}"
+    if _NAMED_DATE.search(printed):
+        return Verdict(verified)
+    found = _DIGIT_DATE.search(printed)
+    return Verdict(verified, [Issue(
+        Kind.DATE_FORM, f"the request shows its dates as {wanted[0]}, with the month's name; "
+        f"the result writes them as {found.group(0) if found else 'digits'}: use "
+        "`.dt.strftime` with `%b` (Dec) or `%B` (December) in the format")])
+
+
+# --------------------------------------------------------------------------- replaced everywhere
+
+_REPLACE = re.compile(r"\b(?:replace|substitute|swap)\s+(.{1,80}?)\s+(?:with|by|for)\b",
+                      re.I | re.S)
+_SPLIT = re.compile(r"\s*(?:,|\band\b|\bor\b|\s)\s*")
+
+
+def _replaced_tokens(request: str) -> list[str]:
+    """What the request asks to replace: each word or quoted string between "replace" and
+    "with", two characters or more."""
+    tokens: list[str] = []
+    for m in _REPLACE.finditer(request):
+        for tok in _SPLIT.split(m.group(1)):
+            tok = tok.strip().strip("'\"`")
+            if len(tok) >= 2 and tok.lower() not in ("all", "the", "any", "every", "each",
+                                                      "values", "value"):
+                tokens.append(tok)
+    return list(dict.fromkeys(tokens))
+
+
+def _holds_text(frame: Any, token: str) -> str | None:
+    """The first text column of ``frame`` with a value containing ``token``."""
+    for col in frame.columns:
+        values = frame[col]
+        if getattr(values, "dtype", None) is None or values.dtype.kind not in "OSU" and \
+                str(values.dtype) not in ("string", "str"):
+            continue
+        try:
+            if values.astype(str).str.contains(token, regex=False).any():
+                return str(col)
+        except Exception:  # noqa: BLE001 - a column pandas cannot read as text
+            continue
+    return None
+
+
+def replaced_everywhere(cell: Cell) -> Verdict | None:
+    """"Replace &AMP; with '&'" (in all columns, or in none named) answered by a result that
+    still shows ``&AMP;``: the cell cleaned one column of several. Only text the live data
+    holds counts; a request that names one of the frame's columns and not "all columns"
+    asks for that column only."""
+    if cell.task is not Task.PANDAS or cell.run is None or not cell.run.ok:
+        return None
+    printed = (cell.run.value or {}).get("printed") or []
+    tokens = _replaced_tokens(cell.request)
+    if not printed or not tokens:
+        return None
+    for name, frame in _frames(cell.namespace, cell.code).items():
+        columns = {str(c) for c in frame.columns}
+        if not _EVERY_COLUMN.search(cell.request) and \
+                any(re.search(rf"\b{re.escape(c)}\b", cell.request) for c in columns):
+            continue
+        held = [t for t in tokens if _holds_text(sample_copy(frame, cell.sample_rows), t)]
+        left = [t for t in held if any(t in form for form in printed)]
+        if held:
+            verified = f"no {held[0]} left in the result"
+            if not left:
+                return Verdict(verified)
+            return Verdict(verified, [Issue(
+                Kind.NOT_REPLACED, f"the request asks to replace {', '.join(left)}, but the "
+                f"result still shows it: replace it in every column that holds it (e.g. "
+                f"`{name}.replace('{left[0]}', ..., regex=True)` for text inside values)")])
+    return None
+
+
 #: run before the sandbox (on the code and the request)
 STATIC_RULES: tuple[Rule, ...] = (computes_nothing, assigns_result, filters_group,
-                                  varies_where_compared)
+                                  varies_where_compared, names_each_column, text_dates)
 # --------------------------------------------------------------------------- functions
 
 def uncalled_function(tree: ast.Module | None) -> str | None:
@@ -672,7 +882,8 @@ def not_all_missing(cell: Cell) -> Verdict | None:
 
 #: run after the sandbox (on what the check child reported)
 RUN_RULES: tuple[Rule, ...] = (run_warnings, one_entry_per_group, varies_where_compared,
-                               has_example_columns, not_all_missing)
+                               has_example_columns, not_all_missing, replaced_everywhere,
+                               named_month_dates)
 
 
 def apply(rules: tuple[Rule, ...], cell: Cell) -> list[Verdict]:

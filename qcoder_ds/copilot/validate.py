@@ -66,6 +66,10 @@ class Kind(str, enum.Enum):
     EXAMPLE_COLUMNS = "example-columns"  # the result lacks the columns the request writes out
     ALL_MISSING = "all-missing"  # every value of the result is NaN
     REPEATED_ROWS = "repeated-rows"  # a join lists one row of the answer's table twice
+    EVERY_COLUMN = "every-column"  # "each column" answered by naming the sample's columns
+    TEXT_DATES = "text-dates"  # dates turned into text that looks the same
+    DATE_FORM = "date-form"  # dates in digits where the request shows the month's name
+    NOT_REPLACED = "not-replaced"  # what the request asks to replace is still in the result
     CHECK_FAILED = "check-failed"  # a check itself failed on the answer (a bug, reported)
 
     def __str__(self) -> str:

@@ -31,10 +31,14 @@ from qcoder_ds.copilot.checks import (  # noqa: E402
     filters_group,
     groupings,
     has_example_columns,
+    named_month_dates,
     named_result,
+    names_each_column,
     not_all_missing,
     one_entry_per_group,
+    replaced_everywhere,
     run_warnings,
+    text_dates,
     uncalled_function,
     varies_where_compared,
     warning_entry,
@@ -368,3 +372,136 @@ def test_a_result_that_is_all_nan_fails(request_, value, passes):
     verdict = not_all_missing(Cell(request_, "ts = x", Task.PANDAS, run=_ran(value)))
     assert (verdict.passed if verdict else None) is passes
     assert passes is not False or verdict.issues[0].kind is Kind.ALL_MISSING
+
+
+# --------------------------------------------------------------------------- every column
+
+_WIDE = pd.DataFrame({"A_Name": ["AA", "BB", "CC"], "Value_B": [1.2, 0.7, -2.4],
+                      "Value_C": [0.5, -1.3, 0.1], "Value_D": [-1.3, 0.8, 0.4]})
+_AB = pd.DataFrame({"A": [1, 2, 3], "B": [4, 5, 6]})
+
+
+@pytest.mark.parametrize("request_,code,frame,fires", [
+    ("add the inverse of each existing column, named inv_A and so on",
+     "result = df.assign(inv_A=1 / df['A'], inv_B=1 / df['B'])", _AB, True),
+    ("add the inverse of each existing column, named inv_A and so on",
+     "inv_A = 1 / df.A\ninv_B = 1 / df.B\nresult = pd.concat([df, inv_A, inv_B], axis=1)",
+     _AB, True),
+    ("keep the rows where the absolute value of any column prefixed with Value is over 1",
+     "df = df[(abs(df['Value_B']) > 1) | (abs(df['Value_C']) > 1) | (abs(df['Value_D']) > 1)]",
+     _WIDE, True),
+    ("keep the rows where the absolute value of any column prefixed with Value is over 1",
+     "df = df[(abs(df['Value_B']) > 1) | (abs(df['Value_C']) > 1) | (abs(df['Value_D']) > 1)]"
+     "\nprint(df)", _WIDE, True),  # printing the frame does not work over its columns
+    ("keep the rows where any column prefixed with Value is over 1, and drop the prefix",
+     "df = df[(df['Value_B'] > 1) | (df['Value_C'] > 1) | (df['Value_D'] > 1)]\n"
+     "df.columns = df.columns.str.replace('Value_', '')", _WIDE, True),  # the filter lists
+    # honest: the columns come from the frame, or one operation covers them all
+    ("add the inverse of each existing column, named inv_A and so on",
+     "result = df.join((1 / df).add_prefix('inv_'))", _AB, None),
+    ("add the inverse of each existing column, named inv_A and so on",
+     "result = df.copy()\nfor c in df.columns:\n    result['inv_' + c] = 1 / df[c]", _AB, None),
+    ("keep the rows where the absolute value of any column prefixed with Value is over 1",
+     "v = df.filter(like='Value')\ndf = df[(v.abs() > 1).any(axis=1)]", _WIDE, None),
+    ("fill the missing values in every column with 0", "df = df.fillna(0)", _AB, None),
+    # not about every column, or only one column named
+    ("add the ratio of A to B as a new column", "df['r'] = df['A'] / df['B']", _AB, None),
+    ("add the inverse of each existing column", "df['inv_A'] = 1 / df['A']", _AB, None),
+])
+def test_names_each_column(request_, code, frame, fires):
+    verdict = names_each_column(Cell(request_, code, Task.PANDAS, {"df": frame}))
+    assert (not verdict.passed if verdict else None) is fires
+    assert not fires or verdict.issues[0].kind is Kind.EVERY_COLUMN
+
+
+def test_names_each_column_leaves_plots_alone():
+    code = "df.plot(x='A', y='B')"
+    assert names_each_column(Cell("plot each column", code, Task.PLOT, {"df": _AB})) is None
+
+
+# --------------------------------------------------------------------------- dates as text
+
+
+@pytest.mark.parametrize("request_,code,fires", [
+    ("remove the time zone from the datetime column",
+     "df['datetime'] = df['datetime'].dt.strftime('%Y-%m-%d %H:%M:%S')", True),
+    ("remove the time zone and sort by datetime",
+     "df['t'] = pd.to_datetime(df['t']).dt.tz_localize(None).dt.strftime('%Y-%m-%d %H:%M:%S')"
+     "\ndf = df.sort_values('t')", True),
+    ("remove the time zone from the datetime column",
+     "df['datetime'] = df['datetime'].dt.tz_localize(None)", None),
+    # a format the request asks for, or one that changes what is shown
+    ("write the dates as strings like 2015-12-01 00:00:00",
+     "df['d'] = df['d'].dt.strftime('%Y-%m-%d %H:%M:%S')", None),
+    ("show the date as 01-Dec-2015 00:00:00 (this format)",
+     "df['d'] = df['d'].dt.strftime('%d-%b-%Y %H:%M:%S')", None),
+    ("keep only the day of each timestamp", "df['d'] = df['d'].dt.strftime('%Y-%m-%d')", None),
+])
+def test_text_dates(request_, code, fires):
+    verdict = text_dates(Cell(request_, code, Task.PANDAS))
+    assert (not verdict.passed if verdict else None) is fires
+    assert not fires or verdict.issues[0].kind is Kind.TEXT_DATES
+
+
+# --------------------------------------------------------------------------- replaced everywhere
+
+_ESCAPED = pd.DataFrame({"A": ["Good &AMP; bad", "BB", "Good &LT; bad"], "B": range(3),
+                         "C": ["Good &GT; bad"] * 3})
+
+
+def _shown(code: str, frame: pd.DataFrame, name: str = "df") -> RunResult:
+    """``code`` run on a copy of ``frame``; the child's report of the variable ``name``."""
+    env = {"df": frame.copy(), "pd": pd}
+    exec(code, env)  # noqa: S102 - the test's own code
+    return RunResult(ok=True, value=sandbox_child._describe(env[name]))
+
+
+@pytest.mark.parametrize("request_,code,passes", [
+    ("replace &AMP; with '&' from all columns where it could be in any position",
+     "df['A'] = df['A'].str.replace('&AMP;', '&')", True),  # only A holds &AMP;
+    ("replace &AMP;, &LT;, &GT; with '&', '<', '>' from all columns",
+     "df['A'] = df['A'].str.replace('&AMP;', '&')\ndf['C'] = df['C'].str.replace('&GT;', '>')",
+     False),  # &LT; is left in A
+    ("replace &AMP;, &LT;, &GT; with '&', '<', '>' from all columns",
+     "df = df.replace({'&AMP;': '&', '&LT;': '<', '&GT;': '>'}, regex=True)", True),
+    ("replace &GT; with '>' everywhere", "df['A'] = df['A'].str.replace('&GT;', '>')", False),
+    # the request names the column: the others may keep it
+    ("replace &GT; with '>' in column C", "df['C'] = df['C'].str.replace('&GT;', '>')", None),
+    ("replace the zeros with NaN", "df = df.replace(0, float('nan'))", None),  # not text held
+])
+def test_replaced_everywhere(request_, code, passes):
+    verdict = replaced_everywhere(Cell(request_, code, Task.PANDAS, {"df": _ESCAPED},
+                                       run=_shown(code, _ESCAPED)))
+    assert (verdict.passed if verdict else None) is passes
+    assert passes is not False or verdict.issues[0].kind is Kind.NOT_REPLACED
+
+
+# --------------------------------------------------------------------------- dates by name
+
+_STAMPS = pd.DataFrame({"datetime": pd.to_datetime(["2015-12-01 00:00:00",
+                                                    "2015-12-02 00:01:00"])})
+
+
+@pytest.mark.parametrize("request_,code,passes", [
+    ("Desired output\n01-Dec-2015 00:00:00",
+     "df['datetime'] = df['datetime'].dt.strftime('%d-%m-%Y %H:%M:%S')", False),
+    ("Desired output\n01-Dec-2015 00:00:00", "pass", False),  # still datetimes, in digits
+    ("Desired output\n01-Dec-2015 00:00:00",
+     "df['datetime'] = df['datetime'].dt.strftime('%d-%b-%Y %H:%M:%S')", True),
+    ("show dates like Dec 1, 2015", "df['datetime'] = df['datetime'].dt.strftime('%b %-d, %Y')",
+     True),
+    ("remove the time zone", "pass", None),  # no date shown by name
+])
+def test_named_month_dates(request_, code, passes):
+    verdict = named_month_dates(Cell(request_, code, Task.PANDAS, {"df": _STAMPS},
+                                     run=_shown(code, _STAMPS)))
+    assert (verdict.passed if verdict else None) is passes
+    assert passes is not False or verdict.issues[0].kind is Kind.DATE_FORM
+
+
+def test_named_month_dates_the_data_holds_are_inputs_not_examples():
+    frame = pd.DataFrame({"d": ["01-Dec-2015", "02-Dec-2015"]})
+    code = "df['d'] = pd.to_datetime(df['d'], format='%d-%b-%Y')"
+    verdict = named_month_dates(Cell("parse dates like 01-Dec-2015 into datetimes", code,
+                                     Task.PANDAS, {"df": frame}, run=_shown(code, frame)))
+    assert verdict is None
