@@ -416,6 +416,31 @@ CASES = {
          None,
          []),
     ],
+    'unread-table': [
+        ('How many orders does each country have?',
+         'SELECT country, COUNT(*) FROM customers GROUP BY country',
+         None,
+         ['the request is about orders (table orders), which the query never reads: join it '
+          'through its foreign key, and count or filter its rows']),
+        ('How many cities does each country have?',
+         'SELECT Name FROM country',
+         None,
+         ['the request is about cities (table city), which the query never reads: join it '
+          'through its foreign key, and count or filter its rows']),
+        ('How many orders does each customer have?',  # orders holds the customers' key
+         'SELECT customer_id, COUNT(*) FROM orders GROUP BY customer_id',
+         None,
+         []),
+        ('Which countries have flights?',  # no foreign key links flights to country
+         'SELECT Name FROM country',
+         None,
+         []),
+        ('How many orders does each customer have?',
+         'SELECT T1.name, COUNT(*) FROM customers AS T1 JOIN orders AS T2 '
+         'ON T1.customer_id = T2.customer_id GROUP BY T1.name',
+         None,
+         []),
+    ],
     'outer-pick': [
         ('',
          'SELECT Code FROM country WHERE Name IN (SELECT Continent FROM city)',
@@ -705,3 +730,31 @@ def test_the_rules_together_through_the_pipeline(box, shop_db):
     assert any("o.country -> c.country" in w for w in ans.warnings)
     assert any("dropped COUNT(*) AS n from the result" in w for w in ans.warnings)
     assert conn.execute(ans.sql).fetchall() == [("UK",)]
+
+
+def test_a_table_named_as_the_start_of_another_tables_name_is_that_table():
+    """"template type" names Ref_Template_Types, not Templates (Spider's cre_Doc_Template_Mgt);
+    "templates" alone names Templates."""
+    conn = sqlite3.connect(":memory:")
+    conn.executescript("""
+        CREATE TABLE Ref_Template_Types (Template_Type_Code TEXT PRIMARY KEY, Description TEXT);
+        CREATE TABLE Templates (Template_ID INTEGER PRIMARY KEY, Template_Type_Code TEXT
+                                REFERENCES Ref_Template_Types(Template_Type_Code));
+        CREATE TABLE Documents (Document_ID INTEGER PRIMARY KEY,
+                                Template_ID INTEGER REFERENCES Templates(Template_ID));
+    """)
+    info = describe_connection("conn", conn)
+    rule = rule_named("unread-table")
+
+    def found(request, sql):
+        _, fixes = rule.apply(sqlglot.parse_one(sql, read="sqlite"), SqlContext(info, request))
+        return [f.change for f in fixes]
+
+    types = "SELECT Template_Type_Code, Description FROM Ref_Template_Types"
+    assert found("Show all template type codes and descriptions.", types) == []
+    assert found("Which template types are used by templates?", types) == [
+        "templates (table Templates)"]
+    assert found("How many documents use each template type?",
+                 "SELECT Template_Type_Code, COUNT(*) FROM Templates GROUP BY 1") == [
+        "documents (table Documents)"]
+    conn.close()

@@ -28,6 +28,7 @@ from qcoder_ds.copilot.sql_rules import (
     schema_slips,
     unlinked_joins,
     unnamed_key,
+    unread_table,
     unused_joins,
     value_holder,
     values,
@@ -52,6 +53,7 @@ RULES: tuple[Rule, ...] = (
     count_measure.RULE,
     inner_is_null.RULE,
     unnamed_key.RULE,  # reads the request's numbers
+    unread_table.RULE,
     outer_pick.RULE,
     unused_joins.RULE,  # these two read the request's words
     ranking_column.RULE,

@@ -45,6 +45,7 @@ class SqlKind(str, enum.Enum):
     COUNT_MEASURE = "count-measure"
     INNER_IS_NULL = "inner-is-null"
     UNNAMED_KEY = "unnamed-key"
+    UNREAD_TABLE = "unread-table"
     OUTER_PICK = "outer-pick"
     UNUSED_JOINS = "unused-joins"
     RANKING_COLUMN = "ranking-column"
