@@ -36,6 +36,11 @@ DB = """
                       pet_type TEXT, pet_age INTEGER);
     CREATE TABLE owns (owner_id INTEGER REFERENCES owner(owner_id),
                        pet_id INTEGER REFERENCES pet(pet_id));
+    CREATE TABLE countrylanguage (CountryCode TEXT REFERENCES country(Code), Language TEXT,
+                                  IsOfficial TEXT);
+    CREATE TABLE person (id INTEGER PRIMARY KEY, name TEXT);
+    CREATE TABLE friend (person_id INTEGER REFERENCES person(id),
+                         friend_id INTEGER REFERENCES person(id));
     INSERT INTO customers VALUES (1, 'Ada', 'UK'), (2, 'Linus', 'FI'), (3, 'Grace', 'US');
     INSERT INTO orders VALUES (1, 1, 10.5, '2023-01-02'), (2, 1, 20.0, '2023-02-03'),
                               (3, 2, 7.25, '2023-03-04'), (4, 3, 99.0, '2022-12-31');
@@ -438,6 +443,53 @@ CASES = {
         ('How many orders does each customer have?',
          'SELECT T1.name, COUNT(*) FROM customers AS T1 JOIN orders AS T2 '
          'ON T1.customer_id = T2.customer_id GROUP BY T1.name',
+         None,
+         []),
+    ],
+    'flag-column': [
+        ('What is the official language of Norway?',
+         "SELECT Language FROM countrylanguage WHERE CountryCode = 'NOR'",
+         None,
+         ["the request asks for what is official, but the query never tests "
+          "countrylanguage.IsOfficial: add the condition on it (such a column holds 'T'/'F', "
+          "1/0 or the like: look at its values)"]),
+        ('What is the official language of Norway?',
+         "SELECT Language FROM countrylanguage WHERE CountryCode = 'NOR' AND IsOfficial = 'T'",
+         None,
+         []),
+        ('Which languages of Norway are not official?',  # negated: either way may answer
+         "SELECT Language FROM countrylanguage WHERE CountryCode = 'NOR'",
+         None,
+         []),
+        ('Which languages are spoken in Norway?',
+         "SELECT Language FROM countrylanguage WHERE CountryCode = 'NOR'",
+         None,
+         []),
+    ],
+    'link-direction': [
+        ('What are the names of people who have friends?',
+         'SELECT name FROM person WHERE id IN (SELECT friend_id FROM friend)',
+         None,
+         ['the request is about who has the link, but the query reads only friend.friend_id; '
+          'a row of friend says person_id has friend_id, so who has them is '
+          'friend.person_id: match the request\'s subject on that column']),
+        ('How many friends does Ada have?',
+         "SELECT COUNT(*) FROM friend AS f JOIN person AS p ON f.friend_id = p.id "
+         "WHERE p.name = 'Ada'",
+         None,
+         ['the request is about who has the link, but the query reads only friend.friend_id; '
+          'a row of friend says person_id has friend_id, so who has them is '
+          'friend.person_id: match the request\'s subject on that column']),
+        ('What are the names of people who have friends?',
+         'SELECT name FROM person WHERE id IN (SELECT person_id FROM friend)',
+         None,
+         []),
+        ('Who is a friend of Ada?',  # the other side is asked for
+         "SELECT p.name FROM friend AS f JOIN person AS p ON f.friend_id = p.id",
+         None,
+         []),
+        ('Whose names are listed?',
+         'SELECT name FROM person WHERE id IN (SELECT friend_id FROM friend)',
          None,
          []),
     ],

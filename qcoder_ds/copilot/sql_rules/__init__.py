@@ -17,11 +17,13 @@ from qcoder_ds.copilot.sql_rules import (
     contradiction,
     count_measure,
     echoes_filter,
+    flag_column,
     group_filter,
     in_keys,
     inner_is_null,
     join_itself,
     join_keys,
+    link_direction,
     outer_pick,
     quoted_strings,
     ranking_column,
@@ -54,6 +56,8 @@ RULES: tuple[Rule, ...] = (
     inner_is_null.RULE,
     unnamed_key.RULE,  # reads the request's numbers
     unread_table.RULE,
+    flag_column.RULE,
+    link_direction.RULE,
     outer_pick.RULE,
     unused_joins.RULE,  # these two read the request's words
     ranking_column.RULE,

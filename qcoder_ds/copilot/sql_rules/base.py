@@ -46,6 +46,8 @@ class SqlKind(str, enum.Enum):
     INNER_IS_NULL = "inner-is-null"
     UNNAMED_KEY = "unnamed-key"
     UNREAD_TABLE = "unread-table"
+    FLAG_COLUMN = "flag-column"
+    LINK_DIRECTION = "link-direction"
     OUTER_PICK = "outer-pick"
     UNUSED_JOINS = "unused-joins"
     RANKING_COLUMN = "ranking-column"
