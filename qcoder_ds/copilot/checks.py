@@ -716,6 +716,43 @@ def named_month_dates(cell: Cell) -> Verdict | None:
         "`.dt.strftime` with `%b` (Dec) or `%B` (December) in the format")])
 
 
+
+# --------------------------------------------------------------------------- numbers kept
+
+_NUMBER_KINDS = set("iufcb")
+#: a request for text ("as strings", "to text"; "in a string" is where a value is found)
+_ASKS_STRINGS = re.compile(r"\b(?:as|to|into)\s+(?:a\s+)?(?:strings?|text|str)\b|\bformat",
+                           re.I)
+
+
+def kept_numbers(cell: Cell) -> Verdict | None:
+    """A result that holds a live frame's number columns as text (``df.map(lambda x:
+    re.sub(..., str(x)))`` to clean the text columns turns the counts into strings too): the
+    numbers no longer add up or sort. Unless the request asks for text, fail."""
+    if cell.task is not Task.PANDAS or cell.run is None or not cell.run.ok or \
+            _ASKS_STRINGS.search(cell.request):
+        return None
+    kinds = (cell.run.value or {}).get("kinds")
+    if not kinds:
+        return None
+    for name, frame in _frames(cell.namespace, cell.code).items():
+        numbers = [str(c) for c in frame.columns
+                   if getattr(frame[c], "dtype", None) is not None
+                   and getattr(frame[c].dtype, "kind", "") in _NUMBER_KINDS]
+        shared = [c for c in numbers if c in kinds]
+        if not shared:
+            continue
+        texts = [c for c in shared if kinds[c] in "OSUT"]
+        verified = "number columns stay numbers"
+        if not texts:
+            return Verdict(verified)
+        return Verdict(verified, [Issue(
+            Kind.NUMBERS_AS_TEXT, f"the result holds {', '.join(texts[:5])} as text, but in "
+            f"`{name}` {'they are' if len(texts) > 1 else 'it is'} numbers; change only the "
+            "columns the request is about (a text operation on every value, like "
+            "`str(x)` inside `map`, turns numbers into strings)")])
+    return None
+
 # --------------------------------------------------------------------------- replaced everywhere
 
 _REPLACE = re.compile(r"\b(?:replace|substitute|swap)\s+(.{1,80}?)\s+(?:with|by|for)\b",
@@ -883,7 +920,7 @@ def not_all_missing(cell: Cell) -> Verdict | None:
 #: run after the sandbox (on what the check child reported)
 RUN_RULES: tuple[Rule, ...] = (run_warnings, one_entry_per_group, varies_where_compared,
                                has_example_columns, not_all_missing, replaced_everywhere,
-                               named_month_dates)
+                               named_month_dates, kept_numbers)
 
 
 def apply(rules: tuple[Rule, ...], cell: Cell) -> list[Verdict]:

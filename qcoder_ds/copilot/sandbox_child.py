@@ -132,6 +132,8 @@ def _describe(value, inputs=frozenset(), inputs_printed=()):
         out["shape"] = list(value.shape)
     if isinstance(value, pd.DataFrame):
         out["columns"] = [str(c) for c in value.columns][:100]
+        out["kinds"] = {str(c): value[c].dtype.kind for c in value.columns[:100]
+                        if isinstance(value[c], pd.Series)}  # numbers kept as numbers?
         try:  # rows listed twice: a join that repeats rows (the SQL fan-out check)
             out["duplicate_rows"] = int(value.duplicated().sum())
         except Exception:  # noqa: BLE001 - unhashable cells: not reported

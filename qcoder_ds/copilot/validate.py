@@ -69,6 +69,7 @@ class Kind(str, enum.Enum):
     EVERY_COLUMN = "every-column"  # "each column" answered by naming the sample's columns
     TEXT_DATES = "text-dates"  # dates turned into text that looks the same
     DATE_FORM = "date-form"  # dates in digits where the request shows the month's name
+    NUMBERS_AS_TEXT = "numbers-as-text"  # a number column of the data comes back as text
     NOT_REPLACED = "not-replaced"  # what the request asks to replace is still in the result
     CHECK_FAILED = "check-failed"  # a check itself failed on the answer (a bug, reported)
 

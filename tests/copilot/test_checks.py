@@ -31,6 +31,7 @@ from qcoder_ds.copilot.checks import (  # noqa: E402
     filters_group,
     groupings,
     has_example_columns,
+    kept_numbers,
     named_month_dates,
     named_result,
     names_each_column,
@@ -505,3 +506,24 @@ def test_named_month_dates_the_data_holds_are_inputs_not_examples():
     verdict = named_month_dates(Cell("parse dates like 01-Dec-2015 into datetimes", code,
                                      Task.PANDAS, {"df": frame}, run=_shown(code, frame)))
     assert verdict is None
+
+
+# --------------------------------------------------------------------------- numbers kept
+
+
+@pytest.mark.parametrize("request_,code,passes", [
+    ("replace &LT; with '<' in all columns",
+     "import re\ndf = df.map(lambda x: re.sub('&LT;', '<', str(x)))", False),  # B: text now
+    ("replace &LT; with '<' in all columns",
+     "df = df.replace('&LT;', '<', regex=True)", True),
+    ("replace &LT; with '<' in every column, where it is in any position in a string",
+     "import re\ndf = df.map(lambda x: re.sub('&LT;', '<', str(x)))", False),
+    ("turn every value into a string", "df = df.astype(str)", None),  # asked for text
+    ("count the rows", "n = len(df)", None),  # not a frame
+])
+def test_kept_numbers(request_, code, passes):
+    name = "n" if code.startswith("n =") else "df"
+    verdict = kept_numbers(Cell(request_, code, Task.PANDAS, {"df": _ESCAPED},
+                                run=_shown(code, _ESCAPED, name)))
+    assert (verdict.passed if verdict else None) is passes
+    assert passes is not False or verdict.issues[0].kind is Kind.NUMBERS_AS_TEXT
