@@ -493,6 +493,32 @@ CASES = {
          None,
          []),
     ],
+    'sum-for-count': [
+        ('Which country has the largest number of cities?',
+         'SELECT country FROM customers GROUP BY country ORDER BY SUM(customer_id) DESC LIMIT 1',
+         None,
+         ["the query adds up SUM(customer_id) for 'number of cities': a sum of another column "
+          "does not count the things the request counts; count them (COUNT(*), or "
+          "COUNT(DISTINCT ...))"]),
+        ('How many orders does Ada have?',
+         "SELECT SUM(amount) FROM orders JOIN customers USING (customer_id) WHERE name = 'Ada'",
+         None,
+         ["the query adds up SUM(amount) for 'How many orders': a sum of another column does "
+          "not count the things the request counts; count them (COUNT(*), or "
+          "COUNT(DISTINCT ...))"]),
+        ('What is the total amount of orders?',  # amount is the column summed
+         'SELECT SUM(amount) FROM orders',
+         None,
+         []),
+        ('How many people ordered, in all?',  # people: no table or text column
+         'SELECT SUM(amount) FROM orders',
+         None,
+         []),
+        ('How many orders per customer?',
+         'SELECT customer_id, COUNT(*) FROM orders GROUP BY customer_id',
+         None,
+         []),
+    ],
     'outer-pick': [
         ('',
          'SELECT Code FROM country WHERE Name IN (SELECT Continent FROM city)',

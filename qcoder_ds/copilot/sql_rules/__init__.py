@@ -28,6 +28,7 @@ from qcoder_ds.copilot.sql_rules import (
     quoted_strings,
     ranking_column,
     schema_slips,
+    sum_for_count,
     unlinked_joins,
     unnamed_key,
     unread_table,
@@ -58,6 +59,7 @@ RULES: tuple[Rule, ...] = (
     unread_table.RULE,
     flag_column.RULE,
     link_direction.RULE,
+    sum_for_count.RULE,
     outer_pick.RULE,
     unused_joins.RULE,  # these two read the request's words
     ranking_column.RULE,

@@ -48,6 +48,7 @@ class SqlKind(str, enum.Enum):
     UNREAD_TABLE = "unread-table"
     FLAG_COLUMN = "flag-column"
     LINK_DIRECTION = "link-direction"
+    SUM_FOR_COUNT = "sum-for-count"
     OUTER_PICK = "outer-pick"
     UNUSED_JOINS = "unused-joins"
     RANKING_COLUMN = "ranking-column"
