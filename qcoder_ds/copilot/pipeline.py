@@ -538,8 +538,13 @@ class Copilot:
         return attempt
 
     def _check_rows(self, attempt: Attempt, info: ctxmod.ConnectionInfo, req: Request) -> None:
-        """The fan-out check (``sql_rows``): result rows listed twice, one table's rows
-        repeated by a join. The probe runs only when the result has duplicate rows."""
+        """The checks on the rows the query returned (``sql_rows``): a NULL test that found
+        nothing, and the fan-out (one table's rows repeated by a join; the probe runs only
+        when the result has duplicate rows)."""
+        empty = sql_rows.null_test_issue(attempt.sql or "", info, attempt.run.value)
+        if empty is not None:
+            attempt.verdicts.append(Verdict("its NULL test finds rows", [empty]))
+            attempt.issues.append(empty)
         found = sql_rows.probe(attempt.sql or "", info)
         if found is None:
             return

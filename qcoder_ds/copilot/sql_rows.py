@@ -1,4 +1,5 @@
-"""Check: a join that lists one row of the answer's table more than once.
+"""Checks on the rows a query returned: a join that lists one row of the answer's table more
+than once, and a NULL test that found nothing.
 
 "Which regions speak Dutch or English?" answered with ``country JOIN countrylanguage``
 lists a region once per matching language row: the same country row comes back twice. Only
@@ -6,6 +7,11 @@ the database can tell a row repeated by the join from two rows that hold equal v
 paragraphs with the same text), so this check runs after the query: when the result has
 duplicate rows, a probe counts the rows against the distinct source rows (``rowid``) of the
 one table every selected column comes from. The probe runs in the sandbox, as the query did.
+
+"Students who have no friends" answered ``SELECT student_id FROM Friend WHERE friend_id IS
+NULL`` returns nothing: a student without friends has no row in ``Friend`` at all, not a row
+with a NULL. A query with no rows whose filter tests a column of an inner (not outer) table
+for NULL is sent back for NOT IN or a LEFT JOIN.
 """
 
 from __future__ import annotations
@@ -76,3 +82,32 @@ def verdict_issue(probe: Probe, value: dict | None) -> Issue | None:
                  f"the join lists rows of {probe.table} more than once: {rows} rows come from "
                  f"{distinct} rows of it. Use SELECT DISTINCT, or test the joined table with "
                  "IN (SELECT ...) or EXISTS instead of joining it")
+
+
+def null_test_issue(sql: str, info: ConnectionInfo, value: dict | None) -> Issue | None:
+    """The error when the query returned no rows and its WHERE tests a column of a table it
+    reads directly or through an inner join for NULL (``friend_id IS NULL``): a missing
+    link is a missing row. A NULL test on an outer-joined table (the LEFT JOIN anti-join) or
+    under NOT is left alone, and so is a query with rows."""
+    shape = (value or {}).get("shape")
+    if not shape or shape[0] != 0:
+        return None
+    try:
+        tree = sqlglot.parse_one(sql, read=info.dialect)
+    except (SqlglotError, ValueError):
+        return None
+    for select in tree.find_all(exp.Select):
+        outer = {j.this.alias_or_name.lower() for j in select.args.get("joins") or []
+                 if isinstance(j.this, exp.Table) and j.side}
+        where = select.args.get("where")
+        for test in where.find_all(exp.Is) if where is not None else ():
+            col = test.this
+            if isinstance(test.expression, exp.Null) and isinstance(col, exp.Column) and \
+                    test.find_ancestor(exp.Not) is None and \
+                    test.find_ancestor(exp.Select) is select and \
+                    col.table.lower() not in outer and not (outer and not col.table):
+                return Issue(Kind.SQL_LOGIC, f"the query returns no rows: {test.sql()} holds "
+                             "for no row, because what is missing has no row at all rather "
+                             "than a row with a NULL. Use NOT IN (SELECT key FROM that table), "
+                             "or a LEFT JOIN and test the joined table's key for NULL")
+    return None

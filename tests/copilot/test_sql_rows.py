@@ -1,4 +1,5 @@
-"""The fan-out check: a join that lists one row of the answer's table more than once.
+"""The checks on the rows a query returned: a join that lists one row of the answer's table
+more than once (the fan-out probe), and a NULL test that found nothing.
 
 Which queries get the probe is a table of cases; whether a result's duplicate rows are one
 row repeated by the join or equal values of different rows is told by the real database, in
@@ -12,7 +13,7 @@ import pytest
 from qcoder_ds.copilot.context import describe_connection
 from qcoder_ds.copilot.pipeline import Copilot, Options
 from qcoder_ds.copilot.sandbox import Limits
-from qcoder_ds.copilot.sql_rows import probe
+from qcoder_ds.copilot.sql_rows import null_test_issue, probe
 from qcoder_ds.copilot.tasks import Task
 
 DB = """
@@ -119,3 +120,33 @@ def test_a_logic_error_is_reported_as_one_not_as_the_schema(copilot, world):
                 "Region = 'Western Europe'")
     assert not ans.ok
     assert ans.checks["query logic"] == "failed" and ans.checks["schema"] == "passed"
+
+
+# --------------------------------------------------------------------------- a NULL test
+
+
+NO_LANGUAGE = "SELECT Code FROM language WHERE Language IS NULL"
+
+
+@pytest.mark.parametrize("sql,rows,fires", [
+    (NO_LANGUAGE, 0, True),  # a country with no language has no row in language at all
+    ("SELECT T1.Name FROM country AS T1 JOIN language AS T2 ON T1.Code = T2.CountryCode "
+     "WHERE T2.Language IS NULL", 0, True),
+    (NO_LANGUAGE, 2, False),  # it found rows: the column holds NULLs
+    ("SELECT T1.Name FROM country AS T1 LEFT JOIN language AS T2 ON T1.Code = T2.CountryCode "
+     "WHERE T2.CountryCode IS NULL", 0, False),  # the anti-join: an honest empty answer
+    ("SELECT Code FROM language WHERE NOT Language IS NULL", 0, False),
+    ("SELECT Code FROM country WHERE Region = 'Mars'", 0, False),  # no NULL test
+])
+def test_a_null_test_that_finds_nothing(world, sql, rows, fires):
+    issue = null_test_issue(sql, describe_connection("conn", world), {"shape": [rows, 1]})
+    assert (issue is not None) is fires
+    assert not fires or issue.kind == "sql-logic"
+
+
+def test_a_null_test_that_finds_nothing_is_sent_back(copilot, world):
+    ans = check(copilot, world, "Which countries have no language?", NO_LANGUAGE)
+    assert not ans.ok
+    assert ans.checks["its NULL test finds rows"] == "failed"
+    assert "NOT IN" in next(i.message for i in ans.attempts[-1].issues
+                            if "NULL test" in i.message or "no rows" in i.message)
