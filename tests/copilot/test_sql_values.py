@@ -148,7 +148,10 @@ SAME_ROWS = "SELECT c.name, o.amount FROM customers c JOIN orders o USING (custo
 def test_join_conditions_that_cannot_be_meant_use_the_foreign_key(shop_db, sql, fixed, rows):
     conn, _ = shop_db
     info = ctxmod.collect({"conn": conn}, "").connections["conn"]
-    r = validate_sql(sql, info, request="each customer's name and order amounts")
+    # the self-join reads no orders: asked for order amounts, it would fail unread_table
+    request = "pairs of customers from one country" if "orders" not in sql else \
+        "each customer's name and order amounts"
+    r = validate_sql(sql, info, request=request)
     assert r.ok
     if fixed is None:
         assert r.issues == [] and " ".join(r.sql.split()) == sql
