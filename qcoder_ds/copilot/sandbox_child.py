@@ -366,13 +366,21 @@ def _run_cell(code, ns):
     """Like a notebook cell: the last expression's value is the cell's output. A cell that
     ends by printing or displaying one object, or by assigning one name, shows that object:
     a cell ending ``print(weather['temp'].mean())`` for "the mean temp per city" is checked
-    on the number it printed, as if it had shown it."""
+    on the number it printed, as if it had shown it. A cell that ends by assigning into an
+    object (``df['A'] = ...``, ``df.loc[m, 'x'] = ...``) shows the object it changed."""
     tree = ast.parse(code, "<cell>")
     tail = tree.body[-1] if tree.body else None
-    if isinstance(tail, ast.Assign) and len(tail.targets) == 1 and \
-            isinstance(tail.targets[0], ast.Name):
-        exec(compile(tree, "<cell>", "exec"), ns)
-        return ns.get(tail.targets[0].id)
+    if isinstance(tail, ast.Assign) and len(tail.targets) == 1:
+        target = tail.targets[0]
+        into = isinstance(target, (ast.Subscript, ast.Attribute))
+        while isinstance(target, (ast.Subscript, ast.Attribute)):
+            target = target.value
+        if isinstance(target, ast.Name):
+            exec(compile(tree, "<cell>", "exec"), ns)
+            value = ns.get(target.id)
+            if into and not isinstance(value, (pd.DataFrame, pd.Series, np.ndarray)):
+                return None  # plt.rcParams[...] = ...: no data to show
+            return value
     if not isinstance(tail, ast.Expr):
         exec(compile(tree, "<cell>", "exec"), ns)
         return None

@@ -527,3 +527,19 @@ def test_kept_numbers(request_, code, passes):
                                 run=_shown(code, _ESCAPED, name)))
     assert (verdict.passed if verdict else None) is passes
     assert passes is not False or verdict.issues[0].kind is Kind.NUMBERS_AS_TEXT
+
+
+def test_a_cell_ending_in_an_assignment_into_a_frame_is_checked_on_that_frame():
+    """``df['A'] = ...`` as the last line shows ``df`` (a notebook user looks at it next), so
+    the value rules see it; an assignment into something that holds no data shows nothing."""
+    env = {"df": _ESCAPED.copy()}
+    value = sandbox_child._run_cell("df['A'] = df['A'].str.upper()", env)
+    assert value is env["df"] and value["A"].iloc[0] == "GOOD &AMP; BAD"
+    assert sandbox_child._run_cell("import matplotlib\n"
+                                   "matplotlib.rcParams['font.size'] = 9", {}) is None
+    code = "df['A'] = df['A'].str.replace('&GT;', '>')"
+    run = RunResult(ok=True, value=sandbox_child._describe(
+        sandbox_child._run_cell(code, {"df": _ESCAPED.copy()})))
+    verdict = replaced_everywhere(Cell("replace &GT; with '>' everywhere", code, Task.PANDAS,
+                                       {"df": _ESCAPED}, run=run))
+    assert verdict is not None and not verdict.passed  # &GT; is left in C
