@@ -836,3 +836,26 @@ def test_a_table_named_as_the_start_of_another_tables_name_is_that_table():
                  "SELECT Template_Type_Code, COUNT(*) FROM Templates GROUP BY 1") == [
         "documents (table Documents)"]
     conn.close()
+
+
+def test_a_check_that_fails_on_a_query_finds_nothing(db):
+    """A check that raises on a query nobody foresaw reports nothing and leaves the query,
+    like a rewrite that raises: model output must not cost the user the answer."""
+    from qcoder_ds.copilot.sql_rules.base import Rule, State, logic_check
+    from qcoder_ds.copilot.sql_rules.engine import apply_rule, resolves
+
+    def boom(tree, ctx):
+        raise KeyError("unforeseen")
+
+    rule: Rule = logic_check(SqlKind.UNREAD_TABLE, boom, resolves)
+    _, info = db
+    state = State(sqlglot.parse_one("SELECT name FROM customers"), SqlContext(info, "names"))
+    apply_rule(rule, state)
+    assert state.findings == [] and state.tree.sql() == "SELECT name FROM customers"
+
+
+def test_a_table_named_with_underscores_only_is_never_mentioned():
+    from qcoder_ds.copilot.sql_rules.unread_table import mentions
+
+    assert mentions("__").search("any request at all") is None
+    assert mentions("poker_player").search("the poker players") is not None

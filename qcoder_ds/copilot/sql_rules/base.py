@@ -98,9 +98,9 @@ class Rule:
 
     ``message`` is the issue's text, ``{}`` standing for the fixes' changes joined by
     ``join`` (``None``: one issue per fix); a rule with no message rewrites silently.
-    ``verify``: the rewrite is kept only when the query then resolves against the schema, and
-    a rule that raises leaves the query as it was. ``settles``: the rule fixes the schema
-    problem, and its report takes that problem's place."""
+    ``verify``: the rewrite is kept only when the query then resolves against the schema. Any
+    rule that raises leaves the query as it was and reports nothing. ``settles``: the rule
+    fixes the schema problem, and its report takes that problem's place."""
 
     kind: SqlKind
     apply: Apply

@@ -27,6 +27,8 @@ def mentions(table: str) -> re.Pattern[str]:
     plural (``poker_player``: "poker players"; ``Documents``: "document")."""
     parts = [p.lower() for p in re.split(r"[_\s]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", table))
              if p]
+    if not parts:  # a name of underscores only: nothing a request can say
+        return re.compile(r"(?!)")
     one = _singular(parts[-1])
     many = one[:-1] + "ies" if one.endswith("y") else one + ("es" if re.search(
         r"(?:s|x|ch|sh)$", one) else "s")
