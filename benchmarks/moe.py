@@ -396,6 +396,7 @@ def run(args) -> dict:
                   "gguf_q4_0_bytes": gguf.stat().st_size,
                   "dense_bytes_int4": dense_bytes_int4(spec)},
         "tokens": args.tokens, "warmup_tokens": args.warmup, "threads": args.threads,
+        "qcoder_block_size": args.block_size,
     }
     out["machine"]["memory_bandwidth_gbs"] = memory_bandwidth_gbs()
     out["machine"]["disk"] = disk_bandwidth(gguf, expert_bytes_int4(spec))
@@ -410,21 +411,25 @@ def run(args) -> dict:
 
     build_ms = (args.previous.get("qcoder_expert_build") or {}).get("build_ms")
     if "qcoder" in engines:
-        export = work / "onnx-int4"
+        export = work / ("onnx-int4" if args.block_size == 32 else f"onnx-int4-b{args.block_size}")
         if not (export / "config.json").is_file():
             from qcoder_ds.models.checkpoint import HFCheckpoint
             from qcoder_ds.runtime.ort_backend import export_onnx
 
             t = time.perf_counter()
-            export_onnx(HFCheckpoint(model.hf_dir), export, weights="int4", progress=True)
+            export_onnx(HFCheckpoint(model.hf_dir), export, weights="int4", progress=True,
+                        block_size=args.block_size)
             out["qcoder_export_s"] = time.perf_counter() - t
         runs = []
         trace = work / "qcoder-100.trace"
         for b in args.budgets:
-            for policy in ([args.policy] if b >= 1 else args.policies):
+            for policy, pf in ([(args.policy, "on")] if b >= 1 else
+                               [(p, m) for p in args.policies for m in args.prefetch_modes]):
                 argv = ["--worker", "qcoder", "--export", str(export), "--ids", str(ids_file),
                         "--budget", str(b), "--policy", policy, "--threads", str(args.threads),
                         "--warmup", str(args.warmup)]
+                if pf == "off":
+                    argv.append("--no-prefetch")
                 if b >= 1:
                     argv += ["--trace", str(trace)]
                 store = export / "experts.bin"
@@ -618,6 +623,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace")
     ap.add_argument("--mode", default="resident")
     ap.add_argument("--no-prefetch", action="store_true")
+    ap.add_argument("--block-size", type=int, default=32,
+                    help="int4 block of qcoder's export (32: 5.1 bits per weight with its "
+                         "zero points; 64: 4.56, Q4_0's 4.5)")
+    ap.add_argument("--prefetch-modes", nargs="+", default=["on"], choices=["on", "off"],
+                    help="budgeted qcoder runs with prefetch on, off or both")
     ap.add_argument("--no-repack", action="store_true")
     args = ap.parse_args(argv)
     if args.worker == "qcoder":

@@ -45,6 +45,13 @@ DEFAULT_MAX_CONTEXT = 4096
 #: positions (96 and 224 MiB each), a single one for a model whose cache is larger
 CACHE_BYTES = 768 << 20
 MAX_PREFIX_SLOTS = 3
+#: int4 block of a mixture-of-experts export: 4.56 bits per weight with its fp32 scales and
+#: zero points, Q4_0's 4.5, against 5.1 at 32. Measured at Qwen3-Coder-30B-A3B's expert shape
+#: (benchmarks/results/moe.json): 21% faster fully resident decode, 30% cheaper expert builds
+#: and 11% more experts in the same budget; the price is fidelity (on the dense 1.5B, KL from
+#: the fp32 weights 0.058 against 0.042). Dense exports keep 32, the block their copilot
+#: figures were measured with.
+MOE_BLOCK_SIZE = 64  # when hidden and expert FFN sizes are multiples of it, else 32
 
 
 def export_onnx(ckpt: Checkpoint, out_dir: Path, weights: str = "int4", progress: bool = True,
@@ -54,6 +61,10 @@ def export_onnx(ckpt: Checkpoint, out_dir: Path, weights: str = "int4", progress
     ``options`` are further ``OnnxExportOptions`` fields (block_size, symmetric,
     accuracy_level, lm_head, embeddings). An existing ``out_dir`` is replaced atomically.
     """
+    cfg = ckpt.config
+    if cfg.num_experts and not (cfg.hidden_size % MOE_BLOCK_SIZE
+                                or cfg.moe_intermediate_size % MOE_BLOCK_SIZE):
+        options.setdefault("block_size", MOE_BLOCK_SIZE)  # (QMoE wants whole blocks)
     opts = OnnxExportOptions(weights=weights, **options)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -269,6 +269,45 @@ def test_fused_qmoe_layers_equal_per_expert_sessions(models, tmp_path, name):
         load("onnx", out, expert_ram="50%", fused=True)
 
 
+def test_moe_exports_take_64_blocks_where_the_sizes_allow(tmp_path):
+    """An int4 MoE export is quantized in blocks of 64 (Q4_0's 4.5 bits) when the hidden and
+    expert FFN sizes are multiples of 64, else 32; at 64 the fused QMoE layers still equal the
+    per-expert sessions and the experts compute their dequantized stored weights."""
+    import json
+
+    from qcoder_ds.runtime import quantize as q
+    from qcoder_ds.runtime.ort_backend import export_onnx
+
+    wide = build_tiny_moe(tmp_path / "wide", layers=2, experts=8, top_k=2,
+                          moe_intermediate_size=64)
+    narrow = build_tiny_moe(tmp_path / "narrow", layers=2, experts=8, top_k=2)
+    for hf, block in [(wide, 64), (narrow, 32)]:
+        out = tmp_path / f"int4-{block}"
+        export_onnx(HFCheckpoint(hf), out, weights="int4", progress=False, accuracy_level=0)
+        meta = json.loads((out / "config.json").read_text())
+        assert meta["export"]["block_size"] == block
+        assert json.loads((out / "experts.json").read_text())["quantization"]["block_size"] \
+            == block
+    out = tmp_path / "int4-64"
+    fused, single = load("onnx", out), load("onnx", out, fused=False)
+    ids = PROMPT + EXTRA
+    a = [fused.forward(np.array(ids[:8]))] + [fused.forward(np.array([t])) for t in ids[8:]]
+    b = [single.forward(np.array(ids[:8]))] + [single.forward(np.array([t])) for t in ids[8:]]
+    assert np.abs(np.stack(a) - np.stack(b)).max() <= 1e-4
+    ckpt = HFCheckpoint(wide)
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    p = "model.layers.1.mlp.experts.5."
+    gate, up, down = (ckpt.tensor(p + f"{n}_proj.weight") for n in ("gate", "up", "down"))
+
+    def deq(w, block):
+        return q.dequantize_blockwise(q.quantize_blockwise(w, bits=4, block_size=block))
+    got = single.cache._load(1, 5)[0].run(x)
+    ref64 = _silu_ffn(x, deq(gate, 64), deq(up, 64), deq(down, 64))
+    ref32 = _silu_ffn(x, deq(gate, 32), deq(up, 32), deq(down, 32))
+    assert np.abs(got - ref64).max() <= 1e-4 * np.abs(ref64).max()
+    assert np.abs(got - ref32).max() > 1e-4 * np.abs(ref64).max()  # really blocks of 64
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_qwen3moe_gguf_exports_like_its_safetensors(models, tmp_path, backend):
     """The GGUF reader presents llama.cpp's merged expert tensors under Hugging Face names,
