@@ -38,7 +38,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
-ENGINES = ("ours-ort", "ours-openvino", "llama.cpp", "llama.cpp-q4_0", "transformers")
+ENGINES = ("ours-ort", "ours-ort-b64", "ours-openvino", "llama.cpp", "llama.cpp-q4_0",
+           "transformers")
 RESULTS = HERE / "results" / "decode.json"
 
 # a realistic prompt: data-science code, repeated until it is long enough
@@ -169,14 +170,15 @@ def prompt_ids(n: int, gguf_path: Path) -> list[int]:
 
 
 def run_ours(backend: str, gguf_path: Path, ids: list[int], new_tokens: int, threads: int,
-             weights: str) -> dict:
+             weights: str, out_dir: Path | None = None) -> dict:
     from qcoder_ds.runtime.export import export_dir, get_backend, is_complete
     from qcoder_ds.runtime.generate import generate_tokens
     from qcoder_ds.runtime.sampler import SamplingParams
 
     source = _gguf_source(gguf_path)
-    out_dir = export_dir(source, backend, weights)
-    if not is_complete(out_dir):  # exporting here would put the export's memory in peak RSS
+    out_dir = out_dir or export_dir(source, backend, weights)
+    if not (is_complete(out_dir) or (out_dir / "config.json").is_file()):
+        # exporting here would put the export's memory in peak RSS
         raise SystemExit(f"no complete {backend} export at {out_dir} (did the exporter change "
                          "during the run?); run the benchmark again")
     t0 = time.perf_counter()
@@ -208,6 +210,21 @@ def _gguf_source(gguf_path: Path):
     from qcoder_ds.models.sources import resolve
 
     return resolve(str(gguf_path), require_tokenizer=False)
+
+
+def b64_export(gguf: Path, log=lambda m: None) -> Path:
+    """Our int4 export of ``gguf`` in blocks of 64 (4.56 bits per weight with its fp32 scales
+    and zero points, Q4_0's 4.5; the default's blocks of 32 take 5.1): the equal-bits peer of
+    llama.cpp's Q4_0, made once and kept in ``$QCODER_HOME/bench``. Not the default: its
+    logits stray further from the model's (docs/runtime.md)."""
+    from qcoder_ds.paths import home
+    from qcoder_ds.runtime.ort_backend import export_onnx
+
+    out = home() / "bench" / f"{gguf.stem}-onnx-int4-b64"
+    if not (out / "config.json").is_file():
+        log(f"exporting {gguf.name} to ONNX int4 in blocks of 64")
+        export_onnx(_gguf_source(gguf).checkpoint(), out, "int4", progress=False, block_size=64)
+    return out
 
 
 def q4_0_copy(gguf: Path, log=lambda m: None) -> Path:
@@ -324,6 +341,10 @@ def worker(args: argparse.Namespace) -> None:
     gguf_path = Path(args.gguf)
     if args.worker == "ours-ort":
         r = run_ours("onnx", gguf_path, ids, args.new_tokens, args.threads, args.weights)
+    elif args.worker == "ours-ort-b64":
+        r = run_ours("onnx", gguf_path, ids, args.new_tokens, args.threads, "int4",
+                     b64_export(gguf_path))
+        r["weights"] = "int4 b64"
     elif args.worker == "ours-openvino":
         r = run_ours("openvino", gguf_path, ids, args.new_tokens, args.threads, args.weights)
     elif args.worker in ("llama.cpp", "llama.cpp-q4_0"):  # the caller passes the Q4_0 copy
@@ -359,7 +380,8 @@ def _default_gguf(model: str = DEFAULT_MODEL) -> Path:
 
 def _engine_available(engine: str) -> str | None:
     """None if the engine can run here, else why not."""
-    mods = {"ours-ort": "onnxruntime", "ours-openvino": "openvino", "llama.cpp": "llama_cpp",
+    mods = {"ours-ort": "onnxruntime", "ours-ort-b64": "onnxruntime", "ours-openvino": "openvino",
+            "llama.cpp": "llama_cpp",
             "llama.cpp-q4_0": "llama_cpp", "transformers": "transformers"}
     import importlib.util
 
@@ -368,7 +390,7 @@ def _engine_available(engine: str) -> str | None:
     return None
 
 
-_OURS = {"ours-ort": "onnx", "ours-openvino": "openvino"}
+_OURS = {"ours-ort": "onnx", "ours-openvino": "openvino"}  # (ours-ort-b64: b64_export)
 
 
 def _one_run(engine: str, gguf: Path, ids_file: Path, threads: int, new_tokens: int,
@@ -415,7 +437,9 @@ def run_benchmark(gguf: Path | None = None, engines: tuple[str, ...] = ENGINES, 
             log(f"{engine}: skipped, {why}")
             results["engines"][engine] = {"skipped": why}
             continue
-        if engine.startswith("ours-"):
+        if engine == "ours-ort-b64":
+            b64_export(gguf, log)
+        elif engine.startswith("ours-"):
             from qcoder_ds.runtime.export import ensure_export
 
             t = time.perf_counter()

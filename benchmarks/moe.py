@@ -411,7 +411,7 @@ def run(args) -> dict:
 
     build_ms = (args.previous.get("qcoder_expert_build") or {}).get("build_ms")
     if "qcoder" in engines:
-        export = work / ("onnx-int4" if args.block_size == 32 else f"onnx-int4-b{args.block_size}")
+        export = work / f"onnx-int4-b{args.block_size}"
         if not (export / "config.json").is_file():
             from qcoder_ds.models.checkpoint import HFCheckpoint
             from qcoder_ds.runtime.ort_backend import export_onnx
@@ -623,9 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace")
     ap.add_argument("--mode", default="resident")
     ap.add_argument("--no-prefetch", action="store_true")
-    ap.add_argument("--block-size", type=int, default=32,
-                    help="int4 block of qcoder's export (32: 5.1 bits per weight with its "
-                         "zero points; 64: 4.56, Q4_0's 4.5)")
+    ap.add_argument("--block-size", type=int, default=64,
+                    help="int4 block of qcoder's export (64, the MoE default: 4.56 bits per "
+                         "weight with its scales and zero points, Q4_0's 4.5; 32: 5.1)")
     ap.add_argument("--prefetch-modes", nargs="+", default=["on"], choices=["on", "off"],
                     help="budgeted qcoder runs with prefetch on, off or both")
     ap.add_argument("--no-repack", action="store_true")

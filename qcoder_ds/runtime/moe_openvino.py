@@ -332,4 +332,5 @@ def load_moe_openvino(out_dir: Path, meta: dict, threads: int | None = None,
         writer = TraceWriter(trace, cfg.num_layers, cfg.num_experts, cfg.num_experts_per_tok,
                              str(meta.get("source") or out_dir.name))
     return MoeDecoderSession(dense, cache, cfg, max_context, int(meta["vocab_size"]), routers,
-                             prefetch=prefetch, trace=writer, record_routing=record_routing)
+                             prefetch=prefetch, trace=writer, record_routing=record_routing,
+                             threads=threads or os.cpu_count() or 1)

@@ -316,7 +316,7 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
         else None
     return MoeDecoderSession(dense, cache, cfg, max_context, dense.vocab_size, routers,
                              prefetch=prefetch, trace=writer, record_routing=record_routing,
-                             fused=layers)
+                             fused=layers, threads=threads)
 
 
 def measure_expert_build(store: ExpertStore, cfg: ArchConfig, n: int = 8) -> dict[str, float]:

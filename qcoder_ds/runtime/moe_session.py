@@ -17,6 +17,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -143,13 +144,15 @@ class MoeDecoderSession(DecoderSession):
     ``routers`` [layers, experts, hidden] float32 are the router weights, used in numpy for
     prefetch only (routing itself uses the graph's logits). ``trace`` is a
     ``moe_trace.TraceWriter`` (or None) that gets every token's experts per layer.
-    ``record_routing`` keeps the last forward's experts per layer (tests).
+    ``record_routing`` keeps the last forward's experts per layer (tests). With ``threads``
+    of 2 or more a layer's experts run in two halves at once (each expert session has one
+    thread, so one at a time would leave the other core idle).
     """
 
     def __init__(self, dense: DenseLayers, cache: ExpertCache, cfg: ArchConfig,
                  max_context: int, vocab_size: int, routers: np.ndarray | None = None,
                  prefetch: bool = True, trace: Any = None, record_routing: bool = False,
-                 fused: Any = None):
+                 fused: Any = None, threads: int = 1):
         self.dense, self.cache, self.config = dense, cache, cfg
         self.max_context, self.vocab_size = max_context, vocab_size
         self.routers = routers
@@ -163,6 +166,8 @@ class MoeDecoderSession(DecoderSession):
         self.fused = fused
         if fused is not None:
             self.prefetch = False
+        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="qcoder-experts")
+                      if threads > 1 and fused is None else None)
         self.scores_all_positions = True
         self.position = 0
 
@@ -211,13 +216,23 @@ class MoeDecoderSession(DecoderSession):
     def _experts(self, layer: int, h: np.ndarray, top: np.ndarray, weights: np.ndarray,
                  used: Sequence[int]) -> np.ndarray:
         """Sum over each row's experts of weight * expert(row), each expert run once on all
-        of its rows."""
-        out = np.zeros_like(h)
-        for e in used:
-            rows, slot = np.nonzero(top == e)
-            y = self.cache.get((layer, e)).run(np.ascontiguousarray(h[rows]))
-            out[rows] += y * weights[rows, slot][:, None]
-        return out
+        of its rows. The experts are summed in two fixed halves (alternate experts of the
+        sorted list), the second on the pool's thread when there is one: the same additions
+        in the same order either way, so the numbers never depend on threads or budget."""
+        def part(experts: Sequence[int]) -> np.ndarray:
+            out = np.zeros_like(h)
+            for e in experts:
+                rows, slot = np.nonzero(top == e)
+                y = self.cache.get((layer, e)).run(np.ascontiguousarray(h[rows]))
+                out[rows] += y * weights[rows, slot][:, None]
+            return out
+
+        first, second = used[0::2], used[1::2]
+        if self._pool is None or not second:
+            return part(first) + part(second)
+        other = self._pool.submit(part, second)
+        mine = part(first)
+        return mine + other.result()
 
     def _prefetch_pays(self) -> bool:
         """False (for good) once prefetch has shown that its guesses are mostly wrong."""
@@ -244,13 +259,17 @@ class MoeDecoderSession(DecoderSession):
     def cache_stats(self) -> dict:
         """The expert cache's counters (hits, misses, bytes read, prefetch accuracy)."""
         d = {**self.cache.describe(), "fused": self.fused is not None,
-             "prefetch": self.prefetch, "prefetch_off": self.prefetch_off}
+             "prefetch": self.prefetch, "prefetch_off": self.prefetch_off,
+             "expert_threads": 2 if self._pool is not None else 1}
         if self.fused is not None:  # every expert resident, none looked up one by one
             d["hit_rate"] = None
         return d
 
     def close(self) -> None:
-        """Stop the prefetch thread and finish the trace file."""
+        """Stop the prefetch and expert threads and finish the trace file."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self.cache.close()
         if self.trace is not None:
             self.trace.close()

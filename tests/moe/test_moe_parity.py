@@ -35,14 +35,14 @@ def _export(backend: str, ckpt, out: Path, weights: str = "fp32") -> None:
         export_openvino(ckpt, out, weights=weights, progress=False)
 
 
-def load(backend: str, out: Path, **options):
+def load(backend: str, out: Path, threads: int = 1, **options):
     if backend == "onnx":
         from qcoder_ds.runtime.ort_backend import load_onnx
 
-        return load_onnx(out, threads=1, **options)
+        return load_onnx(out, threads=threads, **options)
     from qcoder_ds.runtime.openvino_backend import load_openvino
 
-    return load_openvino(out, threads=1, **options)
+    return load_openvino(out, threads=threads, **options)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,8 @@ def test_greedy_matches_transformers_for_32_steps(models, name, backend, budget)
 
 @pytest.mark.parametrize("backend", ["onnx", pytest.param("openvino", marks=pytest.mark.slow)])
 def test_cache_size_and_prefetch_never_change_the_numbers(models, backend):
-    """The same logits, bit for bit, whatever the budget, the policy or prefetch."""
+    """The same logits, bit for bit, whatever the budget, the policy, prefetch, or a layer's
+    experts run in two halves on two threads."""
     _, out = models("l3-e16-top4-raw", backend)
     ids = PROMPT + EXTRA
 
@@ -157,12 +158,14 @@ def test_cache_size_and_prefetch_never_change_the_numbers(models, backend):
 
     full, _ = run(expert_ram="100%", prefetch=False)
     for options in ({"expert_ram": "25%"}, {"expert_ram": "25%", "prefetch": False},
-                    {"expert_ram": "25%", "policy": "lfu-decay"}):
+                    {"expert_ram": "25%", "policy": "lfu-decay"},
+                    {"expert_ram": "25%", "threads": 2}, {"expert_ram": "100%", "threads": 2}):
         if options.get("policy") == "lfu-decay":
             pytest.importorskip("qcoder_ds.runtime.expert_policy")
         got, stats = run(**options)
         np.testing.assert_array_equal(got, full)
-        if options.get("prefetch", True):
+        assert stats["expert_threads"] == options.get("threads", 1)
+        if options.get("prefetch", True) and options["expert_ram"] != "100%":
             assert stats["prefetch_predicted"] > 0
 
 
