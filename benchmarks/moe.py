@@ -192,7 +192,7 @@ def worker_qcoder(args) -> dict:
     t = time.perf_counter()
     s = load_onnx(Path(args.export), threads=args.threads, expert_ram=f"{args.budget * 100:g}%",
                   policy=args.policy, prefetch=not args.no_prefetch,
-                  trace=args.trace or None)
+                  trace=args.trace or None, fused=False if args.no_fused else None)
     load_s = time.perf_counter() - t
     warm = args.warmup
     for tok in ids[:warm]:
@@ -215,6 +215,7 @@ def worker_qcoder(args) -> dict:
     hidden = delta.get("waited", 0) + delta.get("prefetch_loaded_used", 0)
     return {
         "budget": args.budget, "policy": args.policy, "prefetch": not args.no_prefetch,
+        "fused": not args.no_fused and args.budget >= 1,
         "load_s": load_s, "decode_tok_s": n / dt, "peak_rss_mib": peak_rss_mib(),
         "tokens_timed": n,
         "cache_bytes_read_per_token": delta.get("bytes_read", 0) / n,
@@ -423,13 +424,15 @@ def run(args) -> dict:
         runs = []
         trace = work / "qcoder-100.trace"
         for b in args.budgets:
-            for policy, pf in ([(args.policy, "on")] if b >= 1 else
-                               [(p, m) for p in args.policies for m in args.prefetch_modes]):
+            for policy, pf in ([(args.policy, "on"), (args.policy, "per-expert")] if b >= 1
+                               else [(p, m) for p in args.policies for m in args.prefetch_modes]):
                 argv = ["--worker", "qcoder", "--export", str(export), "--ids", str(ids_file),
                         "--budget", str(b), "--policy", policy, "--threads", str(args.threads),
                         "--warmup", str(args.warmup)]
                 if pf == "off":
                     argv.append("--no-prefetch")
+                if pf == "per-expert":
+                    argv.append("--no-fused")
                 if b >= 1:
                     argv += ["--trace", str(trace)]
                 store = export / "experts.bin"
@@ -623,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace")
     ap.add_argument("--mode", default="resident")
     ap.add_argument("--no-prefetch", action="store_true")
+    ap.add_argument("--no-fused", action="store_true",
+                    help="fully resident on per-expert sessions, not QMoE")
     ap.add_argument("--block-size", type=int, default=64,
                     help="int4 block of qcoder's export (64, the MoE default: 4.56 bits per "
                          "weight with its scales and zero points, Q4_0's 4.5; 32: 5.1)")

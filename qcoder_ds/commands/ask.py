@@ -67,7 +67,7 @@ def add_moe_options(p: argparse.ArgumentParser) -> None:
                         "memory available)")
     g.add_argument("--expert-policy", default=None, metavar="NAME",
                    help="eviction policy: lru, lfu, lfu-decay, nextuse (default: "
-                        "$QCODER_EXPERT_POLICY, else lru)")
+                        "$QCODER_EXPERT_POLICY, else lfu-decay)")
     g.add_argument("--no-prefetch", dest="prefetch", action="store_false",
                    help="do not build the next layer's likely experts in the background")
     g.add_argument("--trace", metavar="FILE", default=None,

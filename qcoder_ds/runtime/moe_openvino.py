@@ -26,7 +26,7 @@ import numpy as np
 from qcoder_ds.errors import ContextLengthError, ModelError
 from qcoder_ds.models.checkpoint import Checkpoint
 from qcoder_ds.models.config import ArchConfig
-from qcoder_ds.runtime.expert_cache import ExpertCache, parse_budget, resident_cost
+from qcoder_ds.runtime.expert_cache import DEFAULT_POLICY, ExpertCache, parse_budget, resident_cost
 from qcoder_ds.runtime.expert_store import ExpertStore, ExpertStoreWriter
 from qcoder_ds.runtime.moe_session import (
     ROUTERS,
@@ -304,7 +304,7 @@ class OvMoeDense:
 
 def load_moe_openvino(out_dir: Path, meta: dict, threads: int | None = None,
                       max_context: int | None = None, expert_ram: str | int | None = None,
-                      policy: str = "lru", prefetch: bool = True,
+                      policy: str = DEFAULT_POLICY, prefetch: bool = True,
                       trace: str | Path | None = None,
                       record_routing: bool = False) -> MoeDecoderSession:
     """Open an OpenVINO MoE export as a DecoderSession (see ``moe_ort.load_moe_onnx``)."""

@@ -24,7 +24,7 @@ import onnxruntime as ort
 from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
 from qcoder_ds.models.checkpoint import Checkpoint
 from qcoder_ds.models.config import ArchConfig
-from qcoder_ds.runtime.expert_cache import ExpertCache, parse_budget, resident_cost
+from qcoder_ds.runtime.expert_cache import DEFAULT_POLICY, ExpertCache, parse_budget, resident_cost
 from qcoder_ds.runtime.expert_store import ExpertStore, ExpertStoreWriter
 from qcoder_ds.runtime.moe_onnx import (
     DENSE_DATA,
@@ -275,7 +275,8 @@ class OrtMoeDense:
 
 def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | None = None,
                   spinning: bool = False, expert_ram: str | int | None = None,
-                  policy: str = "lru", prefetch: bool = True, trace: str | Path | None = None,
+                  policy: str = DEFAULT_POLICY, prefetch: bool = True,
+                  trace: str | Path | None = None,
                   record_routing: bool = False, fused: bool | None = None
                   ) -> MoeDecoderSession:
     """Open a MoE export: dense graphs, the expert store (checked against this export's id),

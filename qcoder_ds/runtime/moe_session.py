@@ -130,12 +130,15 @@ def route(logits: np.ndarray, top_k: int, norm_topk_prob: bool
     return top, w.astype(np.float32)
 
 
-#: prefetch switches itself off when, after this many predicted experts, fewer than
-#: MIN_PREDICTION_ACCURACY of them were used: wrong guesses cost builds that compete with the
-#: decoder for the cores and evict experts that were needed (a random-weight model's
-#: predictions are no better than chance: benchmarks/results/moe-cache.json)
+#: prefetch switches itself off when, after this many experts predicted, fewer than
+#: MIN_PREDICTION_ACCURACY of them were used (a random-weight model's predictions are no better
+#: than chance: benchmarks/results/moe-cache.json), or after PREFETCH_PROBATION / 4 experts it
+#: built, fewer than MIN_BUILDS_USED of those were used: a prefetched build that is not used
+#: costs a whole build on a core the decoder wants, and one that is used saves at most one
+#: (at the 30B's shape, 30-35% were used and prefetch slowed decode: benchmarks/results/moe.json)
 PREFETCH_PROBATION = 512
 MIN_PREDICTION_ACCURACY = 0.3
+MIN_BUILDS_USED = 0.5
 
 
 class MoeDecoderSession(DecoderSession):
@@ -235,13 +238,20 @@ class MoeDecoderSession(DecoderSession):
         return mine + other.result()
 
     def _prefetch_pays(self) -> bool:
-        """False (for good) once prefetch has shown that its guesses are mostly wrong."""
+        """False (for good) once prefetch has shown that its guesses, or its builds, are
+        mostly wasted."""
         st = self.cache.stats
         if st.prefetch_predicted >= PREFETCH_PROBATION and \
                 st.prefetch_predicted_used < MIN_PREDICTION_ACCURACY * st.prefetch_predicted:
             self.prefetch = False
             self.prefetch_off = (f"prefetch switched off: {st.prefetch_predicted_used} of "
                                  f"{st.prefetch_predicted} predicted experts were used")
+            return False
+        if st.prefetch_loaded >= PREFETCH_PROBATION // 4 and \
+                st.prefetch_loaded_used < MIN_BUILDS_USED * st.prefetch_loaded:
+            self.prefetch = False
+            self.prefetch_off = (f"prefetch switched off: {st.prefetch_loaded_used} of the "
+                                 f"{st.prefetch_loaded} experts it built were used")
             return False
         return True
 

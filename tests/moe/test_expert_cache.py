@@ -156,3 +156,26 @@ def test_prefetch_switches_itself_off_when_its_guesses_are_wrong(monkeypatch):
     c.stats.prefetch_predicted_used = 3  # 25%
     assert not s._prefetch_pays() and not s.prefetch
     assert "3 of 12 predicted experts were used" in s.prefetch_off
+
+
+def test_prefetch_switches_itself_off_when_most_of_its_builds_go_unused(monkeypatch):
+    """Guesses may be right about experts already resident and still waste the builds: after
+    PREFETCH_PROBATION / 4 built, fewer than half of them used, off."""
+    from qcoder_ds.runtime import moe_session
+
+    monkeypatch.setattr(moe_session, "PREFETCH_PROBATION", 40)
+    c = ExpertCache(Loader(), 100, 1000, 2, "lru")
+
+    class Session(moe_session.MoeDecoderSession):
+        def __init__(self):
+            self.cache, self.prefetch, self.prefetch_off = c, True, ""
+
+    s = Session()
+    c.stats.prefetch_predicted, c.stats.prefetch_predicted_used = 400, 250  # good guesses
+    c.stats.prefetch_loaded, c.stats.prefetch_loaded_used = 9, 0
+    assert s._prefetch_pays()  # too few builds to judge
+    c.stats.prefetch_loaded, c.stats.prefetch_loaded_used = 10, 5  # half: pays
+    assert s._prefetch_pays()
+    c.stats.prefetch_loaded_used = 4
+    assert not s._prefetch_pays() and not s.prefetch
+    assert "4 of the 10 experts it built were used" in s.prefetch_off

@@ -84,7 +84,7 @@ def test_export_then_ask_with_a_budget_and_a_trace(model_dir, capsys, tmp_path):
                          "--full")
     assert code == 0, err
     assert out.startswith("```python\n")
-    assert "experts: 4 resident at most" in err and "lru" in err
+    assert "experts: 4 resident at most" in err and "lfu-decay" in err  # the default policy
     t = read_trace(trace)
     assert (t.layers, t.experts, t.top_k) == (2, 8, 2)
     assert len(t.tokens) >= 6  # the prompt's tokens and each generated one
