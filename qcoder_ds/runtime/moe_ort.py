@@ -109,13 +109,13 @@ class _OrtExpert:
         return self.session.run(["y"], {"x": x})[0]
 
 
-def expert_session_options() -> ort.SessionOptions:
-    """One thread (a one-token GEMV gains little from more, and the prefetch thread builds
-    the next experts on the other core), no arena (thousands of sessions must not each keep
-    a grown buffer)."""
+def expert_session_options(threads: int = 1) -> ort.SessionOptions:
+    """One thread for an expert's own session (a layer's experts run in two halves at once,
+    and the prefetch thread builds on the cores too), ``threads`` for a fused layer, which
+    runs alone; no arena (thousands of sessions must not each keep a grown buffer)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.enable_cpu_mem_arena = False
     so.enable_mem_pattern = False
@@ -157,9 +157,11 @@ class OrtFusedLayers:
     QMoE renormalizes the top-k weights, so without ``norm_topk_prob`` each row is scaled
     back by the sum of its top-k probabilities (the op is linear in the weights: exact)."""
 
-    def __init__(self, store: ExpertStore, cfg: ArchConfig, cache: ExpertCache):
+    def __init__(self, store: ExpertStore, cfg: ArchConfig, cache: ExpertCache,
+                 threads: int = 1):
         self.store, self.cfg, self.cache = store, cfg, cache
-        self.options = expert_session_options()
+        # nothing runs beside a fused layer (no prefetch, no expert halves): all the threads
+        self.options = expert_session_options(threads)
         self._layers: dict[int, ort.InferenceSession] = {}
 
     def _layer(self, i: int) -> ort.InferenceSession:
@@ -313,8 +315,8 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
     if fused and not can_fuse:
         raise QcoderError("fused experts need every expert resident (--expert-ram all) and an "
                           "int4/int8 export")
-    layers = OrtFusedLayers(store, cfg, cache) if (can_fuse if fused is None else fused) \
-        else None
+    layers = OrtFusedLayers(store, cfg, cache, threads) if (can_fuse if fused is None
+                                                           else fused) else None
     return MoeDecoderSession(dense, cache, cfg, max_context, dense.vocab_size, routers,
                              prefetch=prefetch, trace=writer, record_routing=record_routing,
                              fused=layers, threads=threads)
