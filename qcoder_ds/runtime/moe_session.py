@@ -222,13 +222,23 @@ class MoeDecoderSession(DecoderSession):
         of its rows. The experts are summed in two fixed halves (alternate experts of the
         sorted list), the second on the pool's thread when there is one: the same additions
         in the same order either way, so the numbers never depend on threads or budget."""
-        def part(experts: Sequence[int]) -> np.ndarray:
-            out = np.zeros_like(h)
-            for e in experts:
-                rows, slot = np.nonzero(top == e)
-                y = self.cache.get((layer, e)).run(np.ascontiguousarray(h[rows]))
-                out[rows] += y * weights[rows, slot][:, None]
-            return out
+        if h.shape[0] == 1:  # decode: every expert takes the one row (no row gathering)
+            x = np.ascontiguousarray(h)
+            weight = {int(e): weights[0, j] for j, e in enumerate(top[0])}
+
+            def part(experts: Sequence[int]) -> np.ndarray:
+                out = np.zeros_like(h)
+                for e in experts:
+                    out += self.cache.get((layer, e)).run(x) * weight[e]
+                return out
+        else:
+            def part(experts: Sequence[int]) -> np.ndarray:
+                out = np.zeros_like(h)
+                for e in experts:
+                    rows, slot = np.nonzero(top == e)
+                    y = self.cache.get((layer, e)).run(np.ascontiguousarray(h[rows]))
+                    out[rows] += y * weights[rows, slot][:, None]
+                return out
 
         first, second = used[0::2], used[1::2]
         if self._pool is None or not second:
