@@ -17,9 +17,10 @@ Measured, each engine in its own subprocess (peak RSS is its own):
   read from the expert store per token, bytes read from storage per token (/proc/self/io), hit
   rate, prefetch accuracy (share of prefetched experts the layer then used) and the share of
   misses the prefetcher hid (requests that found their expert built or being built);
-- pairs (``--engines pairs --pairs N``): N alternating runs of qcoder fully resident and at a
-  50% budget with the defaults (lfu-decay, prefetch that switches itself off), the median
-  ratio: the issue's bar, less at the mercy of one run's load;
+- pairs (``--engines pairs --pairs N``): N rounds of alternating runs, qcoder fully resident,
+  qcoder at a 50% budget with the defaults (lfu-decay, prefetch that switches itself off) and
+  llama.cpp's repacked Q4_0 resident; the median ratios: the issue's bars, less at the mercy
+  of one run's load;
 - the routing trace of the 100% run replayed by the cache simulator under every policy and
   Belady at each budget, and the same for a numpy-routed 48-layer trace of the synthetic router
   (the projection's hit rates);
@@ -467,7 +468,7 @@ def run(args) -> dict:
         export = work / f"onnx-int4-b{args.block_size}"
         if not (export / "config.json").is_file():
             raise SystemExit(f"no export at {export}: run --engines qcoder first")
-        out["qcoder_pairs"] = resident_budget_pairs(args, export, ids_file)
+        out["qcoder_pairs"] = resident_budget_pairs(args, export, ids_file, gguf)
 
     if "simulator" in engines or "qcoder" in engines:
         tr = numpy_trace(spec, args.tokens + args.warmup)
@@ -484,10 +485,19 @@ def run(args) -> dict:
     return out
 
 
-def resident_budget_pairs(args, export: Path, ids_file: Path) -> dict:
-    """The bar's ratio with the defaults (lfu-decay, prefetch that switches itself off),
-    measured as ``--pairs`` alternating runs, fully resident then at 50%, on the same warm page
-    cache: one run's ratio moves with the machine's load, the median of several less."""
+def resident_budget_pairs(args, export: Path, ids_file: Path, gguf: Path) -> dict:
+    """The bars' ratios, measured as ``--pairs`` rounds of alternating runs on the same warm
+    page cache: qcoder fully resident, qcoder at 50% with the defaults (lfu-decay, prefetch
+    that switches itself off) and, where llama-cpp-python is installed, llama.cpp's repacked
+    Q4_0 fully resident. One run's speed moves with the machine's load (±20% here), a median
+    of ratios measured minutes apart less."""
+    try:
+        import llama_cpp  # noqa: F401
+        with open(gguf, "rb") as f:  # resident: its pages read in first
+            while f.read(64 << 20):
+                pass
+    except ImportError:
+        gguf = None
     rows = []
     for _ in range(args.pairs):
         pair = {}
@@ -497,11 +507,22 @@ def resident_budget_pairs(args, export: Path, ids_file: Path) -> dict:
                              "--threads", str(args.threads), "--warmup", str(args.warmup)])
             pair[str(b)] = r.get("decode_tok_s")
         pair["ratio"] = pair["0.5"] / pair["1.0"] if pair["0.5"] and pair["1.0"] else None
+        if gguf is not None:
+            r = _run_worker(["--worker", "llama.cpp", "--gguf", str(gguf), "--ids", str(ids_file),
+                             "--threads", str(args.threads), "--warmup", str(args.warmup),
+                             "--mode", "resident", "--budget", "1.0"])
+            pair["llama.cpp"] = r.get("decode_tok_s")
+            pair["resident_vs_llama_cpp"] = (pair["1.0"] / pair["llama.cpp"]
+                                             if pair["1.0"] and pair["llama.cpp"] else None)
         print(json.dumps(pair), file=sys.stderr)
         rows.append(pair)
-    ratios = sorted(p["ratio"] for p in rows if p["ratio"] is not None)
+
+    def median(key: str) -> float | None:
+        xs = sorted(p[key] for p in rows if p.get(key) is not None)
+        return xs[len(xs) // 2] if xs else None
     return {"budget": 0.5, "policy": "lfu-decay", "prefetch": "default (switches itself off)",
-            "pairs": rows, "median_ratio": ratios[len(ratios) // 2] if ratios else None}
+            "pairs": rows, "median_ratio": median("ratio"),
+            "median_resident_vs_llama_cpp": median("resident_vs_llama_cpp")}
 
 
 def projection_section(out: dict, sim48: list[dict], build_ms: float | None) -> dict:
