@@ -137,18 +137,24 @@ def test_policies_from_expert_policy():
         ExpertCache(Loader(), 100, 300, 2, "no-such-policy")
 
 
-def test_prefetch_switches_itself_off_when_its_guesses_are_wrong(monkeypatch):
-    """Wrong guesses cost builds and evictions: after the probation, below 30% used, off."""
+def _prefetching_session(monkeypatch, probation: int):
+    """(cache, a MoeDecoderSession with prefetch on over it and nothing else) for the
+    switch-off rules, with PREFETCH_PROBATION set to ``probation``."""
     from qcoder_ds.runtime import moe_session
 
-    monkeypatch.setattr(moe_session, "PREFETCH_PROBATION", 10)
+    monkeypatch.setattr(moe_session, "PREFETCH_PROBATION", probation)
     c = ExpertCache(Loader(), 100, 1000, 2, "lru")
 
     class Session(moe_session.MoeDecoderSession):
         def __init__(self):
             self.cache, self.prefetch, self.prefetch_off = c, True, ""
 
-    s = Session()
+    return c, Session()
+
+
+def test_prefetch_switches_itself_off_when_its_guesses_are_wrong(monkeypatch):
+    """Wrong guesses cost builds and evictions: after the probation, below 30% used, off."""
+    c, s = _prefetching_session(monkeypatch, 10)
     c.stats.prefetch_predicted, c.stats.prefetch_predicted_used = 8, 0
     assert s._prefetch_pays()  # still on probation
     c.stats.prefetch_predicted, c.stats.prefetch_predicted_used = 12, 4  # 33%: pays
@@ -161,16 +167,7 @@ def test_prefetch_switches_itself_off_when_its_guesses_are_wrong(monkeypatch):
 def test_prefetch_switches_itself_off_when_most_of_its_builds_go_unused(monkeypatch):
     """Guesses may be right about experts already resident and still waste the builds: after
     PREFETCH_PROBATION / 4 built, fewer than half of them used, off."""
-    from qcoder_ds.runtime import moe_session
-
-    monkeypatch.setattr(moe_session, "PREFETCH_PROBATION", 40)
-    c = ExpertCache(Loader(), 100, 1000, 2, "lru")
-
-    class Session(moe_session.MoeDecoderSession):
-        def __init__(self):
-            self.cache, self.prefetch, self.prefetch_off = c, True, ""
-
-    s = Session()
+    c, s = _prefetching_session(monkeypatch, 40)
     c.stats.prefetch_predicted, c.stats.prefetch_predicted_used = 400, 250  # good guesses
     c.stats.prefetch_loaded, c.stats.prefetch_loaded_used = 9, 0
     assert s._prefetch_pays()  # too few builds to judge
