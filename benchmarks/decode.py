@@ -176,8 +176,11 @@ def run_ours(backend: str, gguf_path: Path, ids: list[int], new_tokens: int, thr
     from qcoder_ds.runtime.sampler import SamplingParams
 
     source = _gguf_source(gguf_path)
+    # a side export (ours-ort-b64) is finished once its config.json is written; a cached one
+    # once its manifest is
+    done = (out_dir / "config.json").is_file() if out_dir else None
     out_dir = out_dir or export_dir(source, backend, weights)
-    if not (is_complete(out_dir) or (out_dir / "config.json").is_file()):
+    if not (done if done is not None else is_complete(out_dir)):
         # exporting here would put the export's memory in peak RSS
         raise SystemExit(f"no complete {backend} export at {out_dir} (did the exporter change "
                          "during the run?); run the benchmark again")

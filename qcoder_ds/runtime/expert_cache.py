@@ -120,7 +120,7 @@ RESIDENT_FACTOR: dict[tuple[str, str], float] = {
 
 #: the eviction policy a loaded MoE model uses unless told: LFU with decay kept more hits
 #: than LRU on every trace measured (48-layer synthetic routing at 50%: 0.858 against 0.825;
-#: the 4-layer live run at 50%, steady state: 61.7 against 58.9 tok/s), benchmarks/moe.py
+#: the 4-layer live run at 50%, steady state: 63.0 against 55.5 tok/s), benchmarks/moe.py
 DEFAULT_POLICY = "lfu-decay"
 
 

@@ -135,7 +135,8 @@ def route(logits: np.ndarray, top_k: int, norm_topk_prob: bool
 #: than chance: benchmarks/results/moe-cache.json), or after PREFETCH_PROBATION / 4 experts it
 #: built, fewer than MIN_BUILDS_USED of those were used: a prefetched build that is not used
 #: costs a whole build on a core the decoder wants, and one that is used saves at most one
-#: (at the 30B's shape, 30-35% were used and prefetch slowed decode: benchmarks/results/moe.json)
+#: (at the 30B's shape ~30% were used, and before this rule decode ran 13-15% faster with
+#: prefetch off: benchmarks/README.md, mixture-of-experts)
 PREFETCH_PROBATION = 512
 MIN_PREDICTION_ACCURACY = 0.3
 MIN_BUILDS_USED = 0.5

@@ -47,7 +47,8 @@ CACHE_BYTES = 768 << 20
 MAX_PREFIX_SLOTS = 3
 #: int4 block of a mixture-of-experts export: 4.56 bits per weight with its fp32 scales and
 #: zero points, Q4_0's 4.5, against 5.1 at 32. Measured at Qwen3-Coder-30B-A3B's expert shape
-#: (benchmarks/results/moe.json): 21% faster fully resident decode, 30% cheaper expert builds
+#: (benchmarks/results/moe-cold-b64.json against -b32.json): 21% faster fully resident
+#: decode, ~30% cheaper expert builds
 #: and 11% more experts in the same budget; the price is fidelity (on the dense 1.5B, KL from
 #: the fp32 weights 0.058 against 0.042). Dense exports keep 32, the block their copilot
 #: figures were measured with.

@@ -292,7 +292,10 @@ def test_moe_exports_take_64_blocks_where_the_sizes_allow(tmp_path):
         assert json.loads((out / "experts.json").read_text())["quantization"]["block_size"] \
             == block
     out = tmp_path / "int4-64"
-    fused, single = load("onnx", out), load("onnx", out, fused=False)
+    # the fused layers on both threads (nothing runs beside them), the experts in two halves
+    fused, single = load("onnx", out, threads=2), load("onnx", out, fused=False, threads=2)
+    assert fused.fused.options.intra_op_num_threads == 2
+    assert single.cache_stats()["expert_threads"] == 2
     ids = PROMPT + EXTRA
     a = [fused.forward(np.array(ids[:8]))] + [fused.forward(np.array([t])) for t in ids[8:]]
     b = [single.forward(np.array(ids[:8]))] + [single.forward(np.array([t])) for t in ids[8:]]
