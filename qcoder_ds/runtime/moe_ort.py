@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import google.protobuf.message
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
@@ -32,7 +34,9 @@ from qcoder_ds.runtime.moe_onnx import (
     build_layer,
     expert_arrays,
     expert_template,
-    fused_layer_model,
+    qmoe_weights,
+    resident_model,
+    rope_tables,
 )
 from qcoder_ds.runtime.moe_session import (
     ROUTERS,
@@ -42,6 +46,7 @@ from qcoder_ds.runtime.moe_session import (
     new_export_id,
 )
 from qcoder_ds.runtime.onnx_graph import OnnxExportOptions, save_model
+from qcoder_ds.runtime.ort_backend import OrtDecoderSession, decoder_options
 
 HEAD = "head.onnx"
 
@@ -151,57 +156,73 @@ class OrtExpertBuilder:
         return _OrtExpert(session, values), self.store.blob_bytes
 
 
-class OrtFusedLayers:
-    """The fully resident alternative: each layer's experts in one ``QMoE`` session (built on
-    the layer's first use from all of its blobs). ``run(i, h, logits)`` gives the routed sum;
-    QMoE renormalizes the top-k weights, so without ``norm_topk_prob`` each row is scaled
-    back by the sum of its top-k probabilities (the op is linear in the weights: exact)."""
+class OrtResidentMoe(OrtDecoderSession):
+    """The fully resident mode: the whole model in one graph (:func:`resident_model`), each
+    layer's experts in one ``QMoE`` op, so a token is one session run, like a dense model's.
+    Built from every blob of the store at load; the stacked expert arrays are handed to ONNX
+    Runtime as external initializers, which it reads in place, so they are kept here.
 
-    def __init__(self, store: ExpertStore, cfg: ArchConfig, cache: ExpertCache,
-                 threads: int = 1):
-        self.store, self.cfg, self.cache = store, cfg, cache
-        # nothing runs beside a fused layer (no prefetch, no expert halves): all the threads
-        self.options = expert_session_options(threads)
-        self._layers: dict[int, ort.InferenceSession] = {}
+    ``trace`` gets every token's experts per layer (the graph's ``experts.{i}`` outputs);
+    ``record_routing`` keeps the last forward's (tests). ``cache_stats`` counts every expert
+    as built once, at load."""
 
-    def _layer(self, i: int) -> ort.InferenceSession:
-        if i not in self._layers:
-            t0 = time.perf_counter()
-            arrays = [self.store.read(i, e) for e in range(self.cfg.num_experts)]
-            model = fused_layer_model(arrays, self.cfg.hidden_size,
-                                      self.cfg.moe_intermediate_size,
-                                      self.cfg.num_experts_per_tok, True,
-                                      self.store.quantization)
-            del arrays
-            try:
-                self._layers[i] = ort.InferenceSession(model, self.options,
-                                                       providers=["CPUExecutionProvider"])
-            except Exception as e:  # ORT's own exception types
-                raise ModelError(f"layer {i}: ONNX Runtime cannot build its QMoE ({e})"
-                                 ) from None
-            st = self.cache.stats
-            st.loads += self.cfg.num_experts
-            st.misses += self.cfg.num_experts
-            st.bytes_read += self.cfg.num_experts * self.store.blob_bytes
-            st.build_seconds += time.perf_counter() - t0
-        return self._layers[i]
+    def __init__(self, out_dir: Path, cfg: ArchConfig, store: ExpertStore, cache: ExpertCache,
+                 threads: int, max_context: int, spinning: bool, trace: Any = None,
+                 record_routing: bool = False):
+        t0 = time.perf_counter()
+        try:
+            layers = [onnx.load(str(out_dir / layer_file(i)), load_external_data=False)
+                      for i in range(cfg.num_layers)]
+            head = onnx.load(str(out_dir / HEAD), load_external_data=False)
+        except (OSError, google.protobuf.message.DecodeError) as e:
+            raise ModelError(f"{out_dir}: cannot read this MoE export's graphs ({e}); "
+                             f"export again") from None
+        experts = [qmoe_weights([store.read(i, e) for e in range(cfg.num_experts)],
+                                cfg.hidden_size, cfg.moe_intermediate_size)
+                   for i in range(cfg.num_layers)]
+        model, given = resident_model(layers, head, cfg, store.quantization, experts,
+                                      max_context)
+        del experts, layers, head
+        so = decoder_options(threads, spinning)
+        # the layer graphs' weights are in dense.onnx.data beside them
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                    str(out_dir))
+        self._given = [ort.OrtValue.ortvalue_from_numpy(a) for a in given.values()]
+        so.add_external_initializers(list(given), self._given)
+        super().__init__(model.SerializeToString(), cfg, threads, max_context, options=so)
+        self.cache, self.trace, self.record_routing = cache, trace, record_routing
+        self.last_routing: list[np.ndarray] = []
+        st = cache.stats
+        total = cfg.num_layers * cfg.num_experts
+        st.loads += total
+        st.misses += total
+        st.bytes_read += total * store.blob_bytes
+        st.build_seconds += time.perf_counter() - t0
 
-    def run(self, i: int, h: np.ndarray, logits: np.ndarray, weights: np.ndarray
-            ) -> np.ndarray:
-        y = self._layer(i).run(["y"], {"x": np.ascontiguousarray(h, np.float32),
-                                       "router": np.ascontiguousarray(logits, np.float32)})[0]
-        if not self.cfg.norm_topk_prob:
-            y = y * weights.sum(axis=-1, keepdims=True)
-        return y
+    def _run(self, ids: np.ndarray) -> None:
+        if self.trace is None and not self.record_routing:
+            return super()._run(ids)
+        for i in range(self.config.num_layers):  # fresh each run: the row count changes
+            self._bind.bind_output(f"experts.{i}", "cpu")
+        super()._run(ids)
+        # each layer's [rows, k] experts: bound after the logits and KV caches, so last
+        routing = [v.numpy() for v in self._bind.get_outputs()[-self.config.num_layers:]]
+        if self.record_routing:
+            self.last_routing = routing
+        if self.trace is not None:
+            for t in range(ids.size):
+                self.trace.token([[int(e) for e in r[t]] for r in routing])
 
+    def cache_stats(self) -> dict:
+        """The expert cache's counters: every expert resident, none looked up one by one."""
+        return {**self.cache.describe(), "fused": True, "prefetch": False, "prefetch_off": "",
+                "expert_threads": 1, "hit_rate": None}
 
-def rope_tables(cfg: ArchConfig, positions: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin [positions, head_dim/2] for GroupQueryAttention (only as many positions as
-    the session's context: the graphs take them as inputs)."""
-    half = cfg.head_dim // 2
-    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, half, dtype=np.float64) * 2 / cfg.head_dim))
-    ang = np.outer(np.arange(positions, dtype=np.float64), inv_freq)
-    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+    def close(self) -> None:
+        """Finish the trace file."""
+        if self.trace is not None:
+            self.trace.close()
+            self.trace = None
 
 
 class OrtMoeDense:
@@ -276,18 +297,21 @@ class OrtMoeDense:
 
 
 def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | None = None,
-                  spinning: bool = False, expert_ram: str | int | None = None,
+                  spinning: bool | None = None, expert_ram: str | int | None = None,
                   policy: str = DEFAULT_POLICY, prefetch: bool = True,
                   trace: str | Path | None = None,
                   record_routing: bool = False, fused: bool | None = None
-                  ) -> MoeDecoderSession:
+                  ) -> MoeDecoderSession | OrtResidentMoe:
     """Open a MoE export: dense graphs, the expert store (checked against this export's id),
     and an expert cache of ``expert_ram`` (bytes, ``6GB``, ``50%``, ``all``; default ``auto``:
     what fits in 60% of the memory available).
 
-    ``fused``: run each layer's experts in one QMoE op instead of one session per expert;
-    only when every expert fits (the op holds them all) and they are int4/int8. Default
-    (None): on exactly then (measured ~13% faster per one-token layer, see docs/moe.md)."""
+    ``fused``: the whole model in one graph, each layer's experts in one QMoE op
+    (:class:`OrtResidentMoe`), instead of a graph per layer and one session per expert; only
+    when every expert fits and they are int4/int8. Default (None): on exactly then (decode
+    measured 1.3-1.4x faster, docs/moe.md). ``spinning``: whether idle ORT threads spin; by
+    default only in the one-graph mode (elsewhere expert sessions and the prefetch thread
+    share the cores with the layer graphs)."""
     out_dir = Path(out_dir)
     cfg = config_from_meta(meta)
     moe = meta["moe"]
@@ -303,23 +327,24 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
     cache = ExpertCache(OrtExpertBuilder(store, cfg), cost, budget,
                         cfg.num_experts_per_tok, policy,
                         total_experts=cfg.num_layers * cfg.num_experts)
-    dense = OrtMoeDense(out_dir, cfg, threads, max_context, spinning)
-    routers = np.load(out_dir / ROUTERS) if prefetch else None
+    can_fuse = cache.fully_resident and store.quantization["weights"] in ("int4", "int8")
+    if fused and not can_fuse:
+        raise QcoderError("fused experts need every expert resident (--expert-ram all) and an "
+                          "int4/int8 export")
     writer = None
     if trace:
         from qcoder_ds.runtime.moe_trace import TraceWriter
 
         writer = TraceWriter(trace, cfg.num_layers, cfg.num_experts, cfg.num_experts_per_tok,
                              str(meta.get("source") or out_dir.name))
-    can_fuse = cache.fully_resident and store.quantization["weights"] in ("int4", "int8")
-    if fused and not can_fuse:
-        raise QcoderError("fused experts need every expert resident (--expert-ram all) and an "
-                          "int4/int8 export")
-    layers = OrtFusedLayers(store, cfg, cache, threads) if (can_fuse if fused is None
-                                                           else fused) else None
+    if can_fuse if fused is None else fused:
+        return OrtResidentMoe(out_dir, cfg, store, cache, threads, max_context,
+                              spinning is not False, writer, record_routing)
+    dense = OrtMoeDense(out_dir, cfg, threads, max_context, bool(spinning))
+    routers = np.load(out_dir / ROUTERS) if prefetch else None
     return MoeDecoderSession(dense, cache, cfg, max_context, dense.vocab_size, routers,
                              prefetch=prefetch, trace=writer, record_routing=record_routing,
-                             fused=layers, threads=threads)
+                             threads=threads)
 
 
 def measure_expert_build(store: ExpertStore, cfg: ArchConfig, n: int = 8) -> dict[str, float]:

@@ -156,7 +156,7 @@ class MoeDecoderSession(DecoderSession):
     def __init__(self, dense: DenseLayers, cache: ExpertCache, cfg: ArchConfig,
                  max_context: int, vocab_size: int, routers: np.ndarray | None = None,
                  prefetch: bool = True, trace: Any = None, record_routing: bool = False,
-                 fused: Any = None, threads: int = 1):
+                 threads: int = 1):
         self.dense, self.cache, self.config = dense, cache, cfg
         self.max_context, self.vocab_size = max_context, vocab_size
         self.routers = routers
@@ -165,13 +165,8 @@ class MoeDecoderSession(DecoderSession):
         self.record_routing = record_routing
         self.last_routing: list[np.ndarray] = []
         self.prefetch_off = ""  # why prefetch switched itself off, if it did
-        #: the backend's fused layers (``run(i, h, logits, weights)``) in the fully resident
-        #: mode, else None: experts come one by one from the cache
-        self.fused = fused
-        if fused is not None:
-            self.prefetch = False
         self._pool = (ThreadPoolExecutor(1, thread_name_prefix="qcoder-experts")
-                      if threads > 1 and fused is None else None)
+                      if threads > 1 else None)
         self.scores_all_positions = True
         self.position = 0
 
@@ -200,9 +195,6 @@ class MoeDecoderSession(DecoderSession):
                 h, residual, logits = h[-keep:], residual[-keep:], logits[-keep:]
             top, weights = route(logits, cfg.num_experts_per_tok, cfg.norm_topk_prob)
             routing.append(top)
-            if self.fused is not None:
-                x = residual + self.fused.run(i, h, logits, weights)
-                continue
             used = sorted({int(e) for e in np.unique(top)})
             keys = [(i, e) for e in used]
             cache.protect(keys)
@@ -279,12 +271,9 @@ class MoeDecoderSession(DecoderSession):
 
     def cache_stats(self) -> dict:
         """The expert cache's counters (hits, misses, bytes read, prefetch accuracy)."""
-        d = {**self.cache.describe(), "fused": self.fused is not None,
-             "prefetch": self.prefetch, "prefetch_off": self.prefetch_off,
-             "expert_threads": 2 if self._pool is not None else 1}
-        if self.fused is not None:  # every expert resident, none looked up one by one
-            d["hit_rate"] = None
-        return d
+        return {**self.cache.describe(), "fused": False,
+                "prefetch": self.prefetch, "prefetch_off": self.prefetch_off,
+                "expert_threads": 2 if self._pool is not None else 1}
 
     def close(self) -> None:
         """Stop the prefetch and expert threads and finish the trace file."""

@@ -123,7 +123,7 @@ def load_onnx(out_dir: Path, threads: int | None = None, max_context: int | None
         from qcoder_ds.runtime.moe_ort import load_moe_onnx
 
         return load_moe_onnx(out_dir, meta, threads or _default_threads(), max_context,
-                             bool(spinning), **moe_options)
+                             spinning, **moe_options)
     if moe_options:
         raise QcoderError(f"{', '.join(sorted(moe_options))}: only for a mixture-of-experts "
                           f"model, and {out_dir} is a dense export")
@@ -154,29 +154,39 @@ def _read_meta(out_dir: Path) -> dict:
     return meta
 
 
-class OrtDecoderSession(DecoderSession):
-    """A decoder on ONNX Runtime's CPU EP, batch 1, with its KV cache bound in place."""
+def decoder_options(threads: int, spinning: bool = True) -> ort.SessionOptions:
+    """Session options of a whole decoder graph: ``threads`` intra-op threads, sequential."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
 
-    def __init__(self, model_path: Path, cfg: ArchConfig, threads: int, max_context: int,
-                 spinning: bool = True):
+
+class OrtDecoderSession(DecoderSession):
+    """A decoder on ONNX Runtime's CPU EP, batch 1, with its KV cache bound in place.
+
+    ``model`` is the graph's file, or its serialized bytes with ``options`` that say where
+    its external data is (the fully resident mixture-of-experts graph, assembled at load)."""
+
+    def __init__(self, model: Path | bytes, cfg: ArchConfig, threads: int, max_context: int,
+                 spinning: bool = True, options: ort.SessionOptions | None = None):
         if max_context > cfg.max_position_embeddings:
             raise ContextLengthError(
                 f"max_context {max_context} exceeds the model's "
                 f"{cfg.max_position_embeddings} positions")
         self.config = cfg
         self.max_context = max_context
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if not spinning:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so = options or decoder_options(threads, spinning)
+        what = model if isinstance(model, Path) else "the assembled model graph"
         try:
-            self.session = ort.InferenceSession(str(model_path), so,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                                so, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types
-            raise ModelError(f"{model_path}: ONNX Runtime cannot load this export ({e})") from None
+            raise ModelError(f"{what}: ONNX Runtime cannot load this export ({e})") from None
         out = {o.name: o for o in self.session.get_outputs()}
         self.vocab_size = int(out["logits"].shape[-1])
         self._kv_shape = [1, cfg.num_kv_heads, max_context, cfg.head_dim]

@@ -249,23 +249,44 @@ def test_int8_stays_close_to_fp32(models, tmp_path, backend):
 
 @pytest.mark.parametrize("name", FAST)
 def test_fused_qmoe_layers_equal_per_expert_sessions(models, tmp_path, name):
-    """ONNX Runtime's fully resident mode (one QMoE op per layer, the default when every int4
-    expert fits) against one session per expert on the same export: the same numbers (to
-    float rounding) and the same greedy tokens, with and without norm_topk_prob."""
+    """ONNX Runtime's fully resident mode (the whole model in one graph, one QMoE op per
+    layer: the default when every int4 expert fits) against one session per expert on the
+    same export: the same numbers (to float rounding), the same experts routed, the same
+    greedy tokens, with and without norm_topk_prob; a trace written from the graph's routing
+    outputs."""
     from qcoder_ds.runtime.ort_backend import export_onnx
 
     hf, _ = models(name, "onnx")
     out = tmp_path / "int4"
     export_onnx(HFCheckpoint(hf), out, weights="int4", progress=False, accuracy_level=0)
-    fused, single = load("onnx", out), load("onnx", out, fused=False)
+    fused = load("onnx", out, record_routing=True, trace=tmp_path / "fused.trace")
+    single = load("onnx", out, fused=False, record_routing=True,
+                  trace=tmp_path / "single.trace")
     assert fused.cache_stats()["fused"] and not single.cache_stats()["fused"]
+    assert fused.cache_stats()["loads"] == CONFIGS[name][0] * CONFIGS[name][1]
     ids = PROMPT + EXTRA
-    for s in (fused, single):
+    rows, routes = {}, {}
+    for key, s in (("fused", fused), ("single", single)):
         s.reset()
-    a = [fused.forward(np.array(ids[:8]))] + [fused.forward(np.array([t])) for t in ids[8:]]
-    b = [single.forward(np.array(ids[:8]))] + [single.forward(np.array([t])) for t in ids[8:]]
-    assert np.abs(np.stack(a) - np.stack(b)).max() <= 1e-4
+        rows[key] = [s.forward(np.array(ids[:8]))]
+        routes[key] = [[r.tolist() for r in s.last_routing]]
+        for t in ids[8:]:
+            rows[key].append(s.forward(np.array([t])))
+            routes[key].append([r.tolist() for r in s.last_routing])
+        s.reset()  # every position's logits at once (speculative decoding's verify)
+        rows[key].append(s.forward(np.array(ids), all_logits=True))
+    assert np.abs(np.stack(rows["fused"][:-1]) - np.stack(rows["single"][:-1])).max() <= 1e-4
+    assert np.abs(rows["fused"][-1] - rows["single"][-1]).max() <= 1e-4
+    assert np.abs(rows["fused"][-1][-1] - rows["fused"][-2]).max() <= 1e-4
+    assert routes["fused"] == routes["single"]
     assert greedy(fused, PROMPT, 32) == greedy(single, PROMPT, 32)
+    fused.close()
+    single.close()
+    from qcoder_ds.runtime.moe_trace import read_trace
+
+    traced = read_trace(tmp_path / "fused.trace").tokens
+    assert len(traced) == 2 * len(ids) + len(PROMPT) + 32
+    assert traced == read_trace(tmp_path / "single.trace").tokens
     from qcoder_ds.errors import QcoderError
 
     with pytest.raises(QcoderError, match="fused experts need every expert resident"):
@@ -294,7 +315,7 @@ def test_moe_exports_take_64_blocks_where_the_sizes_allow(tmp_path):
     out = tmp_path / "int4-64"
     # the fused layers on both threads (nothing runs beside them), the experts in two halves
     fused, single = load("onnx", out, threads=2), load("onnx", out, fused=False, threads=2)
-    assert fused.fused.options.intra_op_num_threads == 2
+    assert fused.session.get_session_options().intra_op_num_threads == 2
     assert single.cache_stats()["expert_threads"] == 2
     ids = PROMPT + EXTRA
     a = [fused.forward(np.array(ids[:8]))] + [fused.forward(np.array([t])) for t in ids[8:]]
