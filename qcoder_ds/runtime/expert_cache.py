@@ -260,6 +260,11 @@ class ExpertCache:
         with self._lock:
             return {k for k, s in self._slots.items() if s.ready.is_set() and s.error is None}
 
+    def ready(self, key: Key) -> bool:
+        """Whether ``key`` is resident and built (a ``get`` now is a hit without waiting)."""
+        slot = self._slots.get(key)  # one dict read: atomic, no lock needed for a hint
+        return slot is not None and slot.ready.is_set() and slot.error is None
+
     # -- the decoder's side
     def protect(self, keys: Iterable[Key]) -> None:
         """The experts the current layer needs: not evicted to make room for others."""

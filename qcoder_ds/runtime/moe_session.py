@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -149,7 +150,7 @@ class MoeDecoderSession(DecoderSession):
     prefetch only (routing itself uses the graph's logits). ``trace`` is a
     ``moe_trace.TraceWriter`` (or None) that gets every token's experts per layer.
     ``record_routing`` keeps the last forward's experts per layer (tests). With ``threads``
-    of 2 or more a layer's experts run in two halves at once (each expert session has one
+    of 2 or more a layer's experts run on two threads at once (each expert session has one
     thread, so one at a time would leave the other core idle).
     """
 
@@ -212,33 +213,50 @@ class MoeDecoderSession(DecoderSession):
     def _experts(self, layer: int, h: np.ndarray, top: np.ndarray, weights: np.ndarray,
                  used: Sequence[int]) -> np.ndarray:
         """Sum over each row's experts of weight * expert(row), each expert run once on all
-        of its rows. The experts are summed in two fixed halves (alternate experts of the
-        sorted list), the second on the pool's thread when there is one: the same additions
-        in the same order either way, so the numbers never depend on threads or budget."""
-        if h.shape[0] == 1:  # decode: every expert takes the one row (no row gathering)
-            x = np.ascontiguousarray(h)
+        of its rows. With a pool thread, the two threads take experts from either end of one
+        queue: the pool thread from the front, where the experts that must be built wait (a
+        build costs ~20 calls), this thread from the back, where the resident ones are; so a
+        build overlaps the calls instead of holding up half of them. Every expert's output is
+        kept and they are added here in sorted order: the numbers never depend on threads,
+        schedule or budget."""
+        one_row = h.shape[0] == 1  # decode: every expert takes the one row (no gathering)
+        x = np.ascontiguousarray(h) if one_row else h
+        results: dict[int, np.ndarray] = {}
+
+        def run(e: int) -> None:
+            if one_row:
+                results[e] = self.cache.get((layer, e)).run(x)
+            else:
+                rows, _ = np.nonzero(top == e)
+                results[e] = self.cache.get((layer, e)).run(np.ascontiguousarray(h[rows]))
+
+        queue = deque(sorted(used, key=lambda e: self.cache.ready((layer, e))))
+
+        def drain(take: Callable[[], int]) -> None:
+            while True:
+                try:
+                    e = take()
+                except IndexError:
+                    return
+                run(e)
+
+        other = (self._pool.submit(drain, queue.popleft)
+                 if self._pool is not None and len(queue) > 1 else None)
+        try:
+            drain(queue.pop)
+        finally:
+            if other is not None:
+                other.result()
+        out = np.zeros_like(h)
+        if one_row:
             weight = {int(e): weights[0, j] for j, e in enumerate(top[0])}
-
-            def part(experts: Sequence[int]) -> np.ndarray:
-                out = np.zeros_like(h)
-                for e in experts:
-                    out += self.cache.get((layer, e)).run(x) * weight[e]
-                return out
+            for e in used:
+                out += results[e] * weight[e]
         else:
-            def part(experts: Sequence[int]) -> np.ndarray:
-                out = np.zeros_like(h)
-                for e in experts:
-                    rows, slot = np.nonzero(top == e)
-                    y = self.cache.get((layer, e)).run(np.ascontiguousarray(h[rows]))
-                    out[rows] += y * weights[rows, slot][:, None]
-                return out
-
-        first, second = used[0::2], used[1::2]
-        if self._pool is None or not second:
-            return part(first) + part(second)
-        other = self._pool.submit(part, second)
-        mine = part(first)
-        return mine + other.result()
+            for e in used:
+                rows, slot = np.nonzero(top == e)
+                out[rows] += results[e] * weights[rows, slot][:, None]
+        return out
 
     def _prefetch_pays(self) -> bool:
         """False (for good) once prefetch has shown that its guesses, or its builds, are
