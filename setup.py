@@ -1,4 +1,9 @@
-"""setuptools glue for the JupyterLab extension (everything else is in pyproject.toml).
+"""setuptools glue for the JupyterLab extension and the expert kernel (everything else is in
+pyproject.toml).
+
+The expert kernel (``qcoder_ds/runtime/_expert_kernel.c``) runs a mixture-of-experts expert
+straight from its int4 blob: a small C extension with no dependency beyond Python's headers,
+built by every install (an editable one too).
 
 The chat's front end is TypeScript, built by ``make labextension`` (node + jlpm) into
 ``jupyter_extension/labextension/qcoder-ds`` and shipped as data files
@@ -8,9 +13,10 @@ without it. Editable installs (their own command, not bdist_wheel) do not instal
 ``make`` links them into the environment instead.
 """
 
+import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.bdist_wheel import bdist_wheel
 
 LABEXTENSION = Path(__file__).resolve().parent / "jupyter_extension" / "labextension" / "qcoder-ds"
@@ -25,4 +31,8 @@ class bdist_wheel_with_labextension(bdist_wheel):  # noqa: N801 - setuptools com
         super().run()
 
 
-setup(cmdclass={"bdist_wheel": bdist_wheel_with_labextension})
+EXPERT_KERNEL = Extension(
+    "qcoder_ds.runtime._expert_kernel", ["qcoder_ds/runtime/_expert_kernel.c"],
+    extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-std=c11"])
+
+setup(cmdclass={"bdist_wheel": bdist_wheel_with_labextension}, ext_modules=[EXPERT_KERNEL])

@@ -188,9 +188,10 @@ def describe_experts(cfg, expert_ram: str = "auto") -> dict[str, Any]:
         resident_cost,
     )
     from qcoder_ds.runtime.moe_session import expert_blob_bytes, moe_sizes
+    from qcoder_ds.runtime.ort_backend import moe_block_size
 
     sizes = moe_sizes(cfg)
-    blob = expert_blob_bytes(cfg, "int4")
+    blob = expert_blob_bytes(cfg, "int4", moe_block_size(cfg))
     cost = resident_cost(blob, "onnx", "int4")
     count = cfg.num_layers * cfg.num_experts
     out: dict[str, Any] = {

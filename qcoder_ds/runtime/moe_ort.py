@@ -5,11 +5,13 @@ weights in ``dense.onnx.data``), ``routers.npy`` (the routers for prefetch), the
 (``experts.bin`` + ``experts.json``) and returns what ``config.json`` records under ``moe``.
 Experts are quantized and written one by one as the export runs.
 
-``load_moe_onnx`` opens it as a :class:`~qcoder_ds.runtime.moe_session.MoeDecoderSession`:
-each layer's KV cache is one preallocated OrtValue bound as that layer's past and present
-(GroupQueryAttention appends in place, as in the dense backend); the RoPE tables are one pair
-of OrtValues bound to every layer; each resident expert is its own InferenceSession with the
-expert's weights as constant initializers, one intra-op thread, no memory arena.
+``load_moe_onnx`` opens it. When every expert fits: as :class:`OrtResidentMoe`, the whole
+model in one graph with a ``QMoE`` op per layer. Otherwise as a
+:class:`~qcoder_ds.runtime.moe_session.MoeDecoderSession`: each layer's KV cache is one
+preallocated OrtValue bound as that layer's past and present (GroupQueryAttention appends in
+place, as in the dense backend); the RoPE tables are one pair of OrtValues bound to every
+layer; each resident expert is its blob, run by the expert kernel
+(:mod:`qcoder_ds.runtime.expert_kernel`).
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
 from qcoder_ds.models.checkpoint import Checkpoint
 from qcoder_ds.models.config import ArchConfig
 from qcoder_ds.runtime.expert_cache import DEFAULT_POLICY, ExpertCache, parse_budget, resident_cost
+from qcoder_ds.runtime.expert_kernel import BlobExpertBuilder
 from qcoder_ds.runtime.expert_store import ExpertStore, ExpertStoreWriter
 from qcoder_ds.runtime.moe_onnx import (
     DENSE_DATA,
     build_head,
     build_layer,
     expert_arrays,
-    expert_template,
     qmoe_weights,
     resident_model,
     rope_tables,
@@ -99,61 +101,6 @@ def export_moe_onnx(ckpt: Checkpoint, out: Path, opts: OnnxExportOptions,
 
 def is_moe_export(meta: dict) -> bool:
     return bool(meta.get("moe"))
-
-
-class _OrtExpert:
-    """One resident expert: its own small session, weights prepacked by ONNX Runtime. The
-    arrays it was built from are ONNX Runtime's external initializers: they must outlive it."""
-
-    __slots__ = ("session", "arrays")
-
-    def __init__(self, session: ort.InferenceSession, arrays: list[ort.OrtValue]):
-        self.session, self.arrays = session, arrays
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(["y"], {"x": x})[0]
-
-
-def expert_session_options(threads: int = 1) -> ort.SessionOptions:
-    """One thread for an expert's own session (a layer's experts run in two halves at once,
-    and the prefetch thread builds on the cores too), ``threads`` for a fused layer, which
-    runs alone; no arena (thousands of sessions must not each keep a grown buffer)."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.enable_cpu_mem_arena = False
-    so.enable_mem_pattern = False
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-
-
-class OrtExpertBuilder:
-    """Builds an executable expert from its blob in the store: one graph template for the
-    whole store (serialized once), each session given its expert's arrays as external
-    initializers, so a build is a read and ONNX Runtime's prepacking, no protobuf copy."""
-
-    def __init__(self, store: ExpertStore, cfg: ArchConfig):
-        self.store, self.cfg = store, cfg
-        self._template: bytes | None = None
-
-    def __call__(self, layer: int, expert: int) -> tuple[_OrtExpert, int]:
-        arrays = self.store.read(layer, expert)
-        if self._template is None:
-            self._template = expert_template(arrays, self.cfg.hidden_size,
-                                             self.cfg.moe_intermediate_size,
-                                             self.store.quantization)
-        names = list(arrays)
-        values = [ort.OrtValue.ortvalue_from_numpy(arrays[n]) for n in names]
-        options = expert_session_options()
-        options.add_external_initializers(names, values)
-        try:
-            session = ort.InferenceSession(self._template, options,
-                                           providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT's own exception types
-            raise ModelError(f"expert ({layer}, {expert}): ONNX Runtime cannot build it "
-                             f"({e})") from None
-        return _OrtExpert(session, values), self.store.blob_bytes
 
 
 class OrtResidentMoe(OrtDecoderSession):
@@ -324,7 +271,7 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
     # default auto, never "all": a 30B whose experts do not fit must not try to hold them
     budget = parse_budget("auto" if expert_ram is None else expert_ram,
                           cost * cfg.num_layers * cfg.num_experts)
-    cache = ExpertCache(OrtExpertBuilder(store, cfg), cost, budget,
+    cache = ExpertCache(BlobExpertBuilder(store, cfg), cost, budget,
                         cfg.num_experts_per_tok, policy,
                         total_experts=cfg.num_layers * cfg.num_experts)
     can_fuse = cache.fully_resident and store.quantization["weights"] in ("int4", "int8")
@@ -348,8 +295,8 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
 
 
 def measure_expert_build(store: ExpertStore, cfg: ArchConfig, n: int = 8) -> dict[str, float]:
-    """Build cost per expert and per-call time of a one-row run (for docs/moe.md)."""
-    build = OrtExpertBuilder(store, cfg)
+    """Build cost per expert (a read) and per-call time of a one-row run (benchmarks)."""
+    build = BlobExpertBuilder(store, cfg)
     t0 = time.perf_counter()
     experts = [build(0, e % cfg.num_experts)[0] for e in range(n)]
     built = (time.perf_counter() - t0) / n

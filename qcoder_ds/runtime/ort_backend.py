@@ -55,6 +55,13 @@ MAX_PREFIX_SLOTS = 3
 MOE_BLOCK_SIZE = 64  # when hidden and expert FFN sizes are multiples of it, else 32
 
 
+def moe_block_size(cfg: ArchConfig) -> int:
+    """The int4/int8 block of a MoE export: MOE_BLOCK_SIZE where the hidden and expert FFN
+    sizes are multiples of it (QMoE wants whole blocks), else 32."""
+    whole = not (cfg.hidden_size % MOE_BLOCK_SIZE or cfg.moe_intermediate_size % MOE_BLOCK_SIZE)
+    return MOE_BLOCK_SIZE if whole else 32
+
+
 def export_onnx(ckpt: Checkpoint, out_dir: Path, weights: str = "int4", progress: bool = True,
                 **options) -> None:
     """Export ``ckpt`` to ``out_dir`` (model.onnx, model.onnx.data, config.json).
@@ -63,9 +70,8 @@ def export_onnx(ckpt: Checkpoint, out_dir: Path, weights: str = "int4", progress
     accuracy_level, lm_head, embeddings). An existing ``out_dir`` is replaced atomically.
     """
     cfg = ckpt.config
-    if cfg.num_experts and not (cfg.hidden_size % MOE_BLOCK_SIZE
-                                or cfg.moe_intermediate_size % MOE_BLOCK_SIZE):
-        options.setdefault("block_size", MOE_BLOCK_SIZE)  # (QMoE wants whole blocks)
+    if cfg.num_experts:
+        options.setdefault("block_size", moe_block_size(cfg))
     opts = OnnxExportOptions(weights=weights, **options)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -65,9 +65,10 @@ def test_the_real_models_sizes():
     d = describe_experts(ArchConfig.from_hf(QWEN3_CODER_30B), "8GiB")
     assert d["parameters"].startswith("30.53 B (28.99 B in experts)")
     assert d["active_parameters_per_token"].startswith("3.35 B")  # "A3B"
-    assert d["expert_bytes_int4"].startswith("3,022,848 per expert")  # as the store writes it
-    # 8 GiB of memory, each resident expert counting ~2.45x its blob (measured)
-    assert d["budget"].endswith("1,159 of 6,144 experts (19%)")
+    # as the store writes it: blocks of 64 (2048 and 768 are multiples of 64), zero points
+    assert d["expert_bytes_int4"].startswith("2,691,072 per expert")
+    # 8 GiB of memory, each resident expert its blob and ~5% more (measured)
+    assert d["budget"].endswith("3,040 of 6,144 experts (49%)")
 
 
 def test_export_then_ask_with_a_budget_and_a_trace(model_dir, capsys, tmp_path):

@@ -1,0 +1,95 @@
+"""Experts run straight from their blobs in the expert store: what the ONNX Runtime backend's
+expert cache holds when not every expert fits.
+
+An expert is ``y = down(SiLU(gate(x)) * up(x))``. Its blob holds gate and up as one
+block-quantized matrix and down as another, in MatMulNBits' layout (int4 or int8, blocks of
+32 or 64, zero points or symmetric), or fp32 matrices. ``_expert_kernel`` (C, built with the
+package) computes it from those bytes as MatMulNBits' int8 path does (accuracy_level 4:
+activations quantized to int8 per block, exact int32 dot products), with AVX2 where the CPU
+has it (fp32 activations for an export made with a lower ``accuracy_level``, as MatMulNBits
+does); fp32 experts are two numpy matmuls.
+
+Why not an ONNX Runtime session per expert, as before: a session prepacks its weights when it
+is built, ~2.5 ms of a ~4.5 ms miss at Qwen3-Coder-30B-A3B's expert shape, and keeps them
+beside the blob, 2.4x the blob's bytes resident. From the blob a miss is a read, and a
+resident expert costs its blob (benchmarks/moe_experts.py measures both sides).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qcoder_ds.errors import ModelError
+from qcoder_ds.models.config import ArchConfig
+from qcoder_ds.runtime.expert_store import ExpertStore
+
+try:
+    from qcoder_ds.runtime import _expert_kernel
+except ImportError as e:  # a source tree whose extension was never built
+    _expert_kernel = None
+    _IMPORT_ERROR = str(e)
+
+
+def kernel_simd() -> str:
+    """The instruction set the int4 kernel uses on this CPU (``avx2`` or ``portable``)."""
+    return _require().simd()
+
+
+def _require():
+    if _expert_kernel is None:
+        raise ModelError(f"qcoder-ds's expert kernel is not built ({_IMPORT_ERROR}); "
+                         f"reinstall the package (`pip install -e .` in a checkout)")
+    return _expert_kernel
+
+
+class BlobExpert:
+    """One resident expert: its blob's arrays (views of the buffer read from the store) and
+    what the kernel needs to know about them."""
+
+    __slots__ = ("arrays", "hidden", "inter", "block", "bits", "int8_acts", "portable")
+
+    def __init__(self, arrays: dict[str, np.ndarray], hidden: int, inter: int, weights: str,
+                 block: int, accuracy_level: int = 4, portable: bool = False):
+        self.arrays, self.hidden, self.inter = arrays, hidden, inter
+        self.block, self.portable = block, portable
+        # MatMulNBits' levels: 4 quantizes the activations to int8, the others keep them fp32
+        self.int8_acts = accuracy_level >= 4
+        self.bits = {"int4": 4, "int8": 8, "fp32": 32}[weights]
+        if self.bits != 32:
+            _require()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """x [n, hidden] float32 -> [n, hidden]."""
+        a = self.arrays
+        x = np.ascontiguousarray(x, np.float32)
+        if self.bits == 32:
+            gu = x @ a["gate_up.weight_t"]
+            gate, up = gu[:, :self.inter], gu[:, self.inter:]
+            with np.errstate(over="ignore"):  # exp(-gate) -> inf: SiLU -> 0, as it should
+                act = gate / (1.0 + np.exp(-gate)) * up
+            return act @ a["down.weight_t"]
+        out = np.empty_like(x)
+        _expert_kernel.expert(x, out, a["gate_up.packed"], a["gate_up.scales"],
+                              a.get("gate_up.zp"), a["down.packed"], a["down.scales"],
+                              a.get("down.zp"), self.hidden, self.inter, self.block,
+                              self.bits, self.int8_acts, self.portable)
+        return out
+
+
+class BlobExpertBuilder:
+    """The expert cache's loader: (layer, expert) -> (BlobExpert, bytes it holds). A build is
+    the store's read (and its sha256 check the first time)."""
+
+    def __init__(self, store: ExpertStore, cfg: ArchConfig):
+        self.store, self.cfg = store, cfg
+        q = store.quantization
+        self.weights, self.block = str(q["weights"]), int(q.get("block_size") or 32)
+        self.accuracy_level = int(q.get("accuracy_level", 4))
+        if self.weights != "fp32":
+            _require()
+
+    def __call__(self, layer: int, expert: int) -> tuple[BlobExpert, int]:
+        arrays = self.store.read(layer, expert)
+        return (BlobExpert(arrays, self.cfg.hidden_size, self.cfg.moe_intermediate_size,
+                           self.weights, self.block, self.accuracy_level),
+                self.store.blob_bytes)
