@@ -31,7 +31,8 @@ except ImportError as e:  # a source tree whose extension was never built
 
 
 def kernel_simd() -> str:
-    """The instruction set the int4 kernel uses on this CPU (``avx2`` or ``portable``)."""
+    """The instruction set the int4 kernel uses on this CPU: ``avx512-vnni``, ``avx2`` or
+    ``portable``."""
     return _require().simd()
 
 
@@ -49,9 +50,11 @@ class BlobExpert:
     __slots__ = ("arrays", "hidden", "inter", "block", "bits", "int8_acts", "portable")
 
     def __init__(self, arrays: dict[str, np.ndarray], hidden: int, inter: int, weights: str,
-                 block: int, accuracy_level: int = 4, portable: bool = False):
+                 block: int, accuracy_level: int = 4, simd: str = "auto"):
         self.arrays, self.hidden, self.inter = arrays, hidden, inter
-        self.block, self.portable = block, portable
+        self.block = block
+        # which path the kernel takes: the best this CPU has, or (tests) a lesser one
+        self.portable = {"auto": 0, "portable": 1, "avx2": 2}[simd]
         # MatMulNBits' levels: 4 quantizes the activations to int8, the others keep them fp32
         self.int8_acts = accuracy_level >= 4
         self.bits = {"int4": 4, "int8": 8, "fp32": 32}[weights]
