@@ -20,22 +20,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.base: pyproject.toml | $(BIN)/python
+# the package's own build inputs: pyproject.toml, and setup.py with the expert kernel (C)
+PACKAGE := pyproject.toml setup.py qcoder_ds/runtime/_expert_kernel.c
+
+$(VENV)/.base: $(PACKAGE) | $(BIN)/python
 	$(BIN)/pip install -q -e '.[openvino]'
 	touch $@
 
 # CMAKE_ARGS as for bench: llama-cpp-python (the remote engine's test server) is built once
 # with the same flags, and pip's wheel cache serves both targets afterwards
-$(VENV)/.test: pyproject.toml | $(BIN)/python
+$(VENV)/.test: $(PACKAGE) | $(BIN)/python
 	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install -q -e '.[test]'
 	touch $@
 
 # what `make lab` needs: the package with OpenVINO and Jupyter (JupyterLab brings jlpm)
-$(VENV)/.jupyter: pyproject.toml | $(BIN)/python
+$(VENV)/.jupyter: $(PACKAGE) | $(BIN)/python
 	$(BIN)/pip install -q -e '.[openvino,jupyter]'
 	touch $@
 
-$(VENV)/.bench: pyproject.toml | $(BIN)/python
+$(VENV)/.bench: $(PACKAGE) | $(BIN)/python
 	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
