@@ -213,12 +213,18 @@ class ExpertStore:
         """Bytes of all experts (what a fully resident cache holds)."""
         return self.blob_bytes * self.layers * self.experts
 
-    def read(self, layer: int, expert: int) -> dict[str, np.ndarray]:
-        """One expert's arrays, read from disk (views into one fresh buffer)."""
+    def read(self, layer: int, expert: int, buf: np.ndarray | None = None
+             ) -> dict[str, np.ndarray]:
+        """One expert's arrays, read from disk: views into ``buf`` (uint8, ``blob_bytes``
+        long: a buffer to reuse, whose fresh pages would cost more than the read) or into a
+        new buffer."""
         if not (0 <= layer < self.layers and 0 <= expert < self.experts):
             raise ExpertStoreError(f"no expert ({layer}, {expert}) in a store of "
                                    f"{self.layers} layers x {self.experts} experts")
-        buf = bytearray(self.blob_bytes)
+        if buf is None:
+            buf = np.empty(self.blob_bytes, np.uint8)
+        elif buf.dtype != np.uint8 or buf.nbytes != self.blob_bytes:
+            raise ValueError(f"a read buffer must be {self.blob_bytes} uint8 bytes")
         got = os.preadv(self._fd, [buf], int(self._offsets[layer, expert]))
         if got != self.blob_bytes:
             raise ExpertStoreError(f"{self.dir / STORE_BIN}: expert ({layer}, {expert}) is cut "

@@ -100,3 +100,33 @@ def test_buffers_that_disagree_with_the_shape_are_refused():
         k.expert(x, out, *args, 64, 32, 32, 3)
     with pytest.raises(TypeError):
         k.expert(x, np.empty((1, 64), np.float32)[:, ::2], *args, 64, 32, 32, 4)
+
+
+def test_a_dropped_experts_buffer_is_read_into_again(tmp_path):
+    """An evicted expert's buffer takes the next read (its pages are already there), and the
+    expert read into it is the new one, not the old one's leftovers."""
+    from qcoder_ds.models.config import ArchConfig
+    from qcoder_ds.runtime.expert_kernel import BlobExpertBuilder
+    from qcoder_ds.runtime.expert_store import ExpertStore, ExpertStoreWriter
+
+    quant = {"backend": "onnx", "weights": "int4", "block_size": 32, "symmetric": False,
+             "accuracy_level": 4}
+    w = ExpertStoreWriter(tmp_path, 1, 3, "a" * 64, quant)
+    for e in range(3):
+        w.add(0, e, _expert(64, 32, 32, "int4", False, seed=e))
+    w.close()
+    store = ExpertStore(tmp_path, "a" * 64)
+    cfg = ArchConfig("qwen3_moe", 100, 64, 0, 1, 4, 2, 16, 1e-6, 1e6, 128, False, False, True,
+                     3, 1, 32, True)
+    build = BlobExpertBuilder(store, cfg)
+    x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
+    first, _ = build(0, 0)
+    buf = first.buffer
+    y0 = first.run(x)
+    del first  # evicted: its buffer goes back to the builder
+    second, _ = build(0, 1)
+    assert second.buffer is buf
+    ref = BlobExpert(_expert(64, 32, 32, "int4", False, seed=1), 64, 32, "int4", 32).run(x)
+    assert np.array_equal(second.run(x), ref) and not np.array_equal(y0, ref)
+    third, _ = build(0, 2)  # nothing spare while the second lives: a buffer of its own
+    assert third.buffer is not buf
