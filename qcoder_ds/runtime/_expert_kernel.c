@@ -173,142 +173,90 @@ __attribute__((target("avx2,fma"))) static inline float hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* int4, blocks of 32 or 64, kp a multiple of 64: 32 packed bytes (64 weights) at a time;
- * the eight int32 lanes of a chunk belong to one block (64) or to two, four lanes each (32).
- * The zero points come off per block in scalar. Up to 8 activation rows share each weight
- * chunk once it is unpacked. */
-__attribute__((target("avx2,fma"))) static void matmul_q4_avx2(const QMatrix *w,
-                                                                 const QActs *a, float *y,
-                                                                 int i0, int i1)
-{
-    const int kb = w->kb, block = w->block, kp = a->kp;
-    const __m256i low = _mm256_set1_epi8(0x0F);
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int r0 = 0; r0 < a->m; r0 += 8) {
-        const int mr = a->m - r0 < 8 ? a->m - r0 : 8;
-        for (int i = i0; i < i1; i++) {
-            const uint8_t *p = w->packed + (size_t)i * kb * (block / 2);
-            const float *sw = w->scales + (size_t)i * kb;
-            __m256 acc[8];
-            float corr[8];
-            for (int r = 0; r < mr; r++) {
-                acc[r] = _mm256_setzero_ps();
-                corr[r] = 0.f;
-            }
-            for (int c = 0; c < kp; c += 64) {
-                const __m256i bytes = _mm256_loadu_si256((const __m256i *)(p + c / 2));
-                const __m256i lo = _mm256_and_si256(bytes, low);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
-                const int b = block == 64 ? c >> 6 : c >> 5;
-                for (int r = 0; r < mr; r++) {
-                    const int row = r0 + r;
-                    const int8_t *xq = a->q + (size_t)row * kp + c;
-                    const float *xs = a->scale + (size_t)row * kb;
-                    const __m256i xe = _mm256_loadu_si256((const __m256i *)xq);
-                    const __m256i xo = _mm256_loadu_si256((const __m256i *)(xq + 32));
-                    const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe),
-                                                         _mm256_maddubs_epi16(hi, xo));
-                    const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
-                    __m256 scale;
-                    if (block == 64) {
-                        scale = _mm256_set1_ps(sw[b] * xs[b]);
-                    } else {
-                        scale = _mm256_setr_m128(_mm_set1_ps(sw[b] * xs[b]),
-                                                 _mm_set1_ps(sw[b + 1] * xs[b + 1]));
-                    }
-                    acc[r] = _mm256_fmadd_ps(f, scale, acc[r]);
-                }
-            }
-            for (int r = 0; r < mr; r++) {
-                const int row = r0 + r;
-                const float *xs = a->scale + (size_t)row * kb;
-                const int32_t *sum = a->sum + (size_t)row * kb;
-                for (int b = 0; b < kb; b++)
-                    corr[r] += (float)(zero_point(w, i, b) * sum[b]) * (sw[b] * xs[b]);
-                y[(size_t)row * w->n + i] = hsum8(acc[r]) - corr[r];
-            }
-        }
-    }
-}
-
-/* One activation row (decode). A group of 8 blocks at a time: each chunk's int32 lanes
- * are summed across (hadd) into one lane per block, the zero points come off in int32 as
- * z * sum(x_q) for all 8 blocks at once, and one multiply-add applies the 8 blocks' scales.
- * Blocks past the last whole group go one chunk at a time. */
-#define QK_MATVEC_BODY(DOT)                                                                   \
+/* int4 in blocks of 32 or 64, kp a multiple of 64: y[r][i] for every activation row r and
+ * weight row i, weight row by weight row (its ~1 KB stays in L1 while every activation row
+ * takes it). One dot product: a group of 8 blocks at a time, each 64-weight chunk's int32
+ * lanes summed across (hadd) into one lane per block, the zero points off in int32 as
+ * z * sum(x_q) for the 8 blocks at once, one multiply-add for their 8 scales; blocks past
+ * the last whole group one chunk at a time. */
+#define QK_MATMUL_BODY(DOT)                                                                   \
     const int kb = w->kb, kp = a->kp, b64 = w->block == 64;                                   \
     const __m256i low = _mm256_set1_epi8(0x0F);                                               \
     const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);                    \
     const __m256i nib = _mm256_set1_epi32(15);                                                \
     const __m256i order32 = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);                       \
-    const int8_t *xq = a->q;                                                                  \
-    const float *xs = a->scale;                                                               \
-    const int32_t *xsum = a->sum;                                                             \
     const int chunks = kp / 64, per_group = b64 ? 8 : 4, groups = chunks / per_group;          \
-    for (int i = i0; i < i1; i++) {                                                           \
+    for (int i = 0; i < w->n; i++) {                                                          \
         const uint8_t *p = w->packed + (size_t)i * kb * (w->block / 2);                      \
         const float *sw = w->scales + (size_t)i * kb;                                         \
         const uint8_t *zp = w->zp ? w->zp + (size_t)i * w->zp_row : NULL;                    \
-        __m256 acc = _mm256_setzero_ps();                                                     \
-        for (int g = 0; g < groups; g++) {                                                    \
-            __m256i v[8];                                                                     \
-            const int c0 = g * per_group;                                                     \
-            for (int j = 0; j < per_group; j++) {                                             \
-                const int c = c0 + j;                                                         \
+        for (int r = 0; r < a->m; r++) {                                                      \
+            const int8_t *xq = a->q + (size_t)r * kp;                                         \
+            const float *xs = a->scale + (size_t)r * kb;                                      \
+            const int32_t *xsum = a->sum + (size_t)r * kb;                                    \
+            __m256 acc = _mm256_setzero_ps();                                                 \
+            for (int g = 0; g < groups; g++) {                                                \
+                __m256i v[8];                                                                 \
+                const int c0 = g * per_group;                                                 \
+                for (int j = 0; j < per_group; j++) {                                         \
+                    const int c = c0 + j;                                                     \
+                    const __m256i bytes = _mm256_loadu_si256((const __m256i *)(p + 32 * c)); \
+                    const __m256i lo = _mm256_and_si256(bytes, low);                          \
+                    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);    \
+                    const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + 64 * c));   \
+                    const __m256i xo = _mm256_loadu_si256((const __m256i *)(xq + 64 * c + 32)); \
+                    v[j] = DOT(lo, xe, hi, xo);                                               \
+                }                                                                             \
+                __m256i blocks;                                                               \
+                if (b64) {                                                                    \
+                    const __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]),       \
+                                                         _mm256_hadd_epi32(v[2], v[3]));      \
+                    const __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]),       \
+                                                         _mm256_hadd_epi32(v[6], v[7]));      \
+                    blocks = _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),        \
+                                              _mm256_permute2x128_si256(u0, u1, 0x31));       \
+                } else {                                                                      \
+                    const __m256i u = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]),        \
+                                                        _mm256_hadd_epi32(v[2], v[3]));       \
+                    blocks = _mm256_permutevar8x32_epi32(u, order32);                         \
+                }                                                                             \
+                const int b = 8 * g;                                                          \
+                __m256i z;                                                                    \
+                if (zp) {                                                                     \
+                    int32_t four;                                                             \
+                    memcpy(&four, zp + b / 2, 4);                                             \
+                    z = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(four), shifts),  \
+                                         nib);                                                \
+                } else {                                                                      \
+                    z = _mm256_set1_epi32(8);                                                 \
+                }                                                                             \
+                const __m256i sums = _mm256_loadu_si256((const __m256i *)(xsum + b));        \
+                blocks = _mm256_sub_epi32(blocks, _mm256_mullo_epi32(z, sums));               \
+                const __m256 scale = _mm256_mul_ps(_mm256_loadu_ps(sw + b),                   \
+                                                   _mm256_loadu_ps(xs + b));                  \
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blocks), scale, acc);                \
+            }                                                                                 \
+            float tail = 0.f;                                                                 \
+            for (int c = groups * per_group; c < chunks; c++) {                               \
                 const __m256i bytes = _mm256_loadu_si256((const __m256i *)(p + 32 * c));     \
                 const __m256i lo = _mm256_and_si256(bytes, low);                              \
                 const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);        \
                 const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + 64 * c));       \
                 const __m256i xo = _mm256_loadu_si256((const __m256i *)(xq + 64 * c + 32));  \
-                v[j] = DOT(lo, xe, hi, xo);                                                   \
+                int32_t lanes[8];                                                             \
+                _mm256_storeu_si256((__m256i *)lanes, DOT(lo, xe, hi, xo));                   \
+                const int nb = b64 ? 1 : 2;                                                   \
+                for (int t = 0; t < nb; t++) {                                                \
+                    const int b = c * nb + t, span = 8 / nb;                                  \
+                    int32_t dot = 0;                                                          \
+                    for (int l = t * span; l < (t + 1) * span; l++)                           \
+                        dot += lanes[l];                                                      \
+                    const int zb = zp ? (zp[b >> 1] >> ((b & 1) * 4)) & 15 : 8;               \
+                    tail += (float)(dot - zb * xsum[b]) * (sw[b] * xs[b]);                    \
+                }                                                                             \
             }                                                                                 \
-            __m256i blocks;                                                                   \
-            if (b64) {                                                                        \
-                const __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]),           \
-                                                     _mm256_hadd_epi32(v[2], v[3]));          \
-                const __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]),           \
-                                                     _mm256_hadd_epi32(v[6], v[7]));          \
-                blocks = _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),            \
-                                          _mm256_permute2x128_si256(u0, u1, 0x31));           \
-            } else {                                                                          \
-                const __m256i u = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]),            \
-                                                    _mm256_hadd_epi32(v[2], v[3]));           \
-                blocks = _mm256_permutevar8x32_epi32(u, order32);                             \
-            }                                                                                 \
-            const int b = 8 * g;                                                              \
-            __m256i z;                                                                        \
-            if (zp) {                                                                         \
-                int32_t four;                                                                 \
-                memcpy(&four, zp + b / 2, 4);                                                 \
-                z = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(four), shifts), nib); \
-            } else {                                                                          \
-                z = _mm256_set1_epi32(8);                                                     \
-            }                                                                                 \
-            const __m256i sums = _mm256_loadu_si256((const __m256i *)(xsum + b));            \
-            blocks = _mm256_sub_epi32(blocks, _mm256_mullo_epi32(z, sums));                   \
-            const __m256 scale = _mm256_mul_ps(_mm256_loadu_ps(sw + b), _mm256_loadu_ps(xs + b)); \
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blocks), scale, acc);                    \
+            y[(size_t)r * w->n + i] = hsum8(acc) + tail;                                      \
         }                                                                                     \
-        float tail = 0.f;                                                                     \
-        for (int c = groups * per_group; c < chunks; c++) {                                   \
-            const __m256i bytes = _mm256_loadu_si256((const __m256i *)(p + 32 * c));         \
-            const __m256i lo = _mm256_and_si256(bytes, low);                                  \
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);            \
-            const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + 64 * c));           \
-            const __m256i xo = _mm256_loadu_si256((const __m256i *)(xq + 64 * c + 32));      \
-            int32_t lanes[8];                                                                 \
-            _mm256_storeu_si256((__m256i *)lanes, DOT(lo, xe, hi, xo));                       \
-            const int nb = b64 ? 1 : 2;                                                       \
-            for (int t = 0; t < nb; t++) {                                                    \
-                const int b = c * nb + t, span = 8 / nb;                                      \
-                int32_t dot = 0;                                                              \
-                for (int l = t * span; l < (t + 1) * span; l++)                               \
-                    dot += lanes[l];                                                          \
-                const int zb = zp ? (zp[b >> 1] >> ((b & 1) * 4)) & 15 : 8;                   \
-                tail += (float)(dot - zb * xsum[b]) * (sw[b] * xs[b]);                        \
-            }                                                                                 \
-        }                                                                                     \
-        y[i] = hsum8(acc) + tail;                                                             \
     }
 
 __attribute__((target("avx2,fma"))) static inline __m256i dot_avx2(__m256i lo, __m256i xe,
@@ -319,11 +267,10 @@ __attribute__((target("avx2,fma"))) static inline __m256i dot_avx2(__m256i lo, _
     return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
 }
 
-__attribute__((target("avx2,fma"))) static void matvec_q4_avx2(const QMatrix *w,
-                                                                 const QActs *a, float *y,
-                                                                 int i0, int i1)
+__attribute__((target("avx2,fma"))) static void matmul_q4_avx2(const QMatrix *w,
+                                                                 const QActs *a, float *y)
 {
-    QK_MATVEC_BODY(dot_avx2)
+    QK_MATMUL_BODY(dot_avx2)
 }
 
 /* The same with AVX-512 VNNI's u8 x s8 dot product on 256-bit registers (one instruction
@@ -335,9 +282,9 @@ dot_vnni(__m256i lo, __m256i xe, __m256i hi, __m256i xo)
 }
 
 __attribute__((target("avx2,fma,avx512vl,avx512vnni"))) static void
-matvec_q4_vnni(const QMatrix *w, const QActs *a, float *y, int i0, int i1)
+matmul_q4_vnni(const QMatrix *w, const QActs *a, float *y)
 {
-    QK_MATVEC_BODY(dot_vnni)
+    QK_MATMUL_BODY(dot_vnni)
 }
 
 static int have_vnni(void)
@@ -367,12 +314,10 @@ static void matmul(const QMatrix *w, const QActs *a, float *y, int path)
 #ifdef QK_X86
     if (path != 1 && w->bits == 4 && (w->block == 32 || w->block == 64) && a->kp % 64 == 0 &&
         have_avx2()) {
-        if (a->m == 1 && have_vnni() && path != 2)
-            matvec_q4_vnni(w, a, y, 0, w->n);
-        else if (a->m == 1)
-            matvec_q4_avx2(w, a, y, 0, w->n);
+        if (have_vnni() && path != 2)
+            matmul_q4_vnni(w, a, y);
         else
-            matmul_q4_avx2(w, a, y, 0, w->n);
+            matmul_q4_avx2(w, a, y);
         return;
     }
 #endif
