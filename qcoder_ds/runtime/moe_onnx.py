@@ -225,13 +225,15 @@ def qmoe_weights(arrays: Sequence[Mapping[str, np.ndarray]], hidden: int, inter:
 
 def resident_model(layers: Sequence[onnx.ModelProto], head: onnx.ModelProto, cfg: ArchConfig,
                    quant: Mapping[str, object], experts: Sequence[Mapping[str, np.ndarray]],
-                   max_context: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+                   max_context: int, routing: bool = False
+                   ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The whole model as one graph, for when every expert is resident: the export's layer
     graphs chained, each layer's experts in one ``QMoE`` op (``experts[i]``, from
     :func:`qmoe_weights`), the head on the last ``logits_to_keep`` rows. Its inputs and
     outputs are the dense decoder's (``input_ids``, ``seqlens_k``, ``total_sequence_length``,
-    ``logits_to_keep``, the KV caches, ``logits``), plus ``experts.{i}``: each row's top-k
-    experts of layer i, for routing traces.
+    ``logits_to_keep``, the KV caches, ``logits``), plus, with ``routing``, ``experts.{i}``:
+    each row's top-k experts of layer i, for routing traces (without, the graph leaves the
+    routing to QMoE: every op counts at ~5 us a call).
 
     One session run per token instead of a run per layer and Python between them measured
     1.3-1.4x faster decode at the 30B's layer shapes (docs/moe.md). The layer graphs' weights
@@ -242,16 +244,14 @@ def resident_model(layers: Sequence[onnx.ModelProto], head: onnx.ModelProto, cfg
     if weights not in ("int4", "int8"):
         raise ValueError(f"QMoE takes int4/int8 experts, not {weights}")
     i64 = TensorProto.INT64
-    e_n, k, hidden = cfg.num_experts, cfg.num_experts_per_tok, cfg.hidden_size
+    e_n, k = cfg.num_experts, cfg.num_experts_per_tok
     shared = {"input_ids", "seqlens_k", "total_sequence_length", "cos_cache", "sin_cache", ""}
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     given: dict[str, np.ndarray] = {}
     cos, sin = rope_tables(cfg, max_context)
     inits += [numpy_helper.from_array(cos, "cos_cache"), numpy_helper.from_array(sin, "sin_cache"),
-              numpy_helper.from_array(np.array([-1, hidden], np.int64), "rows_by_hidden"),
               numpy_helper.from_array(np.array([-1, e_n], np.int64), "rows_by_experts"),
-              numpy_helper.from_array(np.array([1, -1, hidden], np.int64), "batch_rows_hidden"),
               numpy_helper.from_array(np.array([k], np.int64), "top_k"),
               numpy_helper.from_array(np.array([2**62], np.int64), "to_the_end"),
               numpy_helper.from_array(np.array([1], np.int64), "rows_axis")]
@@ -285,14 +285,17 @@ def resident_model(layers: Sequence[onnx.ModelProto], head: onnx.ModelProto, cfg
             inits.append(c)
         inputs += [v for v in layer.graph.input if v.name in kv]
         outputs += [v for v in layer.graph.output if v.name in kv]
-        # route: softmax in float32 over [rows, experts], top-k (ties: the lower index first)
-        h, logits = p + "h2d", p + "logits2d"
-        nodes += [helper.make_node("Reshape", [p + "h", "rows_by_hidden"], [h]),
-                  helper.make_node("Reshape", [p + "router_logits", "rows_by_experts"], [logits]),
-                  helper.make_node("Softmax", [logits], [p + "probs"], axis=-1),
-                  helper.make_node("TopK", [p + "probs", "top_k"],
-                                   [p + "top_p", f"experts.{i}"], axis=-1)]
-        outputs.append(helper.make_tensor_value_info(f"experts.{i}", i64, ["rows", k]))
+        # QMoE routes [rows, experts] itself; the graph routes too only for a trace or the
+        # norm_topk_prob correction: softmax in float32, top-k (ties: the lower index first)
+        logits = p + "logits2d"
+        nodes.append(helper.make_node("Reshape", [p + "router_logits", "rows_by_experts"],
+                                      [logits]))
+        if routing or not cfg.norm_topk_prob:
+            nodes += [helper.make_node("Softmax", [logits], [p + "probs"], axis=-1),
+                      helper.make_node("TopK", [p + "probs", "top_k"],
+                                       [p + "top_p", f"experts.{i}"], axis=-1)]
+        if routing:
+            outputs.append(helper.make_tensor_value_info(f"experts.{i}", i64, ["rows", k]))
         names = {}
         for key, a in experts[i].items():
             name = names[key] = f"{p}experts.{key}"
@@ -307,7 +310,7 @@ def resident_model(layers: Sequence[onnx.ModelProto], head: onnx.ModelProto, cfg
         zp = "fc1_z" in names
         y = p + "experts_out"
         nodes.append(helper.make_node(
-            "QMoE", [h, logits, names["fc1_w"], names["fc1_s"], "", names["fc2_w"],
+            "QMoE", [p + "h", logits, names["fc1_w"], names["fc1_s"], "", names["fc2_w"],
                      names["fc2_s"], "", "", "", "",
                      names["fc1_z"] if zp else "", names["fc2_z"] if zp else ""],
             [y], name=p + "qmoe", domain="com.microsoft", k=k, activation_type="swiglu",
@@ -324,8 +327,7 @@ def resident_model(layers: Sequence[onnx.ModelProto], head: onnx.ModelProto, cfg
                       helper.make_node("Mul", [y, p + "top_sum"], [p + "experts_scaled"])]
             y = p + "experts_scaled"
         stream = f"stream.{i + 1}"
-        nodes += [helper.make_node("Reshape", [y, "batch_rows_hidden"], [p + "experts_3d"]),
-                  helper.make_node("Add", [p + "residual", p + "experts_3d"], [stream])]
+        nodes.append(helper.make_node("Add", [p + "residual", y], [stream]))
     nodes += [helper.make_node("Neg", ["logits_to_keep"], ["keep_from"]),
               helper.make_node("Slice", [stream, "keep_from", "to_the_end", "rows_axis"],
                                ["head/hidden"])]

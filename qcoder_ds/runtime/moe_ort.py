@@ -128,7 +128,7 @@ class OrtResidentMoe(OrtDecoderSession):
                                 cfg.hidden_size, cfg.moe_intermediate_size)
                    for i in range(cfg.num_layers)]
         model, given = resident_model(layers, head, cfg, store.quantization, experts,
-                                      max_context)
+                                      max_context, routing=trace is not None or record_routing)
         del experts, layers, head
         so = decoder_options(threads, spinning)
         # the layer graphs' weights are in dense.onnx.data beside them

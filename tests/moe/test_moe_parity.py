@@ -279,7 +279,12 @@ def test_fused_qmoe_layers_equal_per_expert_sessions(models, tmp_path, name):
     assert np.abs(rows["fused"][-1] - rows["single"][-1]).max() <= 1e-4
     assert np.abs(rows["fused"][-1][-1] - rows["fused"][-2]).max() <= 1e-4
     assert routes["fused"] == routes["single"]
-    assert greedy(fused, PROMPT, 32) == greedy(single, PROMPT, 32)
+    # without a trace the graph leaves routing to QMoE alone: the same numbers
+    plain = load("onnx", out)
+    again = [plain.forward(np.array(ids[:8]))] + [plain.forward(np.array([t]))
+                                                  for t in ids[8:]]
+    assert np.abs(np.stack(again) - np.stack(rows["fused"][:-1])).max() <= 1e-6
+    assert greedy(fused, PROMPT, 32) == greedy(single, PROMPT, 32) == greedy(plain, PROMPT, 32)
     fused.close()
     single.close()
     from qcoder_ds.runtime.moe_trace import read_trace
