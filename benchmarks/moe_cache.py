@@ -31,7 +31,7 @@ OUT = Path(__file__).parent / "results" / "moe-cache.json"
 
 SETTINGS = {
     "all, fused (QMoE)": {"expert_ram": "all"},
-    "all, per-expert sessions": {"expert_ram": "all", "fused": False},
+    "all, per-layer, expert kernel": {"expert_ram": "all", "fused": False},
     "50%, lru, prefetch": {"expert_ram": "50%", "policy": "lru"},
     "25%, lru, prefetch": {"expert_ram": "25%", "policy": "lru"},
     "25%, lru, no prefetch": {"expert_ram": "25%", "policy": "lru", "prefetch": False},

@@ -335,7 +335,7 @@ class _GGUFStream:
             merged[gname] = shape
         for gname in self.order:
             shape = merged[gname]
-            qt = self._type(shape)
+            qt = self._type(shape, gname)
             block, size = gguf.GGML_QUANT_SIZES[qt]
             nbytes = int(np.prod(shape)) // block * size
             self.sizes[gname] = nbytes
@@ -347,8 +347,10 @@ class _GGUFStream:
         self.current: str | None = None
         self.written = 0
 
-    def _type(self, shape: tuple[int, ...]):
-        if len(shape) < 2:
+    def _type(self, shape: tuple[int, ...], gname: str):
+        # as llama.cpp's own quantizer (llama-quantize) leaves them: norms and the routers
+        # (ffn_gate_inp, "do not quantize expert gating tensors") in F32
+        if len(shape) < 2 or "ffn_gate_inp" in gname:
             return self.gguf.GGMLQuantizationType.F32
         return self.qt
 
@@ -358,7 +360,7 @@ class _GGUFStream:
             self._finish()
             self.current, self.written = base, 0
             self.w.write_padding(self.f, self.f.tell())
-        qt = self._type(values.shape if "#" not in gname else (1, *values.shape))
+        qt = self._type(values.shape if "#" not in gname else (1, *values.shape), base)
         if qt == self.gguf.GGMLQuantizationType.F32:
             data = values.astype(np.float32)
         elif qt == self.gguf.GGMLQuantizationType.F16:

@@ -70,6 +70,10 @@ def test_gguf_equals_hf(written):
     step = np.abs(ref).reshape(-1, 32).max(axis=1, keepdims=True) / 8
     assert np.all(np.abs(got - ref).reshape(-1, 32) <= step * 1.01 + 1e-6)
     assert np.mean(np.abs(got - ref)) < 0.3 * np.mean(step)  # most codes within half a step
+    # the routers stay F32, as llama.cpp's own quantizer leaves them
+    router = "model.layers.1.mlp.gate.weight"
+    assert q.raw_type(router) == "F32"
+    np.testing.assert_array_equal(q.tensor(router), hf.tensor(router))
 
 
 def test_deterministic_from_seed(written, tmp_path):
