@@ -1,4 +1,4 @@
-"""Qwen3-MoE for ONNX Runtime: the dense part as one graph per layer, experts as small graphs.
+"""Qwen3-MoE for ONNX Runtime: the dense part as one graph per layer, experts as blobs.
 
 A mixture-of-experts layer cannot be one static graph when the experts do not all fit in
 memory, so the decoder is cut at each MoE feed-forward block:
@@ -13,11 +13,14 @@ All dense graphs share one external data file (``dense.onnx.data``). The runtime
 (:mod:`qcoder_ds.runtime.moe_session`) picks the top-k experts in numpy, runs them from the
 expert cache and adds their weighted outputs to the residual.
 
-Each expert is a tiny graph built from its blob with the weights as constant initializers
-(:func:`expert_model`): ONNX Runtime prepacks MatMulNBits weights only when they are
-constants, and fed as an input an int4 GEMV ran ~100x slower. Gate and up are one matrix
-(``gate_up``, 2 x moe_intermediate rows), split after the matmul: exact, since quantization
-blocks run along the input axis, and one kernel instead of two.
+Experts are stored as blobs in MatMulNBits' layout (:func:`expert_arrays`), run under a
+budget by the expert kernel (:mod:`qcoder_ds.runtime.expert_kernel`); :func:`expert_model` is
+one expert as an ONNX Runtime graph, the reference that kernel is tested and measured against.
+Gate and up are one matrix (``gate_up``, 2 x moe_intermediate rows), split after the matmul:
+exact, since quantization blocks run along the input axis, and one pass instead of two.
+
+When every expert fits, :func:`resident_model` chains the layer graphs into one, each layer's
+experts in a ``QMoE`` op.
 """
 
 from __future__ import annotations
@@ -63,27 +66,6 @@ def expert_model(arrays: Mapping[str, np.ndarray], hidden: int, inter: int,
     """The serialized graph ``y = down(SiLU(gate(x)) * up(x))`` for x [n, hidden], with this
     expert's weights as constant initializers (so ONNX Runtime prepacks them)."""
     return _expert_proto(arrays, hidden, inter, quant).SerializeToString()
-
-
-#: where an expert template's weights say they live; never read: every session built from the
-#: template is handed the weights with ``SessionOptions.add_external_initializers``
-TEMPLATE_WEIGHTS = "qcoder-expert-weights-given-at-load"
-
-
-def expert_template(arrays: Mapping[str, np.ndarray], hidden: int, inter: int,
-                    quant: Mapping[str, object]) -> bytes:
-    """:func:`expert_model` with the weights left out (external data, named by
-    ``TEMPLATE_WEIGHTS``): one small graph serialized once for every expert of a store, each
-    session then given its own expert's arrays as external initializers. Serializing ~3 MB of
-    weights into a protobuf per expert cost more than building the session itself."""
-    model = _expert_proto(arrays, hidden, inter, quant)
-    for t in model.graph.initializer:
-        if t.name in arrays:
-            t.ClearField("raw_data")
-            t.data_location = TensorProto.EXTERNAL
-            entry = t.external_data.add()
-            entry.key, entry.value = "location", TEMPLATE_WEIGHTS
-    return model.SerializeToString()
 
 
 def _expert_proto(arrays: Mapping[str, np.ndarray], hidden: int, inter: int,
