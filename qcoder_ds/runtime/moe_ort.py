@@ -48,7 +48,7 @@ from qcoder_ds.runtime.moe_session import (
     new_export_id,
 )
 from qcoder_ds.runtime.onnx_graph import OnnxExportOptions, save_model
-from qcoder_ds.runtime.ort_backend import OrtDecoderSession, decoder_options
+from qcoder_ds.runtime.ort_session import OrtDecoderSession, decoder_options
 
 HEAD = "head.onnx"
 
