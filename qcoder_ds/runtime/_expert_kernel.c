@@ -45,6 +45,7 @@ typedef struct {
     int8_t *q;
     float *scale;
     int32_t *sum;
+    int8_t *row; /* one row in K order, before the kernel's reordering */
     int m, kb, block, kp;
 } QActs;
 
@@ -61,7 +62,7 @@ static int zero_point(const QMatrix *w, int row, int b)
 static void quantize_acts(const float *x, int m, int k, QActs *a)
 {
     int block = a->block, kb = a->kb, kp = a->kp;
-    int8_t *tmp = (int8_t *)malloc((size_t)kp);
+    int8_t *tmp = a->row;
     for (int r = 0; r < m; r++) {
         const float *xr = x + (size_t)r * k;
         int8_t *qr = a->q + (size_t)r * kp;
@@ -97,7 +98,6 @@ static void quantize_acts(const float *x, int m, int k, QActs *a)
         for (int j = c; j < kp; j++)
             qr[j] = tmp[j];
     }
-    free(tmp);
 }
 
 /* int8 value of activation j (in K order) of row r, whatever the storage order */
@@ -333,7 +333,8 @@ static int acts_alloc(QActs *a, int m, int k, int block)
     a->q = (int8_t *)malloc((size_t)m * a->kp);
     a->scale = (float *)malloc(sizeof(float) * (size_t)m * a->kb);
     a->sum = (int32_t *)malloc(sizeof(int32_t) * (size_t)m * a->kb);
-    return a->q && a->scale && a->sum;
+    a->row = (int8_t *)malloc((size_t)a->kp);
+    return a->q && a->scale && a->sum && a->row;
 }
 
 static void acts_free(QActs *a)
@@ -341,6 +342,7 @@ static void acts_free(QActs *a)
     free(a->q);
     free(a->scale);
     free(a->sum);
+    free(a->row);
 }
 
 /* Checks one matrix's buffers against its shape; 0 and a Python error when they disagree. */
@@ -401,6 +403,11 @@ static PyObject *expert(PyObject *self, PyObject *args)
         !check_matrix(&down, &dp, &ds, &dz, hidden, inter, block, bits, "down"))
         goto done;
     int m = (int)(x.len / ((Py_ssize_t)hidden * 4));
+    if (m == 0) { /* no rows: nothing to compute (malloc(0) may be NULL, not out of memory) */
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
     QActs a1 = {0}, a2 = {0};
     float *h = (float *)malloc(sizeof(float) * (size_t)m * 2 * inter);
     int ok = h && acts_alloc(&a1, m, hidden, block) && acts_alloc(&a2, m, inter, block);

@@ -5,9 +5,9 @@ An expert is ``y = down(SiLU(gate(x)) * up(x))``. Its blob holds gate and up as 
 block-quantized matrix and down as another, in MatMulNBits' layout (int4 or int8, blocks of
 32 or 64, zero points or symmetric), or fp32 matrices. ``_expert_kernel`` (C, built with the
 package) computes it from those bytes as MatMulNBits' int8 path does (accuracy_level 4:
-activations quantized to int8 per block, exact int32 dot products), with AVX2 where the CPU
-has it (fp32 activations for an export made with a lower ``accuracy_level``, as MatMulNBits
-does); fp32 experts are two numpy matmuls.
+activations quantized to int8 per block, exact int32 dot products), with AVX-512 VNNI or
+AVX2 where the CPU has them (fp32 activations for an export made with a lower
+``accuracy_level``, as MatMulNBits does); fp32 experts are two numpy matmuls.
 
 Why not an ONNX Runtime session per expert, as before: a session prepacks its weights when it
 is built, ~2.5 ms of a ~4.5 ms miss at Qwen3-Coder-30B-A3B's expert shape, and keeps them
@@ -50,7 +50,7 @@ class BlobExpert:
     what the kernel needs to know about them. ``recycle``, if given, gets the buffer back
     when the expert is dropped (evicted, and no thread running it)."""
 
-    __slots__ = ("arrays", "hidden", "inter", "block", "bits", "int8_acts", "portable",
+    __slots__ = ("arrays", "hidden", "inter", "block", "bits", "int8_acts", "path",
                  "recycle", "buffer")
 
     def __init__(self, arrays: dict[str, np.ndarray], hidden: int, inter: int, weights: str,
@@ -58,7 +58,7 @@ class BlobExpert:
         self.arrays, self.hidden, self.inter = arrays, hidden, inter
         self.block = block
         # which path the kernel takes: the best this CPU has, or (tests) a lesser one
-        self.portable = {"auto": 0, "portable": 1, "avx2": 2}[simd]
+        self.path = {"auto": 0, "portable": 1, "avx2": 2}[simd]
         # MatMulNBits' levels: 4 quantizes the activations to int8, the others keep them fp32
         self.int8_acts = accuracy_level >= 4
         self.bits = {"int4": 4, "int8": 8, "fp32": 32}[weights]
@@ -85,7 +85,7 @@ class BlobExpert:
         _expert_kernel.expert(x, out, a["gate_up.packed"], a["gate_up.scales"],
                               a.get("gate_up.zp"), a["down.packed"], a["down.scales"],
                               a.get("down.zp"), self.hidden, self.inter, self.block,
-                              self.bits, self.int8_acts, self.portable)
+                              self.bits, self.int8_acts, self.path)
         return out
 
 

@@ -254,11 +254,11 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
     what fits in 60% of the memory available).
 
     ``fused``: the whole model in one graph, each layer's experts in one QMoE op
-    (:class:`OrtResidentMoe`), instead of a graph per layer and one session per expert; only
-    when every expert fits and they are int4/int8. Default (None): on exactly then (decode
-    measured 1.3-1.4x faster, docs/moe.md). ``spinning``: whether idle ORT threads spin; by
-    default only in the one-graph mode (elsewhere expert sessions and the prefetch thread
-    share the cores with the layer graphs)."""
+    (:class:`OrtResidentMoe`), instead of a graph per layer and the expert kernel per expert;
+    only when every expert fits and they are int4/int8. Default (None): on exactly then
+    (decode measured 1.3-1.4x faster, docs/moe.md). ``spinning``: whether idle ORT threads
+    spin; by default only in the one-graph mode (elsewhere the expert threads and the
+    prefetch thread share the cores with the layer graphs)."""
     out_dir = Path(out_dir)
     cfg = config_from_meta(meta)
     moe = meta["moe"]

@@ -130,3 +130,9 @@ def test_a_dropped_experts_buffer_is_read_into_again(tmp_path):
     assert np.array_equal(second.run(x), ref) and not np.array_equal(y0, ref)
     third, _ = build(0, 2)  # nothing spare while the second lives: a buffer of its own
     assert third.buffer is not buf
+
+
+def test_no_rows_is_no_work():
+    a = _expert(64, 32, 32, "int4", False)
+    x = np.zeros((0, 64), np.float32)
+    assert BlobExpert(a, 64, 32, "int4", 32).run(x).shape == (0, 64)
