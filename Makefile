@@ -20,8 +20,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# the package's own build inputs: pyproject.toml, and setup.py with the expert kernel (C)
-PACKAGE := pyproject.toml setup.py qcoder_ds/runtime/_expert_kernel.c
+# the package's own build inputs: pyproject.toml, and setup.py with the C kernels
+PACKAGE := pyproject.toml setup.py qcoder_ds/runtime/_expert_kernel.c \
+	qcoder_ds/runtime/_decode_kernel.c
 
 $(VENV)/.base: $(PACKAGE) | $(BIN)/python
 	$(BIN)/pip install -q -e '.[openvino]'

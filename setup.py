@@ -1,9 +1,10 @@
-"""setuptools glue for the JupyterLab extension and the expert kernel (everything else is in
+"""setuptools glue for the JupyterLab extension and the C kernels (everything else is in
 pyproject.toml).
 
 The expert kernel (``qcoder_ds/runtime/_expert_kernel.c``) runs a mixture-of-experts expert
-straight from its int4 blob: a small C extension with no dependency beyond Python's headers,
-built by every install (an editable one too).
+straight from its int4 blob; the decode kernel (``_decode_kernel.c``) runs one-token steps of
+a resident one. Small C extensions with no dependency beyond Python's headers, built by every
+install (an editable one too).
 
 The chat's front end is TypeScript, built by ``make labextension`` (node + jlpm) into
 ``jupyter_extension/labextension/qcoder-ds`` and shipped as data files
@@ -31,8 +32,14 @@ class bdist_wheel_with_labextension(bdist_wheel):  # noqa: N801 - setuptools com
         super().run()
 
 
+FLAGS = [] if sys.platform == "win32" else ["-O3", "-std=c11"]
 EXPERT_KERNEL = Extension(
     "qcoder_ds.runtime._expert_kernel", ["qcoder_ds/runtime/_expert_kernel.c"],
-    extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-std=c11"])
+    extra_compile_args=FLAGS)
+DECODE_KERNEL = Extension(
+    "qcoder_ds.runtime._decode_kernel", ["qcoder_ds/runtime/_decode_kernel.c"],
+    extra_compile_args=FLAGS + ([] if sys.platform == "win32" else ["-pthread"]),
+    extra_link_args=[] if sys.platform == "win32" else ["-pthread"])
 
-setup(cmdclass={"bdist_wheel": bdist_wheel_with_labextension}, ext_modules=[EXPERT_KERNEL])
+setup(cmdclass={"bdist_wheel": bdist_wheel_with_labextension},
+      ext_modules=[EXPERT_KERNEL, DECODE_KERNEL])

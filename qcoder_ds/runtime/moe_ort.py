@@ -28,6 +28,7 @@ import onnxruntime as ort
 from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
 from qcoder_ds.models.checkpoint import Checkpoint
 from qcoder_ds.models.config import ArchConfig
+from qcoder_ds.runtime.decode_kernel import decode_plan, float_view
 from qcoder_ds.runtime.expert_cache import DEFAULT_POLICY, ExpertCache, parse_budget, resident_cost
 from qcoder_ds.runtime.expert_kernel import BlobExpertBuilder
 from qcoder_ds.runtime.expert_store import ExpertStore, ExpertStoreWriter
@@ -109,13 +110,17 @@ class OrtResidentMoe(OrtDecoderSession):
     Built from every blob of the store at load; the stacked expert arrays are handed to ONNX
     Runtime as external initializers, which it reads in place, so they are kept here.
 
+    One-token steps run in the decode kernel (:mod:`qcoder_ds.runtime.decode_kernel`) where
+    this machine and export allow it (``decode_kernel`` None: then; False: never; True: or
+    an error), on the same weights and KV cache; prefill and scoring runs are the graph's.
+
     ``trace`` gets every token's experts per layer (the graph's ``experts.{i}`` outputs);
     ``record_routing`` keeps the last forward's (tests). ``cache_stats`` counts every expert
     as built once, at load."""
 
     def __init__(self, out_dir: Path, cfg: ArchConfig, store: ExpertStore, cache: ExpertCache,
                  threads: int, max_context: int, spinning: bool, trace: Any = None,
-                 record_routing: bool = False):
+                 record_routing: bool = False, decode_kernel: bool | None = None):
         t0 = time.perf_counter()
         try:
             layers = [onnx.load(str(out_dir / layer_file(i)), load_external_data=False)
@@ -129,6 +134,14 @@ class OrtResidentMoe(OrtDecoderSession):
                    for i in range(cfg.num_layers)]
         model, given = resident_model(layers, head, cfg, store.quantization, experts,
                                       max_context, routing=trace is not None or record_routing)
+        plan = None
+        if decode_kernel is not False:
+            cos, sin = rope_tables(cfg, max_context)
+            plan = decode_plan(out_dir, cfg, layers, head, store.quantization, experts, cos, sin,
+                               max_context, threads)
+            if plan is None and decode_kernel:
+                raise QcoderError("the decode kernel needs AVX-512 VNNI and an int4 export "
+                                  "in blocks of 32 or 64 (accuracy level 4)")
         del experts, layers, head
         so = decoder_options(threads, spinning)
         # the layer graphs' weights are in dense.onnx.data beside them
@@ -137,6 +150,8 @@ class OrtResidentMoe(OrtDecoderSession):
         self._given = [ort.OrtValue.ortvalue_from_numpy(a) for a in given.values()]
         so.add_external_initializers(list(given), self._given)
         super().__init__(model.SerializeToString(), cfg, threads, max_context, options=so)
+        self._plan = plan
+        self._logits_view = float_view(self._logits.data_ptr(), self.vocab_size)
         self.cache, self.trace, self.record_routing = cache, trace, record_routing
         self.last_routing: list[np.ndarray] = []
         st = cache.stats
@@ -145,6 +160,28 @@ class OrtResidentMoe(OrtDecoderSession):
         st.misses += total
         st.bytes_read += total * store.blob_bytes
         st.build_seconds += time.perf_counter() - t0
+
+    @property
+    def decode_kernel(self) -> bool:
+        """Whether one-token steps run in the decode kernel."""
+        return self._plan is not None
+
+    def _use_slot(self, slot: int) -> None:
+        super()._use_slot(slot)
+        self._kv = tuple(v.data_ptr() for v in self._caches[slot])
+
+    def _forward(self, ids: np.ndarray) -> np.ndarray:
+        if self._plan is None or ids.size != 1:
+            return super()._forward(ids)
+        self._plan.step(int(ids.reshape(-1)[0]), self.position, self._kv, self._logits_view)
+        self.position += 1
+        if self.record_routing or self.trace is not None:
+            routing = [r[None].astype(np.int64) for r in self._plan.routing]
+            if self.record_routing:
+                self.last_routing = routing
+            if self.trace is not None:
+                self.trace.token([[int(e) for e in r[0]] for r in routing])
+        return self._logits_view.copy()
 
     def _run(self, ids: np.ndarray) -> None:
         if self.trace is None and not self.record_routing:
@@ -163,10 +200,11 @@ class OrtResidentMoe(OrtDecoderSession):
     def cache_stats(self) -> dict:
         """The expert cache's counters: every expert resident, none looked up one by one."""
         return {**self.cache.describe(), "fused": True, "prefetch": False, "prefetch_off": "",
-                "expert_threads": 1, "hit_rate": None}
+                "expert_threads": 1, "hit_rate": None, "decode_kernel": self._plan is not None}
 
     def close(self) -> None:
-        """Finish the trace file."""
+        """Finish the trace file; stop the decode kernel's threads."""
+        self._plan = None
         if self.trace is not None:
             self.trace.close()
             self.trace = None
@@ -247,8 +285,8 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
                   spinning: bool | None = None, expert_ram: str | int | None = None,
                   policy: str = DEFAULT_POLICY, prefetch: bool = True,
                   trace: str | Path | None = None,
-                  record_routing: bool = False, fused: bool | None = None
-                  ) -> MoeDecoderSession | OrtResidentMoe:
+                  record_routing: bool = False, fused: bool | None = None,
+                  decode_kernel: bool | None = None) -> MoeDecoderSession | OrtResidentMoe:
     """Open a MoE export: dense graphs, the expert store (checked against this export's id),
     and an expert cache of ``expert_ram`` (bytes, ``6GB``, ``50%``, ``all``; default ``auto``:
     what fits in 60% of the memory available).
@@ -258,7 +296,8 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
     only when every expert fits and they are int4/int8. Default (None): on exactly then
     (decode measured 1.3-1.4x faster, docs/moe.md). ``spinning``: whether idle ORT threads
     spin; by default only in the one-graph mode (elsewhere the expert threads and the
-    prefetch thread share the cores with the layer graphs)."""
+    prefetch thread share the cores with the layer graphs). ``decode_kernel``: whether that
+    mode decodes one token at a time in C (:class:`OrtResidentMoe`)."""
     out_dir = Path(out_dir)
     cfg = config_from_meta(meta)
     moe = meta["moe"]
@@ -286,7 +325,7 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
                              str(meta.get("source") or out_dir.name))
     if can_fuse if fused is None else fused:
         return OrtResidentMoe(out_dir, cfg, store, cache, threads, max_context,
-                              spinning is not False, writer, record_routing)
+                              spinning is not False, writer, record_routing, decode_kernel)
     dense = OrtMoeDense(out_dir, cfg, threads, max_context, bool(spinning))
     routers = np.load(out_dir / ROUTERS) if prefetch else None
     return MoeDecoderSession(dense, cache, cfg, max_context, dense.vocab_size, routers,

@@ -1,0 +1,185 @@
+"""One-token decode steps of a fully resident Qwen3-MoE in C (``_decode_kernel``).
+
+The resident graph (:func:`~qcoder_ds.runtime.moe_onnx.resident_model`) runs every token as
+one ONNX Runtime session run; at one token a step its ``QMoE`` op runs each expert on one
+thread and its ~60 small ops cost more than their work. The kernel runs the same arithmetic
+(MatMulNBits' int8 path for every int4 product, float32 elsewhere) with every product's rows
+split over the threads: decode measured ~1.2x faster on a 2-core AVX-512 EPYC (docs/moe.md).
+Prefill (several tokens at once) stays on the graph; both write the same KV cache.
+
+It takes an int4 export with AVX-512 VNNI (blocks of 32 or 64, ``accuracy_level`` 4, the
+layer graphs this exporter writes); :func:`decode_plan` returns None for anything else and
+the graph decodes alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from qcoder_ds.models.config import ArchConfig
+
+try:
+    from qcoder_ds.runtime import _decode_kernel
+except ImportError:  # a source tree whose C extension is not built
+    _decode_kernel = None
+
+
+def available() -> bool:
+    """Whether this machine runs the kernel (the extension is built, the CPU has VNNI)."""
+    return _decode_kernel is not None and _decode_kernel.available()
+
+
+class _Weights:
+    """The initializers of the export's graphs by name; external ones read in place from the
+    data file (a read-only memory map: the page cache holds them once)."""
+
+    def __init__(self, folder: Path, models: Sequence[onnx.ModelProto]):
+        self._folder = folder
+        self._maps: dict[str, np.memmap] = {}
+        self.tensors = {t.name: t for m in models for t in m.graph.initializer}
+
+    def get(self, name: str) -> np.ndarray | None:
+        t = self.tensors.get(name)
+        if t is None:
+            return None
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            return numpy_helper.to_array(t)
+        info = {e.key: e.value for e in t.external_data}
+        location = info["location"]
+        if location not in self._maps:
+            self._maps[location] = np.memmap(self._folder / location, np.uint8, "r")
+        raw = self._maps[location]
+        offset, length = int(info.get("offset", 0)), int(info["length"])
+        dtype = helper_dtype(t.data_type)
+        return raw[offset:offset + length].view(dtype).reshape(tuple(t.dims))
+
+
+def helper_dtype(data_type: int) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type))
+
+
+def _nodes(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == op]
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+class Embedding:
+    """One row of the token table, as ``Gather`` / ``GatherBlockQuantized`` gives it."""
+
+    def __init__(self, w: _Weights, model: onnx.ModelProto):
+        self.table = w.get("model.embed_tokens.weight")
+        if self.table is not None:
+            return
+        node = _nodes(model, "GatherBlockQuantized")[0]
+        a = _attrs(node)
+        if a.get("gather_axis", 0) != 0 or a.get("quantize_axis", 1) != 1:
+            raise ValueError("an embedding table quantized along another axis")
+        self.bits, self.block = int(a.get("bits", 4)), int(a["block_size"])
+        self.q = w.get("model.embed_tokens.qweight")
+        self.scales = w.get("model.embed_tokens.scales")
+        self.zp = w.get("model.embed_tokens.qzeros")
+
+    def __call__(self, token: int) -> np.ndarray:
+        if self.table is not None:
+            return np.ascontiguousarray(self.table[token], np.float32)
+        q = self.q[token]
+        if self.bits == 4:
+            q = np.stack([q & 15, q >> 4], -1).reshape(-1)
+        s = self.scales[token]
+        if self.zp is None:
+            z = np.full(s.shape, 1 << (self.bits - 1), np.float32)
+        else:
+            z = self.zp[token]
+            if self.bits == 4:
+                z = np.stack([z & 15, z >> 4], -1).reshape(-1)[:s.size]
+        return ((q.astype(np.float32) - np.repeat(z.astype(np.float32), self.block)[:q.size])
+                * np.repeat(s, self.block)[:q.size])
+
+
+class DecodePlan:
+    """The C plan and what it reads: ``step`` decodes one token into ``logits``."""
+
+    def __init__(self, plan, embedding: Embedding, arrays: list, cfg: ArchConfig):
+        self._plan, self._embedding, self._arrays = plan, embedding, arrays
+        self.routing = np.zeros((cfg.num_layers, cfg.num_experts_per_tok), np.int32)
+
+    def step(self, token: int, position: int, kv: tuple[int, ...], logits: np.ndarray) -> None:
+        """Token ``token`` at ``position``: its K/V rows into the caches at ``kv`` (addresses
+        of float32 [kv_heads, max_context, head_dim], key then value per layer), its logits
+        into ``logits``, each layer's experts into ``routing``."""
+        self._plan.step(self._embedding(token), position, kv, logits, self.routing)
+
+
+def decode_plan(folder: Path, cfg: ArchConfig, layers: Sequence[onnx.ModelProto],
+                head: onnx.ModelProto, quant: Mapping[str, object],
+                experts: Sequence[Mapping[str, np.ndarray]], cos: np.ndarray, sin: np.ndarray,
+                max_context: int, threads: int) -> DecodePlan | None:
+    """The kernel's plan for a resident export (``experts[i]``: layer i's arrays from
+    :func:`~qcoder_ds.runtime.moe_onnx.qmoe_weights`), or None where it does not apply: no
+    VNNI, not int4, other block sizes or accuracy levels, or graphs it does not know."""
+    if not available() or quant.get("weights") != "int4":
+        return None
+    block = int(quant["block_size"])
+    w = _Weights(folder, [*layers, head])
+    for m in (*layers, head):
+        for n in _nodes(m, "MatMulNBits"):
+            a = _attrs(n)
+            if (a.get("bits") != 4 or a.get("block_size") != block
+                    or a.get("accuracy_level", 0) != 4 or len(n.input) > 4):
+                return None
+    zp = "fc1_z" in experts[0]
+
+    def matrix(prefix: str) -> list | None:
+        arrays = [w.get(prefix + ".qweight"), w.get(prefix + ".scales")]
+        z = w.get(prefix + ".qzeros")
+        if any(a is None for a in arrays) or (z is not None) != zp:
+            return None
+        return [*arrays, z]
+
+    f32 = np.float32
+    head_m = matrix("lm_head")
+    final = w.get("model.norm.weight")
+    if head_m is None or final is None:
+        return None
+    arrays: list = [np.ascontiguousarray(cos, f32), np.ascontiguousarray(sin, f32), final,
+                    *head_m]
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        qkv, o = matrix(p + "self_attn.qkv_proj"), matrix(p + "self_attn.o_proj")
+        small = [w.get(p + n) for n in ("ln1", "self_attn.q_norm", "self_attn.k_norm", "ln2",
+                                        "mlp.gate.weight_t")]
+        if qkv is None or o is None or any(a is None for a in small):
+            return None
+        ln1, qn, kn, ln2, router = small
+        e = experts[i]
+        arrays += [ln1, *qkv, qn, kn, *o, ln2, router,
+                   e["fc1_w"], e["fc1_s"], e.get("fc1_z"), e["fc2_w"], e["fc2_s"], e.get("fc2_z")]
+    if any(a is not None and a.dtype == np.float64 for a in arrays):
+        return None
+    try:
+        embedding = Embedding(w, layers[0])
+    except (ValueError, IndexError, KeyError):
+        return None
+    dims = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+            cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size,
+            int(head_m[0].shape[0]),
+            max_context, block, int(bool(cfg.norm_topk_prob)), int(zp))
+    try:
+        plan = _decode_kernel.Plan(dims, arrays, float(cfg.rms_norm_eps), threads)
+    except ValueError:  # shapes it does not take (e.g. sizes not multiples of 128)
+        return None
+    return DecodePlan(plan, embedding, arrays, cfg)
+
+
+def float_view(address: int, n: int) -> np.ndarray:
+    """``n`` float32 at ``address`` as a numpy array (an OrtValue's buffer, written in place)."""
+    return np.ctypeslib.as_array((ctypes.c_float * n).from_address(address))
