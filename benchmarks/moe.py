@@ -18,9 +18,10 @@ Measured, each engine in its own subprocess (peak RSS is its own):
   rate, prefetch accuracy (share of prefetched experts the layer then used) and the share of
   misses the prefetcher hid (requests that found their expert built or being built);
 - pairs (``--engines pairs --pairs N``): N rounds of alternating runs, qcoder fully resident,
-  qcoder at a 50% budget with the defaults (lfu-decay, prefetch that switches itself off) and
-  llama.cpp's repacked Q4_0 resident; the median ratios: the issue's bars, less at the mercy
-  of one run's load;
+  qcoder at a 50% budget with the defaults (lfu-decay, prefetch that switches itself off),
+  llama.cpp's repacked Q4_0 resident and qcoder resident decoding in the one-graph mode instead
+  of the decode kernel; the median ratios: the issue's bars, less at the mercy of one run's
+  load;
 - the routing trace of the 100% run replayed by the cache simulator under every policy and
   Belady at each budget, and the same for a numpy-routed 48-layer trace of the synthetic router
   (the projection's hit rates);
@@ -197,8 +198,10 @@ def worker_qcoder(args) -> dict:
     t = time.perf_counter()
     s = load_onnx(Path(args.export), threads=args.threads, expert_ram=f"{args.budget * 100:g}%",
                   policy=args.policy, prefetch=not args.no_prefetch,
-                  trace=args.trace or None, fused=False if args.no_fused else None)
+                  trace=args.trace or None, fused=False if args.no_fused else None,
+                  decode_kernel=False if args.no_decode_kernel else None)
     load_s = time.perf_counter() - t
+    kernel = bool(getattr(s, "decode_kernel", False))  # (close() stops it)
     warm = args.warmup
     for tok in ids[:warm]:
         s.forward(np.array([tok], dtype=np.int64))
@@ -221,6 +224,7 @@ def worker_qcoder(args) -> dict:
     return {
         "budget": args.budget, "policy": args.policy, "prefetch": not args.no_prefetch,
         "fused": not args.no_fused and args.budget >= 1,
+        "decode_kernel": kernel,
         "load_s": load_s, "decode_tok_s": n / dt, "peak_rss_mib": peak_rss_mib(),
         "tokens_timed": n,
         "cache_bytes_read_per_token": delta.get("bytes_read", 0) / n,
@@ -516,6 +520,15 @@ def resident_budget_pairs(args, export: Path, ids_file: Path, gguf: Path) -> dic
             pair["llama.cpp"] = r.get("decode_tok_s")
             pair["resident_vs_llama_cpp"] = (pair["1.0"] / pair["llama.cpp"]
                                              if pair["1.0"] and pair["llama.cpp"] else None)
+        # our other fused path: the whole model in one ONNX Runtime graph (QMoE), decoding
+        r = _run_worker(["--worker", "qcoder", "--export", str(export), "--ids", str(ids_file),
+                         "--budget", "1.0", "--threads", str(args.threads),
+                         "--warmup", str(args.warmup), "--no-decode-kernel"])
+        pair["1.0 graph"] = r.get("decode_tok_s")
+        pair["kernel_vs_graph"] = (pair["1.0"] / pair["1.0 graph"]
+                                   if pair["1.0"] and pair["1.0 graph"] else None)
+        if pair.get("llama.cpp") and pair["1.0 graph"]:
+            pair["graph_vs_llama_cpp"] = pair["1.0 graph"] / pair["llama.cpp"]
         print(json.dumps(pair), file=sys.stderr)
         rows.append(pair)
 
@@ -524,7 +537,9 @@ def resident_budget_pairs(args, export: Path, ids_file: Path, gguf: Path) -> dic
         return xs[len(xs) // 2] if xs else None
     return {"budget": 0.5, "policy": "lfu-decay", "prefetch": "default (switches itself off)",
             "pairs": rows, "median_ratio": median("ratio"),
-            "median_resident_vs_llama_cpp": median("resident_vs_llama_cpp")}
+            "median_resident_vs_llama_cpp": median("resident_vs_llama_cpp"),
+            "median_kernel_vs_graph": median("kernel_vs_graph"),
+            "median_graph_vs_llama_cpp": median("graph_vs_llama_cpp")}
 
 
 def projection_section(out: dict, sim48: list[dict], build_ms: float | None) -> dict:
@@ -680,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-prefetch", action="store_true")
     ap.add_argument("--pairs", type=int, default=5,
                     help="alternating runs resident / 50%% of the 'pairs' engine")
+    ap.add_argument("--no-decode-kernel", action="store_true",
+                    help="qcoder worker: the resident graph decodes, not the decode kernel")
     ap.add_argument("--no-fused", action="store_true",
                     help="fully resident on the per-layer path with the expert kernel, not "
                          "the one-graph QMoE model")

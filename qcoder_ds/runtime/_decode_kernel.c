@@ -267,6 +267,11 @@ struct Plan {
     float *x, *xn, *qkv, *att, *parts, *h, *ys, *scores, *logits_out, *kcache, *vcache;
     float weights[64];
     int chosen[64];
+    Q4 fc1[64], fc2[64];   /* the chosen experts' matrices, in routing order */
+    int zp;                /* the int4 matrices have zero points */
+    int interleaved;       /* fc1 rows gate/up interleaved (QMoE's layout) or gate then up */
+    int per_call;          /* experts given with each layer (a budget), not held by the plan */
+    float *kv[2 * 512];
     QA qa_h, qa_a, *qa_i;
     int cur_layer, position;
     Pool pool;
@@ -332,23 +337,18 @@ static inline void split(int n, int tid, int nth, int *r0, int *r1)
     *r1 = (int)((long)n * (tid + 1) / nth);
 }
 
-static Q4 expert_matrix(const Plan *p, int e, int fc1)
+/* expert e of layer l's stacked arrays (resident: the plan holds every expert) */
+static void stacked_expert(Plan *p, int l, int e, Q4 *fc1, Q4 *fc2)
 {
     const Dims *d = &p->d;
-    const Layer *L = &p->layer[p->cur_layer];
-    Q4 w;
-    if (fc1) {
-        w.n = 2 * d->inter, w.k = d->hidden, w.kb = d->kb_h, w.zrow = d->zrow_h;
-        w.q = L->fc1_q + (size_t)e * w.n * (w.k / 2);
-        w.s = L->fc1_s + (size_t)e * w.n * w.kb;
-        w.z = L->fc1_z ? L->fc1_z + (size_t)e * w.n * w.zrow : NULL;
-    } else {
-        w.n = d->hidden, w.k = d->inter, w.kb = d->kb_i, w.zrow = d->zrow_i;
-        w.q = L->fc2_q + (size_t)e * w.n * (w.k / 2);
-        w.s = L->fc2_s + (size_t)e * w.n * w.kb;
-        w.z = L->fc2_z ? L->fc2_z + (size_t)e * w.n * w.zrow : NULL;
-    }
-    return w;
+    const Layer *L = &p->layer[l];
+    const size_t n1 = 2 * (size_t)d->inter, n2 = (size_t)d->hidden;
+    *fc1 = (Q4){L->fc1_q + (size_t)e * n1 * (d->hidden / 2), L->fc1_s + (size_t)e * n1 * d->kb_h,
+                L->fc1_z ? L->fc1_z + (size_t)e * n1 * d->zrow_h : NULL,
+                (int)n1, d->hidden, d->kb_h, d->zrow_h};
+    *fc2 = (Q4){L->fc2_q + (size_t)e * n2 * (d->inter / 2), L->fc2_s + (size_t)e * n2 * d->kb_i,
+                L->fc2_z ? L->fc2_z + (size_t)e * n2 * d->zrow_i : NULL,
+                (int)n2, d->inter, d->kb_i, d->zrow_i};
 }
 
 DK_TARGET static void task_qkv(Plan *p, int tid, int nth)
@@ -447,8 +447,7 @@ DK_TARGET static void task_gate_up(Plan *p, int tid, int nth)
     int r0, r1;
     split(2 * d->inter, tid, nth, &r0, &r1);
     for (int j = 0; j < d->top_k; j++) {
-        const Q4 w = expert_matrix(p, p->chosen[j], 1);
-        gemv(&w, &p->qa_h, p->h + (size_t)j * 2 * d->inter, r0, r1);
+        gemv(&p->fc1[j], &p->qa_h, p->h + (size_t)j * 2 * d->inter, r0, r1);
     }
 }
 
@@ -462,12 +461,19 @@ DK_TARGET static void task_swiglu(Plan *p, int tid, int nth)
                                            28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     for (int j = j0; j < j1; j++) {
-        float *hj = p->h + (size_t)j * 2 * d->inter; /* [gate0, up0, gate1, up1, ...] */
+        float *hj = p->h + (size_t)j * 2 * d->inter; /* fc1's output: gate and up */
         float *act = p->ys + (size_t)j * YS(d);      /* scratch: [inter] */
         for (int i = 0; i < d->inter; i += 16) {
-            const __m512 v0 = _mm512_loadu_ps(hj + 2 * i), v1 = _mm512_loadu_ps(hj + 2 * i + 16);
-            const __m512 g = _mm512_permutex2var_ps(v0, even, v1);
-            const __m512 u = _mm512_permutex2var_ps(v0, odd, v1);
+            __m512 g, u;
+            if (p->interleaved) {
+                const __m512 v0 = _mm512_loadu_ps(hj + 2 * i);
+                const __m512 v1 = _mm512_loadu_ps(hj + 2 * i + 16);
+                g = _mm512_permutex2var_ps(v0, even, v1);
+                u = _mm512_permutex2var_ps(v0, odd, v1);
+            } else {
+                g = _mm512_loadu_ps(hj + i);
+                u = _mm512_loadu_ps(hj + d->inter + i);
+            }
             const __m512 sig = _mm512_div_ps(
                 _mm512_set1_ps(1.f),
                 _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
@@ -484,8 +490,7 @@ DK_TARGET static void task_down(Plan *p, int tid, int nth)
     int r0, r1;
     split(d->hidden, tid, nth, &r0, &r1);
     for (int j = 0; j < d->top_k; j++) {
-        const Q4 w = expert_matrix(p, p->chosen[j], 0);
-        gemv(&w, &p->qa_i[j], p->ys + (size_t)j * YS(d), r0, r1);
+        gemv(&p->fc2[j], &p->qa_i[j], p->ys + (size_t)j * YS(d), r0, r1);
     }
     for (int r = r0; r < r1; r++) {
         float s = 0.f;
@@ -532,56 +537,83 @@ static void route(Plan *p, const float *logits, int *routing)
         p->weights[j] /= denom;
 }
 
-DK_TARGET static void step(Plan *p, const float *embedding, float *const *kv, float *logits,
-                           int *routing)
+static void begin(Plan *p, const float *embedding, int position)
+{
+    memcpy(p->x, embedding, sizeof(float) * p->d.hidden);
+    p->position = position;
+}
+
+/* layer l up to its routing: attention (its K/V rows into the cache), the residual, the
+ * post-attention norm (left in xn) and the chosen experts with their weights */
+DK_TARGET static void attend(Plan *p, int l, int *routing)
 {
     const Dims *d = &p->d;
     const int hd = d->head_dim, qn = d->heads * hd, kn = d->kv_heads * hd, pos = p->position;
-    memcpy(p->x, embedding, sizeof(float) * d->hidden);
-    for (int l = 0; l < d->layers; l++) {
-        const Layer *L = &p->layer[l];
-        p->cur_layer = l;
-        p->kcache = kv[2 * l];
-        p->vcache = kv[2 * l + 1];
-        rms_norm(p->x, L->ln1, p->xn, d->hidden, d->eps);
-        quantize(p->xn, d->hidden, d->block, &p->qa_h);
-        parallel(p, task_qkv);
-        /* q, k: RMSNorm per head, then RoPE; k and v into the cache at this position */
-        const float *cs = p->cos + (size_t)pos * (hd / 2), *sn = p->sin + (size_t)pos * (hd / 2);
-        for (int h = 0; h < d->heads; h++) {
-            float *q = p->qkv + (size_t)h * hd;
-            rms_norm(q, L->qn, q, hd, d->eps);
-            rope(q, cs, sn, hd / 2);
-        }
-        for (int g = 0; g < d->kv_heads; g++) {
-            float *k = p->qkv + qn + (size_t)g * hd;
-            rms_norm(k, L->kn, k, hd, d->eps);
-            rope(k, cs, sn, hd / 2);
-            memcpy(p->kcache + ((size_t)g * d->max_context + pos) * hd, k, sizeof(float) * hd);
-            memcpy(p->vcache + ((size_t)g * d->max_context + pos) * hd,
-                   p->qkv + qn + kn + (size_t)g * hd, sizeof(float) * hd);
-        }
-        parallel(p, task_attention);
-        quantize(p->att, qn, d->block, &p->qa_a);
-        parallel(p, task_o);
-        for (int i = 0; i < d->hidden; i++)
-            p->x[i] += p->h[i];
-        rms_norm(p->x, L->ln2, p->xn, d->hidden, d->eps);
-        parallel(p, task_router);
-        float *lg = p->parts;
-        for (int t = 1; t < p->pool.nth; t++)
-            for (int e = 0; e < d->experts; e++)
-                lg[e] += p->parts[(size_t)t * d->experts + e];
-        route(p, lg, routing + (size_t)l * d->top_k);
-        quantize(p->xn, d->hidden, d->block, &p->qa_h);
-        parallel(p, task_gate_up);
-        parallel(p, task_swiglu);
-        parallel(p, task_down);
-    }
-    rms_norm(p->x, p->final_norm, p->xn, d->hidden, d->eps);
+    const Layer *L = &p->layer[l];
+    p->cur_layer = l;
+    p->kcache = p->kv[2 * l];
+    p->vcache = p->kv[2 * l + 1];
+    rms_norm(p->x, L->ln1, p->xn, d->hidden, d->eps);
     quantize(p->xn, d->hidden, d->block, &p->qa_h);
+    parallel(p, task_qkv);
+    /* q, k: RMSNorm per head, then RoPE; k and v into the cache at this position */
+    const float *cs = p->cos + (size_t)pos * (hd / 2), *sn = p->sin + (size_t)pos * (hd / 2);
+    for (int h = 0; h < d->heads; h++) {
+        float *q = p->qkv + (size_t)h * hd;
+        rms_norm(q, L->qn, q, hd, d->eps);
+        rope(q, cs, sn, hd / 2);
+    }
+    for (int g = 0; g < d->kv_heads; g++) {
+        float *k = p->qkv + qn + (size_t)g * hd;
+        rms_norm(k, L->kn, k, hd, d->eps);
+        rope(k, cs, sn, hd / 2);
+        memcpy(p->kcache + ((size_t)g * d->max_context + pos) * hd, k, sizeof(float) * hd);
+        memcpy(p->vcache + ((size_t)g * d->max_context + pos) * hd,
+               p->qkv + qn + kn + (size_t)g * hd, sizeof(float) * hd);
+    }
+    parallel(p, task_attention);
+    quantize(p->att, qn, d->block, &p->qa_a);
+    parallel(p, task_o);
+    for (int i = 0; i < d->hidden; i++)
+        p->x[i] += p->h[i];
+    rms_norm(p->x, L->ln2, p->xn, d->hidden, d->eps);
+    parallel(p, task_router);
+    float *lg = p->parts;
+    for (int t = 1; t < p->pool.nth; t++)
+        for (int e = 0; e < d->experts; e++)
+            lg[e] += p->parts[(size_t)t * d->experts + e];
+    route(p, lg, routing);
+}
+
+/* layer l's chosen experts (fc1, fc2 set) on xn, weighted, added to the residual stream */
+DK_TARGET static void experts(Plan *p)
+{
+    quantize(p->xn, p->d.hidden, p->d.block, &p->qa_h);
+    parallel(p, task_gate_up);
+    parallel(p, task_swiglu);
+    parallel(p, task_down);
+}
+
+DK_TARGET static void finish(Plan *p, float *logits)
+{
+    rms_norm(p->x, p->final_norm, p->xn, p->d.hidden, p->d.eps);
+    quantize(p->xn, p->d.hidden, p->d.block, &p->qa_h);
     p->logits_out = logits;
     parallel(p, task_head);
+}
+
+/* one token, every expert held by the plan */
+static void step(Plan *p, const float *embedding, int position, float *logits, int *routing)
+{
+    const Dims *d = &p->d;
+    begin(p, embedding, position);
+    for (int l = 0; l < d->layers; l++) {
+        attend(p, l, routing + (size_t)l * d->top_k);
+        for (int j = 0; j < d->top_k; j++)
+            stacked_expert(p, l, p->chosen[j], &p->fc1[j], &p->fc2[j]);
+        experts(p);
+    }
+    finish(p, logits);
 }
 
 #endif /* DK_X86 */
@@ -706,6 +738,7 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     if (!p)
         return NULL;
     p->d = d;
+    p->zp = zp;
     p->nbufs = n;
     p->bufs = (Py_buffer *)calloc((size_t)n, sizeof(Py_buffer));
     p->layer = (Layer *)calloc((size_t)d.layers, sizeof(Layer));
@@ -732,6 +765,10 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     TAKE(p->head.q, 3, (size_t)d.vocab * H / 2, 0, "lm_head packed");
     TAKE(p->head.s, 4, (size_t)d.vocab * d.kb_h * 4, 0, "lm_head scales");
     TAKE(p->head.z, 5, (size_t)d.vocab * d.zrow_h, zp ? 0 : 1, "lm_head zero points");
+    /* experts: every layer's stacked in QMoE's layout, or none (given with each layer) */
+    p->per_call = PyList_GET_ITEM(arrays, 6 + 11) == Py_None;
+    p->interleaved = !p->per_call;
+    const int ex_none = p->per_call;
     for (int l = 0; l < d.layers; l++) {
         Layer *L = &p->layer[l];
         const int b = 6 + per_layer * l;
@@ -748,12 +785,17 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         TAKE(L->o.z, b + 8, H * d.zrow_a, zp ? 0 : 1, "o zero points");
         TAKE(L->ln2, b + 9, H * 4, 0, "post-attention norm");
         TAKE(L->router, b + 10, H * E * 4, 0, "router");
-        TAKE(L->fc1_q, b + 11, E * 2 * I * H / 2, 0, "fc1 packed");
-        TAKE(L->fc1_s, b + 12, E * 2 * I * d.kb_h * 4, 0, "fc1 scales");
-        TAKE(L->fc1_z, b + 13, E * 2 * I * d.zrow_h, zp ? 0 : 1, "fc1 zero points");
-        TAKE(L->fc2_q, b + 14, E * H * I / 2, 0, "fc2 packed");
-        TAKE(L->fc2_s, b + 15, E * H * d.kb_i * 4, 0, "fc2 scales");
-        TAKE(L->fc2_z, b + 16, E * H * d.zrow_i, zp ? 0 : 1, "fc2 zero points");
+        TAKE(L->fc1_q, b + 11, E * 2 * I * H / 2, ex_none, "fc1 packed");
+        TAKE(L->fc1_s, b + 12, E * 2 * I * d.kb_h * 4, ex_none, "fc1 scales");
+        TAKE(L->fc1_z, b + 13, E * 2 * I * d.zrow_h, zp && !ex_none ? 0 : 1, "fc1 zero points");
+        TAKE(L->fc2_q, b + 14, E * H * I / 2, ex_none, "fc2 packed");
+        TAKE(L->fc2_s, b + 15, E * H * d.kb_i * 4, ex_none, "fc2 scales");
+        TAKE(L->fc2_z, b + 16, E * H * d.zrow_i, zp && !ex_none ? 0 : 1, "fc2 zero points");
+        if (!ex_none && !(L->fc1_q && L->fc1_s && L->fc2_q && L->fc2_s)) {
+            PyErr_SetString(PyExc_ValueError, "decode plan: every layer's experts, or none");
+            Py_DECREF(p);
+            return NULL;
+        }
     }
 #undef TAKE
     const size_t kmax = H > (size_t)qn ? H : (size_t)qn;
@@ -795,43 +837,68 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 #endif
 }
 
+#ifdef DK_X86
+/* the 2 * layers KV cache addresses into the plan */
+static int take_kv(Plan *p, PyObject *kv)
+{
+    if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2 * p->d.layers || p->d.layers > 512) {
+        PyErr_Format(PyExc_ValueError, "decode: kv is a tuple of %d addresses", 2 * p->d.layers);
+        return 0;
+    }
+    for (int i = 0; i < 2 * p->d.layers; i++) {
+        p->kv[i] = (float *)PyLong_AsVoidPtr(PyTuple_GET_ITEM(kv, i));
+        if (!p->kv[i]) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "decode: a null KV cache address");
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int check_start(Plan *p, Py_buffer *x, int position)
+{
+    if (x->len != (Py_ssize_t)p->d.hidden * 4) {
+        PyErr_SetString(PyExc_ValueError, "decode: x has the wrong size");
+        return 0;
+    }
+    if (position < 0 || position >= p->d.max_context) {
+        PyErr_Format(PyExc_ValueError, "decode: position %d outside the context of %d",
+                     position, p->d.max_context);
+        return 0;
+    }
+    return 1;
+}
+#endif
+
+#define NEED_X86                                                                               \
+    PyErr_SetString(PyExc_RuntimeError, "the decode kernel needs an x86-64 CPU");              \
+    return NULL;
+
 static PyObject *plan_step(Plan *p, PyObject *args)
 {
 #ifndef DK_X86
-    PyErr_SetString(PyExc_RuntimeError, "the decode kernel needs an x86-64 CPU");
-    return NULL;
+    NEED_X86
 #else
     Py_buffer x = {0}, logits = {0}, routing = {0};
-    PyObject *kv;
+    PyObject *kv, *result = NULL;
     int position;
-    PyObject *result = NULL;
-    float *caches[2 * 512];
-    if (!PyArg_ParseTuple(args, "y*iO!w*w*", &x, &position, &PyTuple_Type, &kv, &logits,
-                          &routing))
+    if (!PyArg_ParseTuple(args, "y*iOw*w*", &x, &position, &kv, &logits, &routing))
         return NULL;
     const Dims *d = &p->d;
-    if (x.len != (Py_ssize_t)d->hidden * 4 || logits.len != (Py_ssize_t)d->vocab * 4 ||
-        routing.len != (Py_ssize_t)d->layers * d->top_k * 4 ||
-        PyTuple_GET_SIZE(kv) != 2 * d->layers || d->layers > 512) {
+    if (p->per_call) {
+        PyErr_SetString(PyExc_ValueError, "decode step: this plan takes its experts per layer");
+        goto done;
+    }
+    if (logits.len != (Py_ssize_t)d->vocab * 4 ||
+        routing.len != (Py_ssize_t)d->layers * d->top_k * 4) {
         PyErr_SetString(PyExc_ValueError, "decode step: buffers of the wrong size");
         goto done;
     }
-    if (position < 0 || position >= d->max_context) {
-        PyErr_Format(PyExc_ValueError, "decode step: position %d outside the context of %d",
-                     position, d->max_context);
+    if (!check_start(p, &x, position) || !take_kv(p, kv))
         goto done;
-    }
-    for (int i = 0; i < 2 * d->layers; i++) {
-        caches[i] = (float *)PyLong_AsVoidPtr(PyTuple_GET_ITEM(kv, i));
-        if (!caches[i]) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "decode step: a null KV cache address");
-            goto done;
-        }
-    }
-    p->position = position;
     Py_BEGIN_ALLOW_THREADS
-    step(p, (const float *)x.buf, caches, (float *)logits.buf, (int *)routing.buf);
+    step(p, (const float *)x.buf, position, (float *)logits.buf, (int *)routing.buf);
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
@@ -843,12 +910,163 @@ done:
 #endif
 }
 
+static PyObject *plan_begin(Plan *p, PyObject *args)
+{
+#ifndef DK_X86
+    NEED_X86
+#else
+    Py_buffer x = {0};
+    PyObject *kv, *result = NULL;
+    int position;
+    if (!PyArg_ParseTuple(args, "y*iO", &x, &position, &kv))
+        return NULL;
+    if (check_start(p, &x, position) && take_kv(p, kv)) {
+        begin(p, (const float *)x.buf, position);
+        p->cur_layer = -1;
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&x);
+    return result;
+#endif
+}
+
+static PyObject *plan_attend(Plan *p, PyObject *args)
+{
+#ifndef DK_X86
+    NEED_X86
+#else
+    Py_buffer routing = {0}, h = {0};
+    PyObject *h_obj, *result = NULL;
+    int layer;
+    if (!PyArg_ParseTuple(args, "iw*O", &layer, &routing, &h_obj))
+        return NULL;
+    if (h_obj != Py_None && PyObject_GetBuffer(h_obj, &h, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        goto done;
+    if (layer != p->cur_layer + 1 || layer >= p->d.layers) {
+        PyErr_Format(PyExc_ValueError, "decode: layer %d after layer %d", layer, p->cur_layer);
+        goto done;
+    }
+    if (routing.len != (Py_ssize_t)p->d.top_k * 4 ||
+        (h.obj && h.len != (Py_ssize_t)p->d.hidden * 4)) {
+        PyErr_SetString(PyExc_ValueError, "decode attend: buffers of the wrong size");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    attend(p, layer, (int *)routing.buf);
+    Py_END_ALLOW_THREADS
+    if (h.obj)
+        memcpy(h.buf, p->xn, sizeof(float) * p->d.hidden);
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&routing);
+    if (h.obj)
+        PyBuffer_Release(&h);
+    return result;
+#endif
+}
+
+/* experts(layer, [(gate_up packed, scales, zp, down packed, scales, zp)] * top_k): the chosen
+ * experts' blobs (the store's layout: fc1 gate rows then up rows), in routing order */
+static PyObject *plan_experts(Plan *p, PyObject *args)
+{
+#ifndef DK_X86
+    NEED_X86
+#else
+    PyObject *list, *result = NULL;
+    int layer;
+    if (!PyArg_ParseTuple(args, "iO!", &layer, &PyList_Type, &list))
+        return NULL;
+    const Dims *d = &p->d;
+    const int k = d->top_k;
+    Py_buffer bufs[6 * 64];
+    memset(bufs, 0, sizeof(bufs));
+    if (!p->per_call || layer != p->cur_layer || PyList_GET_SIZE(list) != k) {
+        PyErr_Format(PyExc_ValueError, "decode experts: layer %d's %d experts, after its "
+                     "attend, on a plan without experts", layer, k);
+        return NULL;
+    }
+    const size_t n1 = 2 * (size_t)d->inter, n2 = (size_t)d->hidden;
+    const Py_ssize_t want[6] = {(Py_ssize_t)(n1 * d->hidden / 2), (Py_ssize_t)(n1 * d->kb_h * 4),
+                                (Py_ssize_t)(n1 * d->zrow_h), (Py_ssize_t)(n2 * d->inter / 2),
+                                (Py_ssize_t)(n2 * d->kb_i * 4), (Py_ssize_t)(n2 * d->zrow_i)};
+    for (int j = 0; j < k; j++) {
+        PyObject *t = PyList_GET_ITEM(list, j);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 6) {
+            PyErr_SetString(PyExc_ValueError, "decode experts: a tuple of 6 arrays per expert");
+            goto done;
+        }
+        for (int i = 0; i < 6; i++) {
+            PyObject *o = PyTuple_GET_ITEM(t, i);
+            const int is_zp = i == 2 || i == 5;
+            if (o == Py_None && is_zp && !p->zp)
+                continue;
+            if (o == Py_None || PyObject_GetBuffer(o, &bufs[6 * j + i], PyBUF_C_CONTIGUOUS) < 0 ||
+                bufs[6 * j + i].len != want[i]) {
+                if (!PyErr_Occurred())
+                    PyErr_Format(PyExc_ValueError, "decode experts: expert %d's array %d is "
+                                 "not the size of this model's", j, i);
+                goto done;
+            }
+        }
+        Py_buffer *b = &bufs[6 * j];
+        p->fc1[j] = (Q4){b[0].buf, b[1].buf, b[2].obj ? b[2].buf : NULL, (int)n1, d->hidden,
+                         d->kb_h, d->zrow_h};
+        p->fc2[j] = (Q4){b[3].buf, b[4].buf, b[5].obj ? b[5].buf : NULL, (int)n2, d->inter,
+                         d->kb_i, d->zrow_i};
+    }
+    Py_BEGIN_ALLOW_THREADS
+    experts(p);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int i = 0; i < 6 * k; i++)
+        if (bufs[i].obj)
+            PyBuffer_Release(&bufs[i]);
+    return result;
+#endif
+}
+
+static PyObject *plan_finish(Plan *p, PyObject *args)
+{
+#ifndef DK_X86
+    NEED_X86
+#else
+    Py_buffer logits = {0};
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "w*", &logits))
+        return NULL;
+    if (logits.len != (Py_ssize_t)p->d.vocab * 4 || p->cur_layer != p->d.layers - 1) {
+        PyErr_SetString(PyExc_ValueError, "decode finish: logits of the wrong size, or "
+                        "layers left");
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        finish(p, (float *)logits.buf);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&logits);
+    return result;
+#endif
+}
+
 static PyMethodDef plan_methods[] = {
     {"step", (PyCFunction)plan_step, METH_VARARGS,
      "step(x, position, kv, logits, routing): one token. x: float32 [hidden], its embedding; "
      "kv: 2 * layers addresses of float32 [kv_heads, max_context, head_dim] caches (key, "
      "value per layer), the token's rows written at position; logits: float32 [vocab] "
      "(written); routing: int32 [layers, top_k] (written: each layer's experts)"},
+    {"begin", (PyCFunction)plan_begin, METH_VARARGS,
+     "begin(x, position, kv): a token taken layer by layer (a plan without experts)"},
+    {"attend", (PyCFunction)plan_attend, METH_VARARGS,
+     "attend(layer, routing, h): the layer up to its routing; routing: int32 [top_k] "
+     "(written); h: float32 [hidden] or None (written: the post-attention norm's output)"},
+    {"experts", (PyCFunction)plan_experts, METH_VARARGS,
+     "experts(layer, blobs): the layer's chosen experts, a tuple of 6 arrays each"},
+    {"finish", (PyCFunction)plan_finish, METH_VARARGS, "finish(logits): the head"},
     {NULL, NULL, 0, NULL}};
 
 static PyTypeObject PlanType = {

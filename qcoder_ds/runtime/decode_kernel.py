@@ -118,13 +118,33 @@ class DecodePlan:
         into ``logits``, each layer's experts into ``routing``."""
         self._plan.step(self._embedding(token), position, kv, logits, self.routing)
 
+    # a token layer by layer, its experts from a cache (a plan made without them)
+    def begin(self, token: int, position: int, kv: tuple[int, ...]) -> None:
+        self._plan.begin(self._embedding(token), position, kv)
+
+    def attend(self, layer: int, h: np.ndarray | None = None) -> np.ndarray:
+        """Layer ``layer`` up to its routing: its experts (routing order), and in ``h`` the
+        hidden state they take."""
+        self._plan.attend(layer, self.routing[layer], h)
+        return self.routing[layer]
+
+    def experts(self, layer: int, blobs: Sequence[Mapping[str, np.ndarray]]) -> None:
+        """The layer's experts, in the order :meth:`attend` gave them."""
+        self._plan.experts(layer, [(a["gate_up.packed"], a["gate_up.scales"], a.get("gate_up.zp"),
+                                    a["down.packed"], a["down.scales"], a.get("down.zp"))
+                                   for a in blobs])
+
+    def finish(self, logits: np.ndarray) -> None:
+        self._plan.finish(logits)
+
 
 def decode_plan(folder: Path, cfg: ArchConfig, layers: Sequence[onnx.ModelProto],
                 head: onnx.ModelProto, quant: Mapping[str, object],
-                experts: Sequence[Mapping[str, np.ndarray]], cos: np.ndarray, sin: np.ndarray,
-                max_context: int, threads: int) -> DecodePlan | None:
-    """The kernel's plan for a resident export (``experts[i]``: layer i's arrays from
-    :func:`~qcoder_ds.runtime.moe_onnx.qmoe_weights`), or None where it does not apply: no
+                experts: Sequence[Mapping[str, np.ndarray]] | None, cos: np.ndarray,
+                sin: np.ndarray, max_context: int, threads: int) -> DecodePlan | None:
+    """The kernel's plan for an export: ``experts[i]`` layer i's arrays from
+    :func:`~qcoder_ds.runtime.moe_onnx.qmoe_weights` when every expert is resident, else None
+    (each layer's are given with it, from the expert cache). None where it does not apply: no
     VNNI, not int4, other block sizes or accuracy levels, or graphs it does not know."""
     if not available() or quant.get("weights") != "int4":
         return None
@@ -136,7 +156,9 @@ def decode_plan(folder: Path, cfg: ArchConfig, layers: Sequence[onnx.ModelProto]
             if (a.get("bits") != 4 or a.get("block_size") != block
                     or a.get("accuracy_level", 0) != 4 or len(n.input) > 4):
                 return None
-    zp = "fc1_z" in experts[0]
+    zp = w.get("lm_head.qzeros") is not None
+    if experts is not None and ("fc1_z" in experts[0]) != zp:
+        return None
 
     def matrix(prefix: str) -> list | None:
         arrays = [w.get(prefix + ".qweight"), w.get(prefix + ".scales")]
@@ -160,9 +182,13 @@ def decode_plan(folder: Path, cfg: ArchConfig, layers: Sequence[onnx.ModelProto]
         if qkv is None or o is None or any(a is None for a in small):
             return None
         ln1, qn, kn, ln2, router = small
-        e = experts[i]
-        arrays += [ln1, *qkv, qn, kn, *o, ln2, router,
-                   e["fc1_w"], e["fc1_s"], e.get("fc1_z"), e["fc2_w"], e["fc2_s"], e.get("fc2_z")]
+        arrays += [ln1, *qkv, qn, kn, *o, ln2, router]
+        if experts is None:
+            arrays += [None] * 6
+        else:
+            e = experts[i]
+            arrays += [e["fc1_w"], e["fc1_s"], e.get("fc1_z"), e["fc2_w"], e["fc2_s"],
+                       e.get("fc2_z")]
     if any(a is not None and a.dtype == np.float64 for a in arrays):
         return None
     try:

@@ -104,6 +104,23 @@ def is_moe_export(meta: dict) -> bool:
     return bool(meta.get("moe"))
 
 
+KERNEL_NEEDS = ("the decode kernel needs AVX-512 VNNI and an int4 export in blocks of 32 or "
+                "64 (accuracy level 4) whose hidden, attention and expert sizes are multiples "
+                "of 128")
+
+
+def _graphs(out_dir: Path, cfg: ArchConfig) -> tuple[list[onnx.ModelProto], onnx.ModelProto]:
+    """The export's layer graphs and head, without their weights."""
+    try:
+        layers = [onnx.load(str(out_dir / layer_file(i)), load_external_data=False)
+                  for i in range(cfg.num_layers)]
+        head = onnx.load(str(out_dir / HEAD), load_external_data=False)
+    except (OSError, google.protobuf.message.DecodeError) as e:
+        raise ModelError(f"{out_dir}: cannot read this MoE export's graphs ({e}); "
+                         f"export again") from None
+    return layers, head
+
+
 class OrtResidentMoe(OrtDecoderSession):
     """The fully resident mode: the whole model in one graph (:func:`resident_model`), each
     layer's experts in one ``QMoE`` op, so a token is one session run, like a dense model's.
@@ -122,13 +139,7 @@ class OrtResidentMoe(OrtDecoderSession):
                  threads: int, max_context: int, spinning: bool, trace: Any = None,
                  record_routing: bool = False, decode_kernel: bool | None = None):
         t0 = time.perf_counter()
-        try:
-            layers = [onnx.load(str(out_dir / layer_file(i)), load_external_data=False)
-                      for i in range(cfg.num_layers)]
-            head = onnx.load(str(out_dir / HEAD), load_external_data=False)
-        except (OSError, google.protobuf.message.DecodeError) as e:
-            raise ModelError(f"{out_dir}: cannot read this MoE export's graphs ({e}); "
-                             f"export again") from None
+        layers, head = _graphs(out_dir, cfg)
         experts = [qmoe_weights([store.read(i, e) for e in range(cfg.num_experts)],
                                 cfg.hidden_size, cfg.moe_intermediate_size)
                    for i in range(cfg.num_layers)]
@@ -140,8 +151,7 @@ class OrtResidentMoe(OrtDecoderSession):
             plan = decode_plan(out_dir, cfg, layers, head, store.quantization, experts, cos, sin,
                                max_context, threads)
             if plan is None and decode_kernel:
-                raise QcoderError("the decode kernel needs AVX-512 VNNI and an int4 export "
-                                  "in blocks of 32 or 64 (accuracy level 4)")
+                raise QcoderError(KERNEL_NEEDS)
         del experts, layers, head
         so = decoder_options(threads, spinning)
         # the layer graphs' weights are in dense.onnx.data beside them
@@ -296,8 +306,9 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
     only when every expert fits and they are int4/int8. Default (None): on exactly then
     (decode measured 1.3-1.4x faster, docs/moe.md). ``spinning``: whether idle ORT threads
     spin; by default only in the one-graph mode (elsewhere the expert threads and the
-    prefetch thread share the cores with the layer graphs). ``decode_kernel``: whether that
-    mode decodes one token at a time in C (:class:`OrtResidentMoe`)."""
+    prefetch thread share the cores with the layer graphs). ``decode_kernel``: whether it
+    decodes one token at a time in C (:mod:`qcoder_ds.runtime.decode_kernel`; None: where
+    the machine and export allow, False: never, True: or an error)."""
     out_dir = Path(out_dir)
     cfg = config_from_meta(meta)
     moe = meta["moe"]
@@ -327,10 +338,18 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
         return OrtResidentMoe(out_dir, cfg, store, cache, threads, max_context,
                               spinning is not False, writer, record_routing, decode_kernel)
     dense = OrtMoeDense(out_dir, cfg, threads, max_context, bool(spinning))
+    plan = None
+    if decode_kernel is not False:
+        layers, head = _graphs(out_dir, cfg)
+        plan = decode_plan(out_dir, cfg, layers, head, store.quantization, None,
+                           *rope_tables(cfg, max_context), max_context, threads)
+        if plan is None and decode_kernel:
+            raise QcoderError(KERNEL_NEEDS)
     routers = np.load(out_dir / ROUTERS) if prefetch else None
     return MoeDecoderSession(dense, cache, cfg, max_context, dense.vocab_size, routers,
                              prefetch=prefetch, trace=writer, record_routing=record_routing,
-                             threads=threads)
+                             threads=threads, kernel=plan,
+                             kv=tuple(v.data_ptr() for kv in dense._kv for v in kv))
 
 
 def measure_expert_build(store: ExpertStore, cfg: ArchConfig, n: int = 16) -> dict[str, float]:

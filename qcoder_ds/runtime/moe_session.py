@@ -152,13 +152,18 @@ class MoeDecoderSession(DecoderSession):
     ``record_routing`` keeps the last forward's experts per layer (tests). With ``threads``
     of 2 or more a layer's experts run on two threads at once (each expert session has one
     thread, so one at a time would leave the other core idle).
+
+    ``kernel`` (a :class:`~qcoder_ds.runtime.decode_kernel.DecodePlan` made without experts)
+    decodes one-token steps in C, layer by layer, each layer's experts from the cache, on the
+    dense graphs' KV caches (``kv``: their addresses); prefill stays on the graphs.
     """
 
     def __init__(self, dense: DenseLayers, cache: ExpertCache, cfg: ArchConfig,
                  max_context: int, vocab_size: int, routers: np.ndarray | None = None,
                  prefetch: bool = True, trace: Any = None, record_routing: bool = False,
-                 threads: int = 1):
+                 threads: int = 1, kernel: Any = None, kv: tuple[int, ...] = ()):
         self.dense, self.cache, self.config = dense, cache, cfg
+        self.kernel, self._kv = kernel, kv
         self.max_context, self.vocab_size = max_context, vocab_size
         self.routers = routers
         self.prefetch = prefetch and routers is not None and not cache.fully_resident
@@ -184,6 +189,8 @@ class MoeDecoderSession(DecoderSession):
         return self._run(ids, ids.size)
 
     def _run(self, ids: np.ndarray, keep: int) -> np.ndarray:
+        if self.kernel is not None and ids.size == 1:
+            return self._step(int(ids.reshape(-1)[0]))
         cfg, cache = self.config, self.cache
         layers = cfg.num_layers
         x: np.ndarray = ids.astype(np.int64, copy=False)
@@ -209,6 +216,34 @@ class MoeDecoderSession(DecoderSession):
         if self.record_routing:
             self.last_routing = routing
         return self.dense.head(x[-keep:])
+
+    def _step(self, token: int) -> np.ndarray:
+        """One token in the decode kernel: each layer's attention and routing, then its
+        experts from the cache (a miss read here), as ``_run`` looks them up."""
+        cfg, cache, kernel = self.config, self.cache, self.kernel
+        layers = cfg.num_layers
+        kernel.begin(token, self.position, self._kv)
+        h = np.empty((1, cfg.hidden_size), np.float32)
+        routing: list[np.ndarray] = []
+        for i in range(layers):
+            top = kernel.attend(i, h[0] if self.prefetch else None)
+            routing.append(top[None].astype(np.int64))
+            used = sorted({int(e) for e in top})
+            keys = [(i, e) for e in used]
+            cache.protect(keys)
+            if self.prefetch and i + 1 < layers and self._prefetch_pays():
+                self._prefetch(i + 1, h)
+            experts = {e: cache.get((i, e)) for e in used}
+            kernel.experts(i, [experts[int(e)].arrays for e in top])
+            cache.layer_done(i, keys)
+        self.position += 1
+        if self.trace is not None:
+            self._write_trace(routing, 1)
+        if self.record_routing:
+            self.last_routing = routing
+        logits = np.empty((1, self.vocab_size), np.float32)
+        kernel.finish(logits[0])
+        return logits
 
     def _experts(self, layer: int, h: np.ndarray, top: np.ndarray, weights: np.ndarray,
                  used: Sequence[int]) -> np.ndarray:
@@ -291,10 +326,17 @@ class MoeDecoderSession(DecoderSession):
         """The expert cache's counters (hits, misses, bytes read, prefetch accuracy)."""
         return {**self.cache.describe(), "fused": False,
                 "prefetch": self.prefetch, "prefetch_off": self.prefetch_off,
-                "expert_threads": 2 if self._pool is not None else 1}
+                "expert_threads": 2 if self._pool is not None else 1,
+                "decode_kernel": self.kernel is not None}
+
+    @property
+    def decode_kernel(self) -> bool:
+        """Whether one-token steps run in the decode kernel."""
+        return self.kernel is not None
 
     def close(self) -> None:
-        """Stop the prefetch and expert threads and finish the trace file."""
+        """Stop the prefetch, expert and decode kernel threads; finish the trace file."""
+        self.kernel = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

@@ -46,7 +46,8 @@ def exports(tmp_path_factory):
 def _load(out: Path, **options):
     from qcoder_ds.runtime.ort_backend import load_onnx
 
-    return load_onnx(out, threads=2, max_context=64, expert_ram="100%", **options)
+    options.setdefault("expert_ram", "100%")
+    return load_onnx(out, threads=2, max_context=64, **options)
 
 
 def _matrix(w, prefix: str, n: int, k: int, block: int) -> np.ndarray:
@@ -236,3 +237,28 @@ def test_kernel_refuses_what_it_cannot_run(exports, tmp_path):
     assert not _load(tmp_path / "acc0").decode_kernel
     with pytest.raises(QcoderError, match="decode kernel needs"):
         _load(tmp_path / "acc0", decode_kernel=True)
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_under_a_budget_the_kernel_takes_its_experts_from_the_cache(exports, name):
+    """At 25% of the expert bytes the kernel runs layer by layer, each layer's experts from
+    the cache (misses read then): the numbers are those of the fully resident kernel, bit for
+    bit, and after the graphs' prefill those of the graphs' own decode."""
+    full = _load(exports[name], record_routing=True)
+    part = _load(exports[name], record_routing=True, expert_ram="25%")
+    graph = _load(exports[name], expert_ram="25%", decode_kernel=False)
+    assert full.decode_kernel and part.decode_kernel and not graph.decode_kernel
+    assert not part.cache_stats()["fused"] and part.cache_stats()["decode_kernel"]
+    for t in IDS:
+        a, b = full.forward(np.array([t])), part.forward(np.array([t]))
+        assert np.array_equal(a, b)
+        assert [r.tolist() for r in full.last_routing] == [r.tolist() for r in part.last_routing]
+    assert part.cache_stats()["misses"] > full.config.num_layers * full.config.num_experts / 4
+    for s in (part, graph):
+        s.reset()
+        s.forward(np.array(IDS[:8]))
+    for t in IDS[8:]:
+        a, b = part.forward(np.array([t])), graph.forward(np.array([t]))
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+    part.close()
+    graph.close()
