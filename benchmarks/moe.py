@@ -196,7 +196,9 @@ def worker_qcoder(args) -> dict:
     ids = json.loads(Path(args.ids).read_text())
     io0 = io_read_bytes()
     t = time.perf_counter()
-    s = load_onnx(Path(args.export), threads=args.threads, expert_ram=f"{args.budget * 100:g}%",
+    # fully resident: "all", which lets the one-graph mode hold its own copy of the experts
+    ram = "all" if args.budget >= 1 else f"{args.budget * 100:g}%"
+    s = load_onnx(Path(args.export), threads=args.threads, expert_ram=ram,
                   policy=args.policy, prefetch=not args.no_prefetch,
                   trace=args.trace or None, fused=False if args.no_fused else None,
                   decode_kernel=False if args.no_decode_kernel else None)

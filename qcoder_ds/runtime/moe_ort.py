@@ -29,7 +29,14 @@ from qcoder_ds.errors import ContextLengthError, ModelError, QcoderError
 from qcoder_ds.models.checkpoint import Checkpoint
 from qcoder_ds.models.config import ArchConfig
 from qcoder_ds.runtime.decode_kernel import decode_plan, float_view
-from qcoder_ds.runtime.expert_cache import DEFAULT_POLICY, ExpertCache, parse_budget, resident_cost
+from qcoder_ds.runtime.expert_cache import (
+    AUTO_SHARE,
+    DEFAULT_POLICY,
+    ExpertCache,
+    available_memory,
+    parse_budget,
+    resident_cost,
+)
 from qcoder_ds.runtime.expert_kernel import BlobExpertBuilder
 from qcoder_ds.runtime.expert_store import ExpertStore, ExpertStoreWriter
 from qcoder_ds.runtime.moe_onnx import (
@@ -104,6 +111,25 @@ def is_moe_export(meta: dict) -> bool:
     return bool(meta.get("moe"))
 
 
+#: memory of the one-graph resident mode per byte of the experts' blobs: the stacked arrays
+#: (read by the graph and the decode kernel) and ONNX Runtime's prepacked copy of them. The
+#: 4-layer synthetic model at the 30B's shapes peaked at 3.27 GiB for 1.28 GiB of blobs; the
+#: per-layer path holding every expert, at ~1.5 (benchmarks/README.md, mixture-of-experts).
+FUSED_FACTOR = 2.4
+
+
+def _room(expert_ram: str | int | None) -> float:
+    """The memory ``expert_ram`` allows for the one-graph mode: ``all`` any, ``auto`` (the
+    default) 60% of what is available now, else what it says."""
+    text = "auto" if expert_ram is None else str(expert_ram).strip().lower()
+    if text == "all":
+        return float("inf")
+    if text == "auto":
+        avail = available_memory()
+        return avail * AUTO_SHARE if avail else float("inf")
+    return float(parse_budget(expert_ram, 0))
+
+
 KERNEL_NEEDS = ("the decode kernel needs AVX-512 VNNI and an int4 export in blocks of 32 or "
                 "64 (accuracy level 4) whose hidden, attention and expert sizes are multiples "
                 "of 128")
@@ -153,7 +179,9 @@ class OrtResidentMoe(OrtDecoderSession):
             if plan is None and decode_kernel:
                 raise QcoderError(KERNEL_NEEDS)
         del experts, layers, head
-        so = decoder_options(threads, spinning)
+        # with the kernel decoding, the graph only prefills, and its threads spinning after a
+        # prefill took the cores from the kernel's first steps (10-17 ms instead of ~5.5)
+        so = decoder_options(threads, spinning and plan is None)
         # the layer graphs' weights are in dense.onnx.data beside them
         so.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                     str(out_dir))
@@ -303,10 +331,12 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
 
     ``fused``: the whole model in one graph, each layer's experts in one QMoE op
     (:class:`OrtResidentMoe`), instead of a graph per layer and the expert kernel per expert;
-    only when every expert fits and they are int4/int8. Default (None): on exactly then
-    (decode measured 1.3-1.4x faster, docs/moe.md). ``spinning``: whether idle ORT threads
-    spin; by default only in the one-graph mode (elsewhere the expert threads and the
-    prefetch thread share the cores with the layer graphs). ``decode_kernel``: whether it
+    only when every expert fits and they are int4/int8. Default (None): on exactly then, if
+    ``expert_ram`` also holds the graph's copies of them (``FUSED_FACTOR``; ``all`` always
+    does; prefill measured 1.2-1.7x faster and decode ~1.2x, docs/moe.md). ``spinning``:
+    whether idle ORT threads spin; by default only in the one-graph mode without the decode
+    kernel (elsewhere the expert threads, the prefetch thread and the kernel share the cores
+    with the layer graphs). ``decode_kernel``: whether it
     decodes one token at a time in C (:mod:`qcoder_ds.runtime.decode_kernel`; None: where
     the machine and export allow, False: never, True: or an error)."""
     out_dir = Path(out_dir)
@@ -325,6 +355,9 @@ def load_moe_onnx(out_dir: Path, meta: dict, threads: int, max_context: int | No
                         cfg.num_experts_per_tok, policy,
                         total_experts=cfg.num_layers * cfg.num_experts)
     can_fuse = cache.fully_resident and store.quantization["weights"] in ("int4", "int8")
+    if fused is None and can_fuse:  # only where the budget holds the graph's copies too
+        can_fuse = _room(expert_ram) >= (FUSED_FACTOR * store.blob_bytes
+                                         * cfg.num_layers * cfg.num_experts)
     if fused and not can_fuse:
         raise QcoderError("fused experts need every expert resident (--expert-ram all) and an "
                           "int4/int8 export")

@@ -3,6 +3,7 @@ its arithmetic and against the one-graph resident mode it stands in for."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def exports(tmp_path_factory):
 def _load(out: Path, **options):
     from qcoder_ds.runtime.ort_backend import load_onnx
 
-    options.setdefault("expert_ram", "100%")
+    options.setdefault("expert_ram", "all")
     return load_onnx(out, threads=2, max_context=64, **options)
 
 
@@ -246,6 +247,7 @@ def test_under_a_budget_the_kernel_takes_its_experts_from_the_cache(exports, nam
     bit, and after the graphs' prefill those of the graphs' own decode."""
     full = _load(exports[name], record_routing=True)
     part = _load(exports[name], record_routing=True, expert_ram="25%")
+    assert full.cache_stats()["fused"]
     graph = _load(exports[name], expert_ram="25%", decode_kernel=False)
     assert full.decode_kernel and part.decode_kernel and not graph.decode_kernel
     assert not part.cache_stats()["fused"] and part.cache_stats()["decode_kernel"]
@@ -262,3 +264,23 @@ def test_under_a_budget_the_kernel_takes_its_experts_from_the_cache(exports, nam
         assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
     part.close()
     graph.close()
+
+
+def test_the_one_graph_mode_only_where_the_budget_holds_its_copies(exports):
+    """Fully resident, the one graph holds the experts twice (its stacks and ONNX Runtime's
+    prepacked copy): a budget that covers the experts once runs the per-layer graphs instead,
+    with every expert in the cache; ``all`` and a budget of the graph's size run the graph."""
+    from qcoder_ds.runtime.expert_store import ExpertStore
+    from qcoder_ds.runtime.moe_ort import FUSED_FACTOR
+
+    out = exports["e8-top2-norm"]
+    store = ExpertStore(out)
+    blobs = store.blob_bytes * 2 * 8
+    graph = math.ceil(FUSED_FACTOR * blobs)
+    once, twice = _load(out, expert_ram="100%"), _load(out, expert_ram=str(graph))
+    assert once.cache.fully_resident and not once.cache_stats()["fused"]
+    assert twice.cache_stats()["fused"] and _load(out, expert_ram="all").cache_stats()["fused"]
+    assert not _load(out, expert_ram=str(graph - 1)).cache_stats()["fused"]
+    assert once.decode_kernel and twice.decode_kernel
+    for t in IDS[:6]:
+        assert np.array_equal(once.forward(np.array([t])), twice.forward(np.array([t])))
