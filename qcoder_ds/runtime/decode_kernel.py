@@ -1,15 +1,18 @@
-"""One-token decode steps of a fully resident Qwen3-MoE in C (``_decode_kernel``).
+"""One-token decode steps of a Qwen3-MoE export in C (``_decode_kernel``).
 
-The resident graph (:func:`~qcoder_ds.runtime.moe_onnx.resident_model`) runs every token as
-one ONNX Runtime session run; at one token a step its ``QMoE`` op runs each expert on one
-thread and its ~60 small ops cost more than their work. The kernel runs the same arithmetic
-(MatMulNBits' int8 path for every int4 product, float32 elsewhere) with every product's rows
-split over the threads: decode measured ~1.2x faster on a 2-core AVX-512 EPYC (docs/moe.md).
-Prefill (several tokens at once) stays on the graph; both write the same KV cache.
+The graphs (:func:`~qcoder_ds.runtime.moe_onnx.resident_model`, or a graph per layer under a
+budget) decode one token with one session run, or one per layer; at one token a step their
+``QMoE`` op runs each expert on one thread and their ~60 small ops a token cost more than
+their work. The kernel runs the same arithmetic (MatMulNBits' int8 path for every int4
+product, float32 elsewhere) with every product's rows split over the threads: decode measured
+1.30x the one graph's on a 2-core AVX-512 EPYC (benchmarks/README.md). Prefill (several
+tokens at once) stays on the graphs; both write the same KV cache. Fully resident, a token is
+one call (the experts read from the graph's stacked arrays); under a budget the session calls
+it layer by layer, each layer's experts from the expert cache.
 
 It takes an int4 export with AVX-512 VNNI (blocks of 32 or 64, ``accuracy_level`` 4, the
-layer graphs this exporter writes); :func:`decode_plan` returns None for anything else and
-the graph decodes alone.
+layer graphs this exporter writes, hidden/attention/expert sizes multiples of 128);
+:func:`decode_plan` returns None for anything else and the graphs decode alone.
 """
 
 from __future__ import annotations
