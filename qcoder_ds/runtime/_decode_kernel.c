@@ -30,6 +30,7 @@
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <unistd.h>
 #define DK_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #endif
 
@@ -277,6 +278,7 @@ struct Plan {
     Pool pool;
     WorkerArg wargs[MAX_THREADS];
     int started;
+    pid_t owner; /* the process that started the threads */
 };
 
 static void *worker(void *arg)
@@ -630,7 +632,8 @@ typedef struct Plan Plan;
 static void plan_dealloc(Plan *p)
 {
 #ifdef DK_X86
-    if (p->started) {
+    /* a forked child has none of the threads (and maybe a mutex held at the fork): leave them */
+    if (p->started && p->owner == getpid()) {
         atomic_store(&p->pool.quit, 1);
         pthread_mutex_lock(&p->pool.mu);
         pthread_cond_broadcast(&p->pool.cv);
@@ -824,6 +827,7 @@ static PyObject *plan_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->cv, NULL);
     p->started = 1;
+    p->owner = getpid();
     for (int t = 1; t < threads; t++) {
         p->wargs[t] = (WorkerArg){pool, t};
         if (pthread_create(&pool->th[t], NULL, worker, &p->wargs[t]) != 0) {
