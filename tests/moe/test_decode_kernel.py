@@ -23,10 +23,14 @@ pytestmark = pytest.mark.skipif(not decode_kernel.available(),
                                 reason="the decode kernel needs AVX-512 VNNI")
 
 IDS = [5, 17, 301, 42, 7, 88, 150, 3, 499, 260, 61, 12, 9, 400, 33, 128, 77, 200, 1, 64]
-#: shapes the kernel takes: hidden, q and expert FFN sizes multiples of 128, head_dim 32
+#: shapes the kernel takes (hidden, q and expert FFN sizes multiples of 128, head_dim 32) and
+#: export options: the MoE default's blocks of 64 with zero points, blocks of 32, symmetric
 SHAPES = {
-    "e8-top2-norm": dict(experts=8, top_k=2, norm_topk_prob=True),
-    "e16-top4-raw": dict(experts=16, top_k=4, norm_topk_prob=False),
+    "e8-top2-norm": (dict(experts=8, top_k=2, norm_topk_prob=True), {}),
+    "e16-top4-raw": (dict(experts=16, top_k=4, norm_topk_prob=False), {}),
+    "e8-top2-norm-b32": (dict(experts=8, top_k=2, norm_topk_prob=True), {"block_size": 32}),
+    "e16-top4-raw-b32-sym": (dict(experts=16, top_k=4, norm_topk_prob=False),
+                             {"block_size": 32, "symmetric": True}),
 }
 
 
@@ -35,11 +39,11 @@ def exports(tmp_path_factory):
     from qcoder_ds.runtime.ort_backend import export_onnx
 
     made = {}
-    for name, shape in SHAPES.items():
+    for name, (shape, options) in SHAPES.items():
         root = tmp_path_factory.mktemp(name)
         hf = build_tiny_moe(root / "hf", layers=2, hidden_size=128, num_attention_heads=4,
                             num_key_value_heads=2, moe_intermediate_size=128, **shape)
-        export_onnx(HFCheckpoint(hf), root / "int4", weights="int4", progress=False)
+        export_onnx(HFCheckpoint(hf), root / "int4", weights="int4", progress=False, **options)
         made[name] = root / "int4"
     return made
 
