@@ -26,6 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from qcoder_ds.models.config import ArchConfig
+from qcoder_ds.runtime.quantize import BlockQuantized, dequantize_blockwise
 
 try:
     from qcoder_ds.runtime import _decode_kernel
@@ -59,12 +60,10 @@ class _Weights:
             self._maps[location] = np.memmap(self._folder / location, np.uint8, "r")
         raw = self._maps[location]
         offset, length = int(info.get("offset", 0)), int(info["length"])
-        dtype = helper_dtype(t.data_type)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+        # a data file cut short: a ValueError here, which decode_plan takes as "not for the
+        # kernel"; ONNX Runtime then says what is wrong with the export
         return raw[offset:offset + length].view(dtype).reshape(tuple(t.dims))
-
-
-def helper_dtype(data_type: int) -> np.dtype:
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type))
 
 
 def _nodes(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
@@ -82,8 +81,7 @@ class Embedding:
         self.table = w.get("model.embed_tokens.weight")
         if self.table is not None:
             return
-        node = _nodes(model, "GatherBlockQuantized")[0]
-        a = _attrs(node)
+        a = _attrs(_nodes(model, "GatherBlockQuantized")[0])
         if a.get("gather_axis", 0) != 0 or a.get("quantize_axis", 1) != 1:
             raise ValueError("an embedding table quantized along another axis")
         self.bits, self.block = int(a.get("bits", 4)), int(a["block_size"])
@@ -94,18 +92,12 @@ class Embedding:
     def __call__(self, token: int) -> np.ndarray:
         if self.table is not None:
             return np.ascontiguousarray(self.table[token], np.float32)
-        q = self.q[token]
-        if self.bits == 4:
-            q = np.stack([q & 15, q >> 4], -1).reshape(-1)
-        s = self.scales[token]
-        if self.zp is None:
-            z = np.full(s.shape, 1 << (self.bits - 1), np.float32)
-        else:
-            z = self.zp[token]
-            if self.bits == 4:
-                z = np.stack([z & 15, z >> 4], -1).reshape(-1)[:s.size]
-        return ((q.astype(np.float32) - np.repeat(z.astype(np.float32), self.block)[:q.size])
-                * np.repeat(s, self.block)[:q.size])
+        s = self.scales[token:token + 1]
+        kb = s.shape[1]
+        row = BlockQuantized(self.q[token:token + 1].reshape(1, kb, -1), s,
+                             None if self.zp is None else self.zp[token:token + 1],
+                             1, kb * self.block, self.bits, self.block)
+        return dequantize_blockwise(row)[0]
 
 
 class DecodePlan:
@@ -151,6 +143,16 @@ def decode_plan(folder: Path, cfg: ArchConfig, layers: Sequence[onnx.ModelProto]
     VNNI, not int4, other block sizes or accuracy levels, or graphs it does not know."""
     if not available() or quant.get("weights") != "int4":
         return None
+    try:
+        return _plan(folder, cfg, layers, head, quant, experts, cos, sin, max_context, threads)
+    except (ValueError, OSError, KeyError, IndexError):  # graphs or data it cannot take
+        return None
+
+
+def _plan(folder: Path, cfg: ArchConfig, layers: Sequence[onnx.ModelProto],
+          head: onnx.ModelProto, quant: Mapping[str, object],
+          experts: Sequence[Mapping[str, np.ndarray]] | None, cos: np.ndarray, sin: np.ndarray,
+          max_context: int, threads: int) -> DecodePlan | None:
     block = int(quant["block_size"])
     w = _Weights(folder, [*layers, head])
     for m in (*layers, head):
@@ -192,20 +194,13 @@ def decode_plan(folder: Path, cfg: ArchConfig, layers: Sequence[onnx.ModelProto]
             e = experts[i]
             arrays += [e["fc1_w"], e["fc1_s"], e.get("fc1_z"), e["fc2_w"], e["fc2_s"],
                        e.get("fc2_z")]
-    if any(a is not None and a.dtype == np.float64 for a in arrays):
-        return None
-    try:
-        embedding = Embedding(w, layers[0])
-    except (ValueError, IndexError, KeyError):
-        return None
+    embedding = Embedding(w, layers[0])
     dims = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
             cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size,
-            int(head_m[0].shape[0]),
-            max_context, block, int(bool(cfg.norm_topk_prob)), int(zp))
-    try:
-        plan = _decode_kernel.Plan(dims, arrays, float(cfg.rms_norm_eps), threads)
-    except ValueError:  # shapes it does not take (e.g. sizes not multiples of 128)
-        return None
+            int(head_m[0].shape[0]), max_context, block, int(bool(cfg.norm_topk_prob)),
+            int(zp))
+    # the C side checks every array's bytes against these shapes (ValueError: not for it)
+    plan = _decode_kernel.Plan(dims, arrays, float(cfg.rms_norm_eps), threads)
     return DecodePlan(plan, embedding, arrays, cfg)
 
 

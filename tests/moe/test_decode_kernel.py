@@ -288,3 +288,23 @@ def test_the_one_graph_mode_only_where_the_budget_holds_its_copies(exports):
     assert once.decode_kernel and twice.decode_kernel
     for t in IDS[:6]:
         assert np.array_equal(once.forward(np.array([t])), twice.forward(np.array([t])))
+
+
+@pytest.mark.parametrize("expert_ram", ["all", "25%"])
+def test_a_damaged_dense_data_file_is_the_exports_error(exports, tmp_path, expert_ram):
+    """The kernel reads the dense weights from the export's data file too: one cut short is
+    not taken by it, and loading says what is wrong with the export (ONNX Runtime's error),
+    not a numpy shape error; the file is left as it was."""
+    import shutil
+
+    from qcoder_ds.errors import ModelError
+
+    out = tmp_path / "cut"
+    shutil.copytree(exports["e8-top2-norm"], out)
+    data = out / "dense.onnx.data"
+    cut = data.stat().st_size // 2
+    with open(data, "r+b") as f:
+        f.truncate(cut)
+    with pytest.raises(ModelError, match="cannot load"):
+        _load(out, expert_ram=expert_ram)
+    assert data.stat().st_size == cut
